@@ -1,0 +1,29 @@
+//! Pieces every protocol of the tracker shares.
+//!
+//! ```text
+//!  aquatic_{udp,http,ws}_protocol ──┐
+//!                                   ├─> aquatic (executors, sockets, shards)
+//!  aquatic_common ──────────────────┘
+//!    ids          InfoHash, PeerId: the 20-byte wire identities
+//!    shard        ShardId and shard_of(info_hash): which executor owns a torrent
+//!    swarm        Swarm<P>: seeders and leechers of one torrent, random peer
+//!                 selection, expiry and shrinking — written once for UDP, HTTP and WS
+//!    time         a coarse, monotonic seconds-since-start clock and ValidUntil
+//!    connection_id stateless BEP 15 connection ids (keyed hash of address and expiry)
+//!    access_list  allow / deny lists of info hashes, parsed from a file
+//! ```
+//!
+//! Nothing here does I/O on sockets or knows about the async runtime: the
+//! types are synchronous and deterministic given a clock and an RNG, so they
+//! are tested with a fake clock and a seeded RNG.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod access_list;
+pub mod connection_id;
+mod ids;
+pub mod shard;
+pub mod swarm;
+pub mod time;
+
+pub use ids::{InfoHash, InvalidHex, PeerId};
+pub use shard::{shard_of, ShardId};
