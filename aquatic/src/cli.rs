@@ -1,0 +1,162 @@
+//! Command line: flags in, a validated [`Config`] (or a printout) out.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use crate::config::{Config, DEFAULT_CONFIG_TOML};
+
+const HELP: &str = "\
+aquatic: a BitTorrent tracker for UDP (BEP 15), HTTP(S) and WebTorrent
+
+USAGE:
+    aquatic [OPTIONS]
+
+With no options, serves a UDP tracker on [::]:3000 with the built-in
+defaults (print them with -p).
+
+OPTIONS:
+    -c, --config FILE        Read the configuration from FILE (TOML). Keys not in
+                             the file keep their defaults; unknown keys are an error.
+    -p, --print-config       Print the default configuration, with comments, and exit.
+        --print-parsed-config
+                             Print the configuration in effect (defaults merged
+                             with FILE) and exit.
+    -h, --help               Print this help and exit.
+    -V, --version            Print the version and exit.
+
+SIGNALS:
+    SIGUSR1                  Reload the access list.
+    SIGTERM, SIGINT          Stop gracefully (a second one stops at once).
+";
+
+enum Action {
+    Run(Option<PathBuf>),
+    PrintDefault,
+    PrintParsed(Option<PathBuf>),
+    Help,
+    Version,
+}
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Action, String> {
+    let mut config = None;
+    let mut print_parsed = false;
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-c" | "--config" => {
+                let path = args
+                    .next()
+                    .ok_or_else(|| format!("{arg} needs a file name"))?;
+                config = Some(PathBuf::from(path));
+            }
+            "-p" | "--print-config" => return Ok(Action::PrintDefault),
+            "--print-parsed-config" => print_parsed = true,
+            "-h" | "--help" => return Ok(Action::Help),
+            "-V" | "--version" => return Ok(Action::Version),
+            other => {
+                if let Some(path) = other.strip_prefix("--config=") {
+                    config = Some(PathBuf::from(path));
+                } else {
+                    return Err(format!("unknown argument {other:?}"));
+                }
+            }
+        }
+    }
+    Ok(if print_parsed {
+        Action::PrintParsed(config)
+    } else {
+        Action::Run(config)
+    })
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(path) => Config::load(&path).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+/// The binary's entry point: the one place errors are reported.
+pub fn main() -> ExitCode {
+    let action = match parse_args(std::env::args().skip(1)) {
+        Ok(action) => action,
+        Err(message) => {
+            eprintln!("aquatic: {message}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = match action {
+        Action::Help => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Action::Version => {
+            println!("aquatic {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Action::PrintDefault => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            return ExitCode::SUCCESS;
+        }
+        Action::PrintParsed(path) => {
+            return match load(path).and_then(|c| toml::to_string(&c).map_err(|e| e.to_string())) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("aquatic: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Action::Run(path) => path,
+    };
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("aquatic: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::server::install_panic_hook();
+    if let Err(err) = simple_logger::SimpleLogger::new()
+        .with_level(config.log_level.filter())
+        .init()
+    {
+        eprintln!("aquatic: cannot start logging: {err}");
+    }
+    match crate::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{err:#}");
+            eprintln!("aquatic: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Action, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn flags() {
+        assert!(matches!(parse(&[]), Ok(Action::Run(None))));
+        assert!(matches!(parse(&["-c", "x.toml"]), Ok(Action::Run(Some(_)))));
+        assert!(matches!(
+            parse(&["--config=x.toml"]),
+            Ok(Action::Run(Some(_)))
+        ));
+        assert!(matches!(parse(&["-p"]), Ok(Action::PrintDefault)));
+        assert!(matches!(
+            parse(&["-c", "x", "--print-parsed-config"]),
+            Ok(Action::PrintParsed(Some(_)))
+        ));
+        assert!(parse(&["-c"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,557 @@
+//! The UDP tracker task of one executor (BEP 15).
+//!
+//! One wake-up of the task handles a whole batch: glommio's receive returns
+//! the first datagram, a non-blocking `recvmmsg` drains the rest, every
+//! request is answered synchronously (local shard inline, other shards over
+//! the mesh), and the answers leave with one `sendmmsg`.
+//!
+//! Nothing here replies to an unverified source with more bytes than it
+//! sent: connect responses are as long as connect requests and error
+//! messages are cut to the request's length.
+
+use std::{
+    cell::RefCell,
+    io::Cursor,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+    rc::Rc,
+};
+
+use aquatic_common::{
+    connection_id::ConnectionIdValidator, shard_of, time::SecondsSinceStart, ShardId,
+};
+use aquatic_udp_protocol::{
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, ConnectResponse, ConnectionId, ErrorResponse,
+    Request, Response, ResponsePeer, ScrapeRequest, ScrapeResponse, TorrentScrapeStatistics,
+    TransactionId,
+};
+use glommio::net::UdpSocket;
+use hashbrown::HashMap;
+
+use super::udp_batch::DatagramBatch;
+use crate::{
+    executor::Executor,
+    routing::ShardMessage,
+    swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, ScrapeStats},
+};
+
+/// Datagrams handled per wake-up.
+const BATCH: usize = 32;
+/// Largest request accepted: a full scrape plus BEP 41 options fit easily.
+const MAX_REQUEST: usize = 2048;
+
+/// A scrape whose parts are being answered by other executors.
+struct PendingScrape {
+    client: SocketAddr,
+    transaction_id: TransactionId,
+    stats: Vec<TorrentScrapeStatistics>,
+    parts_missing: usize,
+    started: SecondsSinceStart,
+}
+
+/// The UDP side of one executor: its socket and what it needs to answer.
+pub(crate) struct UdpEndpoint {
+    socket: UdpSocket,
+    validator: ConnectionIdValidator,
+    response_slot: usize,
+    pending_scrapes: RefCell<HashMap<u64, PendingScrape>>,
+    next_token: std::cell::Cell<u64>,
+    scratch: RefCell<Scratch>,
+}
+
+/// Buffers reused across requests so that answering allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    v4: Vec<BtPeerOut<Ipv4Addr>>,
+    v6: Vec<BtPeerOut<Ipv6Addr>>,
+    peers_v4: Vec<ResponsePeer<Ipv4Addr>>,
+    peers_v6: Vec<ResponsePeer<Ipv6Addr>>,
+    scrape_stats: Vec<TorrentScrapeStatistics>,
+    per_shard: Vec<Vec<(u16, aquatic_common::InfoHash)>>,
+}
+
+impl UdpEndpoint {
+    pub(crate) fn new(
+        socket: socket2::Socket,
+        validator: ConnectionIdValidator,
+        max_numwant: usize,
+        max_scrape: usize,
+    ) -> Self {
+        // An IPv6 peer takes 18 bytes; a scraped torrent 12.
+        let response_slot = (20 + 18 * max_numwant)
+            .max(8 + 12 * max_scrape)
+            .max(MAX_REQUEST);
+        Self {
+            socket: UdpSocket::from(socket),
+            validator,
+            response_slot,
+            pending_scrapes: RefCell::default(),
+            next_token: std::cell::Cell::new(0),
+            scratch: RefCell::default(),
+        }
+    }
+
+    /// Drops scrapes whose parts never came back (a dropped mesh message).
+    pub(crate) fn clean(&self, now: SecondsSinceStart) {
+        let mut pending = self.pending_scrapes.borrow_mut();
+        pending.retain(|_, p| now.0.saturating_sub(p.started.0) < 30);
+        if pending.capacity() > 64 && pending.capacity() > pending.len() * 4 {
+            pending.shrink_to_fit();
+        }
+    }
+}
+
+/// Receives, answers and sends, batch by batch, forever.
+pub(crate) async fn run(ex: Rc<Executor>, udp: Rc<UdpEndpoint>) {
+    let fd = udp.socket.as_raw_fd();
+    let mut incoming = DatagramBatch::new(BATCH, MAX_REQUEST);
+    let mut outgoing = DatagramBatch::new(BATCH, udp.response_slot);
+    let mut first = vec![0u8; MAX_REQUEST];
+    loop {
+        let (n, src) = match udp.socket.recv_from(&mut first).await {
+            Ok(r) => r,
+            Err(err) => {
+                log::warn!("udp receive failed: {err}");
+                continue;
+            }
+        };
+        let now = ex.now();
+        handle_datagram(&ex, &udp, now, &first[..n], src, &mut outgoing);
+        loop {
+            let got = match incoming.receive_nonblocking(fd) {
+                Ok(got) => got,
+                Err(err) => {
+                    log::warn!("udp recvmmsg failed: {err}");
+                    0
+                }
+            };
+            for i in 0..got {
+                if outgoing.is_full() {
+                    flush(&udp, &mut outgoing).await;
+                }
+                if let Some((bytes, src)) = incoming.get(i) {
+                    handle_datagram(&ex, &udp, now, bytes, src, &mut outgoing);
+                }
+            }
+            if got < BATCH {
+                break;
+            }
+        }
+        flush(&udp, &mut outgoing).await;
+    }
+}
+
+/// Sends every queued response: one `sendmmsg` in the common case, glommio's
+/// asynchronous send for what the kernel would not take at once.
+async fn flush(udp: &UdpEndpoint, batch: &mut DatagramBatch) {
+    let fd = udp.socket.as_raw_fd();
+    let mut sent = 0;
+    while sent < batch.len() {
+        match batch.send_nonblocking(fd, sent) {
+            Ok(0) => {
+                // The send buffer is full: wait for room on this datagram.
+                if let Some((bytes, dst)) = batch.get(sent) {
+                    if let Err(err) = udp.socket.send_to(bytes, dst).await {
+                        log::debug!("udp send to {dst} failed: {err}");
+                    }
+                }
+                sent += 1;
+            }
+            Ok(n) => sent += n,
+            Err(err) => {
+                log::debug!("udp send failed: {err}");
+                sent += 1;
+            }
+        }
+    }
+    batch.clear();
+}
+
+fn handle_datagram(
+    ex: &Executor,
+    udp: &UdpEndpoint,
+    now: SecondsSinceStart,
+    bytes: &[u8],
+    src: SocketAddr,
+    out: &mut DatagramBatch,
+) {
+    #[cfg(feature = "test-hooks")]
+    if bytes == crate::executor::TEST_PANIC_TRIGGER {
+        panic!("test hook: panic requested on executor {}", ex.id.0);
+    }
+    let ip = src.ip().to_canonical();
+    let stats = &ex.stats;
+    match Request::parse(bytes, ex.config.tracker.max_scrape_torrents) {
+        Ok(Request::Connect(req)) => {
+            stats.udp_connect.bump();
+            let id = udp.validator.create(ip, now);
+            let response = Response::Connect(ConnectResponse {
+                transaction_id: req.transaction_id,
+                connection_id: ConnectionId(i64::from_be_bytes(id)),
+            });
+            queue(out, src, &response, usize::MAX);
+        }
+        Ok(Request::Announce(req)) => {
+            stats.udp_announce.bump();
+            if !connection_valid(udp, req.connection_id, ip, now) {
+                stats.udp_invalid_connection_id.bump();
+                queue_error(
+                    out,
+                    src,
+                    req.transaction_id,
+                    "invalid connection id",
+                    bytes.len(),
+                );
+                return;
+            }
+            if !ex.access_list_allows(&req.info_hash) {
+                stats.access_denied.bump();
+                queue_error(
+                    out,
+                    src,
+                    req.transaction_id,
+                    "info hash not allowed",
+                    bytes.len(),
+                );
+                return;
+            }
+            announce(ex, udp, now, &req, ip, src, out);
+        }
+        Ok(Request::Scrape(req)) => {
+            stats.udp_scrape.bump();
+            if !connection_valid(udp, req.connection_id, ip, now) {
+                stats.udp_invalid_connection_id.bump();
+                queue_error(
+                    out,
+                    src,
+                    req.transaction_id,
+                    "invalid connection id",
+                    bytes.len(),
+                );
+                return;
+            }
+            if !req.info_hashes.iter().all(|h| ex.access_list_allows(&h)) {
+                stats.access_denied.bump();
+                queue_error(
+                    out,
+                    src,
+                    req.transaction_id,
+                    "info hash not allowed",
+                    bytes.len(),
+                );
+                return;
+            }
+            scrape(ex, udp, now, &req, src, out);
+        }
+        Err(err) => {
+            stats.bad_requests.bump();
+            log::trace!("bad udp request from {src}: {err}");
+            // Only a datagram long enough to carry a transaction id gets a
+            // reply, and then one no longer than itself.
+            if let Some(tid) = err.transaction_id() {
+                queue_error(out, src, tid, err.message(), bytes.len());
+            }
+        }
+    }
+}
+
+fn connection_valid(
+    udp: &UdpEndpoint,
+    id: ConnectionId,
+    ip: IpAddr,
+    now: SecondsSinceStart,
+) -> bool {
+    udp.validator.is_valid(id.0.to_be_bytes(), ip, now)
+}
+
+fn to_bt_announce(ex: &Executor, req: &AnnounceRequest, ip: IpAddr) -> BtAnnounce {
+    BtAnnounce {
+        info_hash: req.info_hash,
+        peer_id: req.peer_id,
+        // The ip field of the request is ignored: honouring it would let
+        // anyone point a swarm at a third party.
+        ip,
+        port: req.port,
+        stopped: req.event == AnnounceEvent::Stopped,
+        completed: req.event == AnnounceEvent::Completed,
+        bytes_left: Some(req.bytes_left.max(0) as u64),
+        numwant: ex
+            .config
+            .tracker
+            .numwant(usize::try_from(req.peers_wanted).ok().filter(|&n| n > 0)),
+    }
+}
+
+fn announce(
+    ex: &Executor,
+    udp: &UdpEndpoint,
+    now: SecondsSinceStart,
+    req: &AnnounceRequest,
+    ip: IpAddr,
+    src: SocketAddr,
+    out: &mut DatagramBatch,
+) {
+    let request = to_bt_announce(ex, req, ip);
+    let owner = shard_of(&req.info_hash, ex.shards);
+    if owner == ex.id {
+        answer_announce(
+            ex,
+            udp,
+            now,
+            req.transaction_id,
+            &request,
+            src,
+            |response| {
+                queue(out, src, response, usize::MAX);
+            },
+        );
+    } else {
+        ex.send_to_shard(
+            owner,
+            ShardMessage::UdpAnnounce {
+                client: src,
+                transaction_id: req.transaction_id.0,
+                request,
+            },
+        );
+    }
+}
+
+/// Runs an announce on this executor's shard and hands the response to `send`.
+pub(crate) fn answer_announce(
+    ex: &Executor,
+    udp: &UdpEndpoint,
+    now: SecondsSinceStart,
+    transaction_id: TransactionId,
+    request: &BtAnnounce,
+    _client: SocketAddr,
+    send: impl FnOnce(&Response<'_>),
+) {
+    let mut scratch = udp.scratch.borrow_mut();
+    let Scratch {
+        v4,
+        v6,
+        peers_v4,
+        peers_v6,
+        ..
+    } = &mut *scratch;
+    let outcome: BtAnnounceOutcome = {
+        let mut shard = ex.shard.borrow_mut();
+        let mut rng = ex.rng.borrow_mut();
+        shard.announce(&ex.config.tracker, now, &mut *rng, request, v4, v6)
+    };
+    let interval = ex.config.tracker.announce_interval_secs as i32;
+    let leechers = outcome.leechers.min(i32::MAX as usize) as i32;
+    let seeders = outcome.seeders.min(i32::MAX as usize) as i32;
+    let response = match request.ip {
+        IpAddr::V4(_) => {
+            peers_v4.clear();
+            peers_v4.extend(v4.iter().map(|p| ResponsePeer {
+                ip_address: p.ip,
+                port: p.port,
+            }));
+            Response::AnnounceIpv4(AnnounceResponse {
+                transaction_id,
+                announce_interval: interval,
+                leechers,
+                seeders,
+                peers: peers_v4,
+            })
+        }
+        IpAddr::V6(_) => {
+            peers_v6.clear();
+            peers_v6.extend(v6.iter().map(|p| ResponsePeer {
+                ip_address: p.ip,
+                port: p.port,
+            }));
+            Response::AnnounceIpv6(AnnounceResponse {
+                transaction_id,
+                announce_interval: interval,
+                leechers,
+                seeders,
+                peers: peers_v6,
+            })
+        }
+    };
+    ex.stats.udp_responses.bump();
+    send(&response);
+}
+
+/// Answers a UDP announce that another executor forwarded to this shard.
+pub(crate) async fn answer_forwarded_announce(
+    ex: &Executor,
+    udp: &UdpEndpoint,
+    client: SocketAddr,
+    transaction_id: i32,
+    request: &BtAnnounce,
+) {
+    let mut buf = Vec::new();
+    answer_announce(
+        ex,
+        udp,
+        ex.now(),
+        TransactionId(transaction_id),
+        request,
+        client,
+        |response| {
+            buf = write_response(response, udp.response_slot, usize::MAX);
+        },
+    );
+    send_one(udp, &buf, client).await;
+}
+
+fn to_wire(s: ScrapeStats) -> TorrentScrapeStatistics {
+    TorrentScrapeStatistics {
+        seeders: s.seeders.min(i32::MAX as usize) as i32,
+        completed: s.completed.min(i32::MAX as u32) as i32,
+        leechers: s.leechers.min(i32::MAX as usize) as i32,
+    }
+}
+
+fn scrape(
+    ex: &Executor,
+    udp: &UdpEndpoint,
+    now: SecondsSinceStart,
+    req: &ScrapeRequest<'_>,
+    src: SocketAddr,
+    out: &mut DatagramBatch,
+) {
+    let mut scratch = udp.scratch.borrow_mut();
+    let Scratch {
+        scrape_stats,
+        per_shard,
+        ..
+    } = &mut *scratch;
+    scrape_stats.clear();
+    scrape_stats.resize(req.info_hashes.len(), TorrentScrapeStatistics::default());
+    per_shard.resize_with(ex.shards, Vec::new);
+    let mut remote_parts = 0;
+    {
+        let shard = ex.shard.borrow();
+        for (i, hash) in req.info_hashes.iter().enumerate() {
+            let owner = shard_of(&hash, ex.shards);
+            if owner == ex.id {
+                scrape_stats[i] = to_wire(shard.scrape(&hash));
+            } else {
+                if per_shard[owner.0].is_empty() {
+                    remote_parts += 1;
+                }
+                per_shard[owner.0].push((i as u16, hash));
+            }
+        }
+    }
+    if remote_parts == 0 {
+        let response = Response::Scrape(ScrapeResponse {
+            transaction_id: req.transaction_id,
+            torrent_stats: scrape_stats,
+        });
+        ex.stats.udp_responses.bump();
+        queue(out, src, &response, usize::MAX);
+        return;
+    }
+    let token = udp.next_token.get();
+    udp.next_token.set(token.wrapping_add(1));
+    udp.pending_scrapes.borrow_mut().insert(
+        token,
+        PendingScrape {
+            client: src,
+            transaction_id: req.transaction_id,
+            stats: scrape_stats.clone(),
+            parts_missing: remote_parts,
+            started: now,
+        },
+    );
+    for (owner, hashes) in per_shard.iter_mut().enumerate() {
+        if !hashes.is_empty() {
+            ex.send_to_shard(
+                ShardId(owner),
+                ShardMessage::ScrapeRequest {
+                    origin: ex.id,
+                    token,
+                    hashes: std::mem::take(hashes),
+                },
+            );
+        }
+    }
+}
+
+/// Fills in the part of a pending scrape another executor answered; sends
+/// the response once every part is in.
+pub(crate) async fn complete_scrape_part(
+    udp: &UdpEndpoint,
+    ex: &Executor,
+    token: u64,
+    stats: Vec<(u16, ScrapeStats)>,
+) {
+    let done = {
+        let mut pending = udp.pending_scrapes.borrow_mut();
+        let Some(scrape) = pending.get_mut(&token) else {
+            return;
+        };
+        for (i, s) in stats {
+            if let Some(slot) = scrape.stats.get_mut(i as usize) {
+                *slot = to_wire(s);
+            }
+        }
+        scrape.parts_missing -= 1;
+        if scrape.parts_missing > 0 {
+            return;
+        }
+        pending.remove(&token)
+    };
+    if let Some(scrape) = done {
+        let response = Response::Scrape(ScrapeResponse {
+            transaction_id: scrape.transaction_id,
+            torrent_stats: &scrape.stats,
+        });
+        let buf = write_response(&response, udp.response_slot, usize::MAX);
+        ex.stats.udp_responses.bump();
+        send_one(udp, &buf, scrape.client).await;
+    }
+}
+
+async fn send_one(udp: &UdpEndpoint, bytes: &[u8], dst: SocketAddr) {
+    if bytes.is_empty() {
+        return;
+    }
+    if let Err(err) = udp.socket.send_to(bytes, dst).await {
+        log::debug!("udp send to {dst} failed: {err}");
+    }
+}
+
+fn write_response(response: &Response<'_>, slot: usize, limit: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; slot];
+    let n = write_into(response, &mut buf, limit).unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
+
+fn write_into(response: &Response<'_>, buf: &mut [u8], limit: usize) -> Option<usize> {
+    let mut cursor = Cursor::new(buf);
+    response.write(&mut cursor).ok()?;
+    Some((cursor.position() as usize).min(limit))
+}
+
+fn queue(out: &mut DatagramBatch, dst: SocketAddr, response: &Response<'_>, limit: usize) {
+    out.push(dst, |buf| write_into(response, buf, limit));
+}
+
+/// Queues a BEP 15 error no longer than the request it answers.
+fn queue_error(
+    out: &mut DatagramBatch,
+    dst: SocketAddr,
+    transaction_id: TransactionId,
+    message: &str,
+    request_len: usize,
+) {
+    let room = request_len.saturating_sub(8);
+    let mut cut = message.len().min(room);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let response = Response::Error(ErrorResponse {
+        transaction_id,
+        message: &message[..cut],
+    });
+    queue(out, dst, &response, request_len);
+}

@@ -1,0 +1,343 @@
+//! The process: sockets, executor threads, signals and the panic policy.
+//!
+//! ```text
+//! main thread: config -> panic hook -> RLIMIT_MEMLOCK -> access list
+//!              -> bind N SO_REUSEPORT sockets per protocol (port 0 resolved once)
+//!              -> N threads, each a glommio LocalExecutor pinned to a core
+//!              -> wait for all ready -> print the listening addresses
+//!              -> signals: SIGUSR1 reload, SIGTERM/SIGINT stop (a second one: exit now)
+//! ```
+//!
+//! A panic on any thread logs the message and ends the whole process with
+//! status 101, so that systemd restarts it: a tracker with a dead shard is
+//! worse than a restarted one.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, mpsc, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use aquatic_common::{
+    access_list::AccessList, connection_id::ConnectionIdValidator, time::ServerStartInstant,
+    ShardId,
+};
+use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::{
+    config::Config,
+    executor::{self, ExecutorSetup, SharedAccessList},
+};
+
+/// How long executors may take to start before start-up is declared failed.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a graceful stop may take before the process exits anyway.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the main thread waits for.
+#[derive(Debug)]
+pub enum Event {
+    /// An executor serves.
+    Ready(ShardId),
+    /// An executor could not be created.
+    StartFailed(ShardId, String),
+    /// An executor's thread ended.
+    Exited(ShardId),
+    /// A signal arrived.
+    Signal(i32),
+}
+
+/// Makes a panic on any thread end the process with a non-zero status.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let message = format!("panic on thread '{name}': {info}; stopping the whole process");
+        log::error!("{message}");
+        eprintln!("aquatic: {message}");
+        std::process::exit(101);
+    }));
+}
+
+/// Raises RLIMIT_MEMLOCK's soft limit so `needed` bytes can be locked, if
+/// the hard limit (or our privileges) allow it.
+fn raise_memlock(needed: u64) -> anyhow::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+            return Ok(());
+        }
+        if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= needed {
+            return Ok(());
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: needed,
+            rlim_max: limit.rlim_max.max(needed),
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &wanted) == 0 {
+            log::info!("raised RLIMIT_MEMLOCK to {} KiB", needed / 1024);
+            return Ok(());
+        }
+        if limit.rlim_max == libc::RLIM_INFINITY || limit.rlim_max >= needed {
+            let soft = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &soft) == 0 {
+                return Ok(());
+            }
+        }
+    }
+    bail!(
+        "the locked-memory limit (ulimit -l) is {} KiB, but the executors need about {} KiB for their io_uring rings: \
+         raise it (`ulimit -l {}` in the shell, LimitMEMLOCK= in the systemd unit) or lower `workers` / `runtime.io_memory_kib`",
+        limit.rlim_cur / 1024,
+        needed / 1024,
+        needed / 1024
+    )
+}
+
+/// io_uring memory one executor locks: registered buffers plus three rings.
+fn memlock_per_executor(config: &Config) -> u64 {
+    let rings = 3 * config.runtime.ring_depth as u64 * 128;
+    config.runtime.io_memory_kib as u64 * 1024 + rings + 256 * 1024
+}
+
+fn bind_udp(address: SocketAddr, config: &Config) -> std::io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(config.udp.only_ipv6)?;
+    }
+    socket.set_reuse_port(true)?;
+    // Blocking mode on purpose: io_uring would answer EAGAIN on a
+    // non-blocking socket instead of waiting; our own batched calls pass
+    // MSG_DONTWAIT.
+    if config.udp.socket_recv_buffer_size > 0 {
+        socket.set_recv_buffer_size(config.udp.socket_recv_buffer_size)?;
+    }
+    socket.bind(&address.into())?;
+    Ok(socket)
+}
+
+/// Binds one socket per executor on one address; a port of 0 is resolved
+/// once, so every executor shares the same port.
+fn bind_all<F>(
+    configured: SocketAddr,
+    socket_type: Type,
+    count: usize,
+    bind: F,
+) -> anyhow::Result<(SocketAddr, Vec<Socket>)>
+where
+    F: Fn(SocketAddr) -> std::io::Result<Socket>,
+{
+    let mut address = configured;
+    if address.port() == 0 {
+        // The kernel may hand a SO_REUSEPORT bind(0) a port that another
+        // process's SO_REUSEPORT group already uses (same uid), which would
+        // split traffic between the two. A plain socket gets a free port.
+        let probe = Socket::new(Domain::for_address(address), socket_type, None)
+            .and_then(|s| s.bind(&address.into()).map(|()| s))
+            .and_then(|s| s.local_addr())
+            .with_context(|| format!("cannot bind {configured}"))?;
+        if let Some(resolved) = probe.as_socket() {
+            address.set_port(resolved.port());
+        }
+    }
+    let sockets = (0..count)
+        .map(|_| bind(address).with_context(|| format!("cannot bind {address}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((address, sockets))
+}
+
+/// Runs the tracker until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let workers = config.worker_count();
+    raise_memlock(memlock_per_executor(&config) * workers as u64)?;
+
+    let access_list = AccessList::load(config.access_list.mode, &config.access_list.path)
+        .context("cannot load the access list")?;
+    let access_list = Arc::new(SharedAccessList::new(access_list));
+
+    let mut udp_sockets: Vec<Option<Socket>> = (0..workers).map(|_| None).collect();
+    let mut listening = Vec::new();
+    if config.udp.enabled {
+        let (address, sockets) = bind_all(config.udp.address, Type::DGRAM, workers, |a| {
+            bind_udp(a, &config)
+        })?;
+        listening.push(format!("udp://{address}"));
+        for (slot, socket) in udp_sockets.iter_mut().zip(sockets) {
+            *slot = Some(socket);
+        }
+    }
+
+    let (events, event_rx) = mpsc::channel();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR1,
+    ])
+    .context("cannot install signal handlers")?;
+    {
+        let events = events.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if events.send(Event::Signal(signal)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("cannot start the signal thread")?;
+    }
+
+    let start = ServerStartInstant::new();
+    let validator =
+        ConnectionIdValidator::new(Duration::from_secs(config.udp.connection_id_max_age_secs));
+    let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for (i, udp_socket) in udp_sockets.into_iter().enumerate() {
+        let setup = ExecutorSetup {
+            id: ShardId(i),
+            shards: workers,
+            config: config.clone(),
+            start,
+            validator: validator.clone(),
+            udp_socket,
+            mesh: mesh.clone(),
+            access_list: access_list.clone(),
+            shutdown: shutdown.clone(),
+            ready: events.clone(),
+        };
+        let placement = if config.runtime.pin_cpus {
+            Placement::Fixed(config.runtime.first_core + i)
+        } else {
+            Placement::Unbound
+        };
+        let builder = LocalExecutorBuilder::new(placement)
+            .name(&format!("aquatic-{i}"))
+            .io_memory(config.runtime.io_memory_kib * 1024)
+            .ring_depth(config.runtime.ring_depth);
+        let events = events.clone();
+        std::thread::Builder::new()
+            .name(format!("aquatic-{i}"))
+            .spawn(move || {
+                match builder.make() {
+                    Ok(executor) => executor.run(executor::run(setup)),
+                    Err(err) => {
+                        let _ = events.send(Event::StartFailed(ShardId(i), err.to_string()));
+                        return;
+                    }
+                }
+                let _ = events.send(Event::Exited(ShardId(i)));
+            })
+            .context("cannot start an executor thread")?;
+    }
+    drop(events);
+
+    wait_until_ready(&event_rx, workers, &config)?;
+    for address in &listening {
+        println!("aquatic: listening on {address}");
+    }
+    println!("aquatic: ready with {workers} workers");
+    log::info!("serving {} with {workers} workers", listening.join(", "));
+
+    serve_until_stopped(&event_rx, workers, &config, &access_list, &shutdown)
+}
+
+fn wait_until_ready(
+    events: &mpsc::Receiver<Event>,
+    workers: usize,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut ready = 0;
+    while ready < workers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::Ready(_)) => ready += 1,
+            Ok(Event::StartFailed(ShardId(i), err)) => {
+                let hint = if err.contains("memory")
+                    || err.contains("ENOMEM")
+                    || err.contains("EPERM")
+                {
+                    format!(
+                        " (io_uring needs locked memory: raise `ulimit -l`, LimitMEMLOCK= in the systemd unit, or lower runtime.io_memory_kib = {} / workers)",
+                        config.runtime.io_memory_kib
+                    )
+                } else if config.runtime.pin_cpus {
+                    " (is the core there? see runtime.pin_cpus and runtime.first_core)".to_owned()
+                } else {
+                    String::new()
+                };
+                bail!("executor {i} failed to start: {err}{hint}");
+            }
+            Ok(Event::Exited(ShardId(i))) => bail!("executor {i} stopped during start-up"),
+            Ok(Event::Signal(_)) => bail!("stopped by a signal during start-up"),
+            Err(_) => bail!("executors did not start within {START_TIMEOUT:?}"),
+        }
+    }
+    Ok(())
+}
+
+fn serve_until_stopped(
+    events: &mpsc::Receiver<Event>,
+    workers: usize,
+    config: &Config,
+    access_list: &SharedAccessList,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    loop {
+        match events.recv() {
+            Ok(Event::Signal(SIGUSR1)) => reload(config, access_list),
+            Ok(Event::Signal(signal @ (SIGTERM | SIGINT))) => {
+                log::info!("signal {signal}: stopping");
+                shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
+            Ok(Event::Exited(ShardId(i))) => bail!("executor {i} stopped unexpectedly"),
+            Ok(other) => log::debug!("ignored event {other:?}"),
+            Err(_) => bail!("every executor is gone"),
+        }
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    let mut exited = 0;
+    while exited < workers {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Exited(_)) => exited += 1,
+            Ok(Event::Signal(SIGTERM | SIGINT)) => {
+                log::warn!("second signal: exiting at once");
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                log::warn!("executors did not stop within {STOP_TIMEOUT:?}; exiting anyway");
+                break;
+            }
+        }
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+fn reload(config: &Config, access_list: &SharedAccessList) {
+    match AccessList::load(config.access_list.mode, &config.access_list.path) {
+        Ok(list) => {
+            log::info!("access list reloaded: {} info hashes", list.len());
+            access_list.replace(list);
+        }
+        Err(err) => log::error!("access list reload failed, keeping the old list: {err}"),
+    }
+}

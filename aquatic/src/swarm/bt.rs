@@ -1,0 +1,385 @@
+//! BitTorrent (UDP and HTTP) swarms of one shard.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aquatic_common::{
+    swarm::{shrink_map_if_sparse, PeerStatus, Swarm, SwarmPeer},
+    time::{SecondsSinceStart, ValidUntil},
+    InfoHash, PeerId,
+};
+use hashbrown::HashMap;
+use rand::Rng;
+
+use crate::config::TrackerConfig;
+
+/// A peer as the swarm stores it: where to reach it and until when.
+#[derive(Clone, Copy, Debug)]
+struct BtPeer<A> {
+    ip: A,
+    port: u16,
+    valid_until: ValidUntil,
+}
+
+impl<A: Copy> SwarmPeer for BtPeer<A> {
+    fn valid_until(&self) -> ValidUntil {
+        self.valid_until
+    }
+}
+
+/// A peer handed out in an announce response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BtPeerOut<A> {
+    /// The peer's id (HTTP non-compact responses carry it).
+    pub peer_id: PeerId,
+    /// Its address.
+    pub ip: A,
+    /// Its port.
+    pub port: u16,
+}
+
+#[derive(Default)]
+struct Torrent {
+    v4: Swarm<BtPeer<Ipv4Addr>>,
+    v6: Swarm<BtPeer<Ipv6Addr>>,
+    /// `completed` events seen: the scrape's "downloaded".
+    completed: u32,
+}
+
+impl Torrent {
+    fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+}
+
+/// An announce, with the protocol details already taken off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BtAnnounce {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// The announcing peer.
+    pub peer_id: PeerId,
+    /// Source address, canonical (IPv4-mapped IPv6 turned into IPv4).
+    pub ip: IpAddr,
+    /// The port the peer listens on.
+    pub port: u16,
+    /// The `stopped` event.
+    pub stopped: bool,
+    /// The `completed` event.
+    pub completed: bool,
+    /// Bytes the peer still lacks, if it said.
+    pub bytes_left: Option<u64>,
+    /// Peers wanted, already capped by config.
+    pub numwant: usize,
+}
+
+/// Counts in an announce response; the peers go into the caller's vectors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BtAnnounceOutcome {
+    /// Seeders of the torrent (both IP families).
+    pub seeders: usize,
+    /// Leechers of the torrent (both IP families).
+    pub leechers: usize,
+}
+
+/// Scrape figures of one torrent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScrapeStats {
+    /// Peers with the whole torrent.
+    pub seeders: usize,
+    /// Peers still downloading.
+    pub leechers: usize,
+    /// Completed downloads seen.
+    pub completed: u32,
+}
+
+/// What one cleaning pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    /// Expired peers removed.
+    pub peers_removed: usize,
+    /// Empty torrents removed.
+    pub torrents_removed: usize,
+}
+
+/// The torrents whose info hash maps to this shard.
+#[derive(Default)]
+pub struct BtShard {
+    torrents: HashMap<InfoHash, Torrent>,
+}
+
+impl BtShard {
+    /// Applies an announce and chooses peers for the reply: IPv4 requesters
+    /// get IPv4 peers in `out_v4`, IPv6 requesters IPv6 peers in `out_v6`.
+    /// The vectors are cleared first.
+    pub fn announce<R: Rng + ?Sized>(
+        &mut self,
+        config: &TrackerConfig,
+        now: SecondsSinceStart,
+        rng: &mut R,
+        request: &BtAnnounce,
+        out_v4: &mut Vec<BtPeerOut<Ipv4Addr>>,
+        out_v6: &mut Vec<BtPeerOut<Ipv6Addr>>,
+    ) -> BtAnnounceOutcome {
+        out_v4.clear();
+        out_v6.clear();
+        let status =
+            PeerStatus::from_announce(request.stopped, request.completed, request.bytes_left);
+        if status == PeerStatus::Stopped && !self.torrents.contains_key(&request.info_hash) {
+            // Never create a torrent just to record that a peer left it.
+            return BtAnnounceOutcome::default();
+        }
+        let torrent = self.torrents.entry(request.info_hash).or_default();
+        let valid_until = ValidUntil::after(now, config.peer_timeout());
+        let previous = match request.ip {
+            IpAddr::V4(ip) => announce_in(
+                &mut torrent.v4,
+                rng,
+                request,
+                status,
+                BtPeer {
+                    ip,
+                    port: request.port,
+                    valid_until,
+                },
+                out_v4,
+            ),
+            IpAddr::V6(ip) => announce_in(
+                &mut torrent.v6,
+                rng,
+                request,
+                status,
+                BtPeer {
+                    ip,
+                    port: request.port,
+                    valid_until,
+                },
+                out_v6,
+            ),
+        };
+        if request.completed && previous != Some(PeerStatus::Seeding) {
+            torrent.completed = torrent.completed.saturating_add(1);
+        }
+        let outcome = BtAnnounceOutcome {
+            seeders: torrent.v4.seeders() + torrent.v6.seeders(),
+            leechers: torrent.v4.leechers() + torrent.v6.leechers(),
+        };
+        if torrent.is_empty() {
+            self.torrents.remove(&request.info_hash);
+        }
+        outcome
+    }
+
+    /// Scrape figures for one torrent (zeros when unknown).
+    pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {
+        self.torrents
+            .get(info_hash)
+            .map_or_else(ScrapeStats::default, |t| ScrapeStats {
+                seeders: t.v4.seeders() + t.v6.seeders(),
+                leechers: t.v4.leechers() + t.v6.leechers(),
+                completed: t.completed,
+            })
+    }
+
+    /// Removes peers expired at `now` and torrents left empty, then shrinks
+    /// maps that became sparse so the memory goes back.
+    pub fn clean(&mut self, now: SecondsSinceStart) -> CleanReport {
+        let mut report = CleanReport::default();
+        let before = self.torrents.len();
+        self.torrents.retain(|_, t| {
+            report.peers_removed += t.v4.clean(now) + t.v6.clean(now);
+            !t.is_empty()
+        });
+        report.torrents_removed = before - self.torrents.len();
+        shrink_map_if_sparse(&mut self.torrents);
+        report
+    }
+
+    /// Torrents held.
+    pub fn torrents(&self) -> usize {
+        self.torrents.len()
+    }
+
+    /// (seeders, leechers) over all torrents. Walks the map: for metrics, not the request path.
+    pub fn peer_counts(&self) -> (usize, usize) {
+        self.torrents.values().fold((0, 0), |(s, l), t| {
+            (
+                s + t.v4.seeders() + t.v6.seeders(),
+                l + t.v4.leechers() + t.v6.leechers(),
+            )
+        })
+    }
+
+    /// Slots allocated in the torrent map.
+    pub fn capacity(&self) -> usize {
+        self.torrents.capacity()
+    }
+}
+
+fn announce_in<A: Copy, R: Rng + ?Sized>(
+    swarm: &mut Swarm<BtPeer<A>>,
+    rng: &mut R,
+    request: &BtAnnounce,
+    status: PeerStatus,
+    peer: BtPeer<A>,
+    out: &mut Vec<BtPeerOut<A>>,
+) -> Option<PeerStatus> {
+    let previous = swarm.upsert(request.peer_id, peer, status);
+    if status != PeerStatus::Stopped {
+        swarm.select_peers(
+            rng,
+            &request.peer_id,
+            status == PeerStatus::Seeding,
+            request.numwant,
+            |peer_id, p| {
+                out.push(BtPeerOut {
+                    peer_id: *peer_id,
+                    ip: p.ip,
+                    port: p.port,
+                })
+            },
+        );
+    }
+    previous
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::SmallRng, SeedableRng};
+
+    fn announce(n: u8, ip: IpAddr, left: u64) -> BtAnnounce {
+        BtAnnounce {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([n; 20]),
+            ip,
+            port: 1000 + n as u16,
+            stopped: false,
+            completed: false,
+            bytes_left: Some(left),
+            numwant: 50,
+        }
+    }
+
+    struct Fixture {
+        shard: BtShard,
+        config: TrackerConfig,
+        rng: SmallRng,
+        v4: Vec<BtPeerOut<Ipv4Addr>>,
+        v6: Vec<BtPeerOut<Ipv6Addr>>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                shard: BtShard::default(),
+                config: TrackerConfig::default(),
+                rng: SmallRng::seed_from_u64(3),
+                v4: vec![],
+                v6: vec![],
+            }
+        }
+        fn run(&mut self, now: u32, req: &BtAnnounce) -> BtAnnounceOutcome {
+            self.shard.announce(
+                &self.config,
+                SecondsSinceStart(now),
+                &mut self.rng,
+                req,
+                &mut self.v4,
+                &mut self.v6,
+            )
+        }
+    }
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+    #[test]
+    fn families_stay_apart_and_counts_cover_both() {
+        let mut f = Fixture::new();
+        f.run(0, &announce(1, V4, 10));
+        f.run(0, &announce(2, V6, 0));
+        let out = f.run(0, &announce(3, V4, 10));
+        assert_eq!(
+            out,
+            BtAnnounceOutcome {
+                seeders: 1,
+                leechers: 2
+            }
+        );
+        assert_eq!(f.v4.len(), 1);
+        assert_eq!(f.v4[0].peer_id, PeerId([1; 20]));
+        assert!(f.v6.is_empty());
+        f.run(0, &announce(4, V6, 10));
+        assert_eq!(f.v6.len(), 1);
+        assert_eq!(f.v6[0].port, 1002);
+    }
+
+    #[test]
+    fn stopped_removes_and_completed_counts_once() {
+        let mut f = Fixture::new();
+        f.run(0, &announce(1, V4, 10));
+        let mut done = announce(1, V4, 0);
+        done.completed = true;
+        f.run(0, &done);
+        f.run(0, &done);
+        let stats = f.shard.scrape(&InfoHash([1; 20]));
+        assert_eq!(
+            stats,
+            ScrapeStats {
+                seeders: 1,
+                leechers: 0,
+                completed: 1
+            }
+        );
+        let mut stop = announce(1, V4, 0);
+        stop.stopped = true;
+        f.run(0, &stop);
+        assert_eq!(f.shard.torrents(), 0);
+        // a stop for an unknown torrent creates nothing
+        f.run(0, &stop);
+        assert_eq!(f.shard.torrents(), 0);
+    }
+
+    #[test]
+    fn clean_expires_peers_and_torrents() {
+        let mut f = Fixture::new();
+        f.config.peer_timeout_secs = 10;
+        f.run(0, &announce(1, V4, 10));
+        f.run(5, &announce(2, V4, 10));
+        assert_eq!(
+            f.shard.clean(SecondsSinceStart(12)),
+            CleanReport {
+                peers_removed: 1,
+                torrents_removed: 0
+            }
+        );
+        assert_eq!(f.shard.scrape(&InfoHash([1; 20])).leechers, 1);
+        assert_eq!(
+            f.shard.clean(SecondsSinceStart(16)),
+            CleanReport {
+                peers_removed: 1,
+                torrents_removed: 1
+            }
+        );
+        assert_eq!(f.shard.torrents(), 0);
+    }
+
+    #[test]
+    fn torrent_map_shrinks_after_traffic_drops() {
+        let mut f = Fixture::new();
+        f.config.peer_timeout_secs = 1;
+        for i in 0..5000u32 {
+            let mut a = announce(1, V4, 1);
+            a.info_hash.0[..4].copy_from_slice(&i.to_be_bytes());
+            f.run(0, &a);
+        }
+        let peak = f.shard.capacity();
+        assert!(peak >= 5000);
+        f.shard.clean(SecondsSinceStart(10));
+        assert!(
+            f.shard.capacity() < peak / 4,
+            "{} vs {peak}",
+            f.shard.capacity()
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! The binary's command line and configuration handling.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{binary, scratch_dir};
+
+#[test]
+fn unknown_config_key_is_named_and_fatal() {
+    let dir = scratch_dir("cli-unknown");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[udp]\nadress = \"[::]:0\"\n").expect("write");
+    let out = binary().arg("-c").arg(&path).output().expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("adress"), "stderr names the key: {stderr}");
+    assert!(
+        stderr.contains("bad.toml"),
+        "stderr names the file: {stderr}"
+    );
+}
+
+#[test]
+fn printed_default_config_parses_back() {
+    let out = binary().arg("-p").output().expect("run");
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        printed.contains("[udp]") && printed.contains('#'),
+        "commented TOML"
+    );
+    let dir = scratch_dir("cli-print");
+    let path = dir.join("printed.toml");
+    std::fs::write(&path, &printed).expect("write");
+    let parsed = binary()
+        .arg("-c")
+        .arg(&path)
+        .arg("--print-parsed-config")
+        .output()
+        .expect("run");
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let defaults = binary().arg("--print-parsed-config").output().expect("run");
+    assert_eq!(
+        parsed.stdout, defaults.stdout,
+        "-p output parses to the defaults"
+    );
+}
+
+#[test]
+fn help_and_bad_flags() {
+    let out = binary().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
+    let out = binary()
+        .arg("--nope")
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sigterm_exits_zero() {
+    let mut tracker = common::Tracker::start("cli-sigterm", &common::base_config());
+    tracker.signal(libc::SIGTERM);
+    let status = tracker
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("exits");
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,200 @@
+//! Starts the real binary on random loopback ports and talks to it.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// A running tracker process, killed on drop.
+pub struct Tracker {
+    pub child: Child,
+    pub udp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
+    pub config_path: PathBuf,
+    pub dir: PathBuf,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "aquatic-test-{name}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+/// The binary under test.
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_aquatic"))
+}
+
+/// Config text every test starts from: two workers, port 0 everywhere,
+/// quiet logs, no CPU pinning (tests may run in parallel).
+pub fn base_config() -> String {
+    "workers = 2\nlog_level = \"warn\"\n[runtime]\npin_cpus = false\n[udp]\naddress = \"[::]:0\"\n"
+        .to_owned()
+}
+
+impl Tracker {
+    /// Starts the binary with `config` and waits until it says it is ready.
+    pub fn start(name: &str, config: &str) -> Tracker {
+        Self::try_start(name, config).unwrap_or_else(|e| panic!("tracker did not start: {e}"))
+    }
+
+    pub fn try_start(name: &str, config: &str) -> Result<Tracker, String> {
+        let dir = scratch_dir(name);
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = binary()
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn aquatic");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracker = Tracker {
+            child,
+            udp: None,
+            http: None,
+            ws: None,
+            config_path,
+            dir,
+            stderr: Some(stderr),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("aquatic: listening on ") {
+                        let (scheme, addr) = rest.split_once("://").expect("scheme://addr");
+                        let addr: SocketAddr = addr.parse().expect("address");
+                        match scheme {
+                            "udp" => tracker.udp = Some(addr),
+                            "http" | "https" => tracker.http = Some(addr),
+                            "ws" | "wss" => tracker.ws = Some(addr),
+                            other => panic!("unknown scheme {other}"),
+                        }
+                    } else if line.starts_with("aquatic: ready") {
+                        return Ok(tracker);
+                    }
+                }
+                Err(_) => {
+                    let _ = tracker.child.kill();
+                    let status = tracker.child.wait().ok();
+                    return Err(format!(
+                        "no ready line; exit {status:?}; stderr:\n{}",
+                        tracker.stderr_text()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// UDP address on IPv4 loopback.
+    pub fn udp_v4(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.udp.expect("udp enabled").port()))
+    }
+
+    /// UDP address on IPv6 loopback.
+    pub fn udp_v6(&self) -> SocketAddr {
+        SocketAddr::from((
+            std::net::Ipv6Addr::LOCALHOST,
+            self.udp.expect("udp enabled").port(),
+        ))
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Everything the process wrote to stderr (after it exited).
+    pub fn stderr_text(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("tracker stderr:\n{}", self.stderr_text());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An info hash owned by shard `shard` of `shards` (first 8 bytes decide), with `tag` to tell hashes apart.
+pub fn hash_on_shard(shard: u64, shards: u64, tag: u8) -> [u8; 20] {
+    let mut h = [tag; 20];
+    let base = u64::from(tag) * shards + shard;
+    h[..8].copy_from_slice(&base.to_be_bytes());
+    h
+}

@@ -1,0 +1,330 @@
+//! BEP 15 end to end: the real binary, two workers, real UDP sockets.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use aquatic_udp_protocol::{
+    AnnounceEvent, AnnounceRequest, ConnectRequest, ConnectionId, InfoHash, OwnedResponse, PeerId,
+    Request, ScrapeRequest, TransactionId,
+};
+use common::{base_config, eventually, hash_on_shard, Tracker};
+
+struct Client {
+    socket: UdpSocket,
+    tracker: SocketAddr,
+    connection_id: ConnectionId,
+    next_tid: i32,
+}
+
+impl Client {
+    fn new(tracker: SocketAddr) -> Client {
+        let bind: SocketAddr = if tracker.is_ipv6() {
+            "[::1]:0".parse().expect("addr")
+        } else {
+            "127.0.0.1:0".parse().expect("addr")
+        };
+        let socket = UdpSocket::bind(bind).expect("bind client");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut client = Client {
+            socket,
+            tracker,
+            connection_id: ConnectionId(0),
+            next_tid: 1,
+        };
+        let tid = client.tid();
+        match client.request(&Request::Connect(ConnectRequest {
+            transaction_id: tid,
+        })) {
+            OwnedResponse::Connect(r) => {
+                assert_eq!(r.transaction_id, tid);
+                client.connection_id = r.connection_id;
+            }
+            other => panic!("expected connect response, got {other:?}"),
+        }
+        client
+    }
+
+    fn tid(&mut self) -> TransactionId {
+        self.next_tid += 1;
+        TransactionId(self.next_tid)
+    }
+
+    fn send_raw(&self, bytes: &[u8]) {
+        self.socket.send_to(bytes, self.tracker).expect("send");
+    }
+
+    fn recv_raw(&self) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 4096];
+        match self.socket.recv_from(&mut buf) {
+            Ok((n, _)) => Some(buf[..n].to_vec()),
+            Err(_) => None,
+        }
+    }
+
+    fn request(&self, request: &Request<'_>) -> OwnedResponse {
+        let mut bytes = Vec::new();
+        request.write(&mut bytes).expect("write request");
+        self.send_raw(&bytes);
+        let reply = self.recv_raw().expect("a reply within the timeout");
+        OwnedResponse::parse(&reply, self.tracker.is_ipv6()).expect("a valid response")
+    }
+
+    fn announce(
+        &mut self,
+        hash: [u8; 20],
+        peer: u8,
+        port: u16,
+        event: AnnounceEvent,
+        left: i64,
+    ) -> OwnedResponse {
+        let tid = self.tid();
+        let request = Request::Announce(AnnounceRequest {
+            connection_id: self.connection_id,
+            transaction_id: tid,
+            info_hash: InfoHash(hash),
+            peer_id: PeerId([peer; 20]),
+            bytes_downloaded: 0,
+            bytes_left: left,
+            bytes_uploaded: 0,
+            event,
+            ip_address: None,
+            key: 0,
+            peers_wanted: -1,
+            port,
+        });
+        self.request(&request)
+    }
+
+    fn scrape(&mut self, hashes: &[[u8; 20]]) -> Vec<(i32, i32, i32)> {
+        let tid = self.tid();
+        let flat: Vec<u8> = hashes.iter().flatten().copied().collect();
+        let mut bytes = Vec::new();
+        // Built by hand: the request type borrows its hashes from a datagram.
+        bytes.extend_from_slice(&self.connection_id.0.to_be_bytes());
+        bytes.extend_from_slice(&2i32.to_be_bytes());
+        bytes.extend_from_slice(&tid.0.to_be_bytes());
+        bytes.extend_from_slice(&flat);
+        let parsed = Request::parse(&bytes, 100).expect("valid scrape");
+        assert!(matches!(parsed, Request::Scrape(ScrapeRequest { .. })));
+        self.send_raw(&bytes);
+        let reply = self.recv_raw().expect("scrape reply");
+        match OwnedResponse::parse(&reply, self.tracker.is_ipv6()).expect("valid") {
+            OwnedResponse::Scrape {
+                transaction_id,
+                torrent_stats,
+            } => {
+                assert_eq!(transaction_id, tid);
+                torrent_stats
+                    .iter()
+                    .map(|s| (s.seeders, s.leechers, s.completed))
+                    .collect()
+            }
+            other => panic!("expected scrape response, got {other:?}"),
+        }
+    }
+}
+
+fn peers_v4(r: &OwnedResponse) -> Vec<u16> {
+    match r {
+        OwnedResponse::AnnounceIpv4 { peers, .. } => peers.iter().map(|p| p.port).collect(),
+        other => panic!("expected an IPv4 announce response, got {other:?}"),
+    }
+}
+
+fn counts(r: &OwnedResponse) -> (i32, i32) {
+    match r {
+        OwnedResponse::AnnounceIpv4 {
+            seeders, leechers, ..
+        }
+        | OwnedResponse::AnnounceIpv6 {
+            seeders, leechers, ..
+        } => (*seeders, *leechers),
+        other => panic!("expected an announce response, got {other:?}"),
+    }
+}
+
+#[test]
+fn announce_scrape_stop_across_shards() {
+    let tracker = Tracker::start("udp-flow", &base_config());
+    // Hashes on both shards; the clients' sockets land on whichever
+    // executor the kernel picks, so both the inline and the mesh paths run.
+    let hashes = [
+        hash_on_shard(0, 2, 1),
+        hash_on_shard(1, 2, 2),
+        hash_on_shard(1, 2, 3),
+        hash_on_shard(0, 2, 4),
+    ];
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::new(tracker.udp_v4())).collect();
+    for (i, hash) in hashes.iter().enumerate() {
+        let first = clients[i].announce(*hash, 1, 6001, AnnounceEvent::Started, 100);
+        assert_eq!(
+            peers_v4(&first),
+            Vec::<u16>::new(),
+            "first peer sees nobody"
+        );
+        assert_eq!(counts(&first), (0, 1));
+        let second = clients[(i + 1) % 4].announce(*hash, 2, 6002, AnnounceEvent::Started, 0);
+        assert_eq!(peers_v4(&second), vec![6001], "second peer sees the first");
+        assert_eq!(counts(&second), (1, 1));
+    }
+    // Scrape order follows the request, whatever shard each hash lives on.
+    let unknown = hash_on_shard(1, 2, 9);
+    let order = [hashes[1], unknown, hashes[0], hashes[3], hashes[2]];
+    for client in clients.iter_mut() {
+        assert_eq!(
+            client.scrape(&order),
+            vec![(1, 1, 0), (0, 0, 0), (1, 1, 0), (1, 1, 0), (1, 1, 0)]
+        );
+    }
+    // completed turns the leecher into a seeder and counts a download
+    let done = clients[0].announce(hashes[0], 1, 6001, AnnounceEvent::Completed, 0);
+    assert_eq!(counts(&done), (2, 0));
+    assert_eq!(clients[2].scrape(&[hashes[0]]), vec![(2, 0, 1)]);
+    // stopped removes the peer
+    let stopped = clients[1].announce(hashes[1], 1, 6001, AnnounceEvent::Stopped, 100);
+    assert_eq!(counts(&stopped), (1, 0));
+    let third = clients[3].announce(hashes[1], 3, 6003, AnnounceEvent::Started, 100);
+    assert_eq!(peers_v4(&third), vec![6002]);
+}
+
+#[test]
+fn numwant_and_requester_exclusion() {
+    let tracker = Tracker::start(
+        "udp-numwant",
+        &format!("{}[tracker]\nmax_numwant = 5\n", base_config()),
+    );
+    let hash = hash_on_shard(1, 2, 7);
+    let mut client = Client::new(tracker.udp_v4());
+    for peer in 0..10u8 {
+        client.announce(hash, peer, 7000 + peer as u16, AnnounceEvent::Started, 10);
+    }
+    let response = client.announce(hash, 3, 7003, AnnounceEvent::None, 10);
+    let ports = peers_v4(&response);
+    assert_eq!(ports.len(), 5, "capped by max_numwant");
+    assert!(!ports.contains(&7003), "never the requester");
+}
+
+#[test]
+fn ipv6_announce_gets_ipv6_peers() {
+    let tracker = Tracker::start("udp-v6", &base_config());
+    let hash = hash_on_shard(0, 2, 5);
+    let mut a = Client::new(tracker.udp_v6());
+    let mut b = Client::new(tracker.udp_v6());
+    let mut c = Client::new(tracker.udp_v4());
+    a.announce(hash, 1, 8001, AnnounceEvent::Started, 10);
+    c.announce(hash, 3, 8003, AnnounceEvent::Started, 10);
+    match b.announce(hash, 2, 8002, AnnounceEvent::Started, 10) {
+        OwnedResponse::AnnounceIpv6 {
+            peers,
+            seeders,
+            leechers,
+            ..
+        } => {
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].port, 8001);
+            assert_eq!(peers[0].ip_address, std::net::Ipv6Addr::LOCALHOST);
+            assert_eq!((seeders, leechers), (0, 3), "counts cover both families");
+        }
+        other => panic!("expected IPv6 announce response, got {other:?}"),
+    }
+}
+
+#[test]
+fn expired_peers_disappear() {
+    let config = format!(
+        "{}[tracker]\npeer_timeout_secs = 1\ncleaning_interval_secs = 1\n",
+        base_config()
+    );
+    let tracker = Tracker::start("udp-expiry", &config);
+    let hashes = [hash_on_shard(0, 2, 11), hash_on_shard(1, 2, 12)];
+    let mut client = Client::new(tracker.udp_v4());
+    for hash in hashes {
+        client.announce(hash, 1, 9001, AnnounceEvent::Started, 10);
+    }
+    assert_eq!(client.scrape(&hashes), vec![(0, 1, 0), (0, 1, 0)]);
+    let gone = eventually(Duration::from_secs(10), || {
+        (client.scrape(&hashes) == vec![(0, 0, 0), (0, 0, 0)]).then_some(())
+    });
+    assert!(gone.is_some(), "peers should expire after the timeout");
+}
+
+#[test]
+fn invalid_connection_id_refused() {
+    let tracker = Tracker::start("udp-connid", &base_config());
+    let mut client = Client::new(tracker.udp_v4());
+    client.connection_id = ConnectionId(0x1234_5678);
+    let response = client.announce(hash_on_shard(0, 2, 1), 1, 1, AnnounceEvent::Started, 1);
+    match response {
+        OwnedResponse::Error { message, .. } => {
+            assert!(message.contains("connection"), "{message}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // the refused announce created nothing
+    let mut fresh = Client::new(tracker.udp_v4());
+    assert_eq!(fresh.scrape(&[hash_on_shard(0, 2, 1)]), vec![(0, 0, 0)]);
+}
+
+#[test]
+fn garbage_does_not_kill_it_and_never_amplifies() {
+    let tracker = Tracker::start("udp-garbage", &base_config());
+    let client = Client::new(tracker.udp_v4());
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut datagrams: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![0xff; 15],
+        vec![0xff; 16],
+        vec![0; 3000], // larger than any request
+        [&[0u8; 8][..], &7i32.to_be_bytes(), &1i32.to_be_bytes()].concat(), // unknown action
+        [
+            &[0u8; 8][..],
+            &1i32.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &[1; 10],
+        ]
+        .concat(), // short announce
+        [
+            &[0u8; 8][..],
+            &2i32.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &[1; 13],
+        ]
+        .concat(), // ragged scrape
+    ];
+    for _ in 0..500 {
+        let len = (next() % 200) as usize;
+        datagrams.push((0..len).map(|_| next() as u8).collect());
+    }
+    for d in &datagrams {
+        client.send_raw(d);
+    }
+    // Whatever came back is never larger than what provoked it.
+    client
+        .socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    while let Some(reply) = client.recv_raw() {
+        assert!(reply.len() <= 98, "reply of {} bytes", reply.len());
+    }
+    client
+        .socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    // still serving
+    let mut fresh = Client::new(tracker.udp_v4());
+    let r = fresh.announce(hash_on_shard(1, 2, 42), 1, 1234, AnnounceEvent::Started, 5);
+    assert_eq!(counts(&r), (0, 1));
+}
