@@ -86,6 +86,8 @@ pub struct Config {
     pub tracker: TrackerConfig,
     /// The UDP tracker.
     pub udp: UdpConfig,
+    /// The HTTP(S) tracker.
+    pub http: HttpConfig,
     /// Allow / deny list of info hashes.
     pub access_list: AccessListConfig,
 }
@@ -140,6 +142,59 @@ pub struct UdpConfig {
     pub connection_id_max_age_secs: u64,
 }
 
+/// The HTTP(S) tracker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve HTTP at all.
+    pub enabled: bool,
+    /// Address of every executor's SO_REUSEPORT listener.
+    pub address: SocketAddr,
+    /// IPV6_V6ONLY on an IPv6 address.
+    pub only_ipv6: bool,
+    /// PEM certificate chain; empty with the key: plain HTTP.
+    pub tls_certificate_path: PathBuf,
+    /// PEM private key.
+    pub tls_private_key_path: PathBuf,
+    /// Open connections per executor.
+    pub max_connections_per_worker: usize,
+    /// Longest request head.
+    pub max_request_bytes: usize,
+    /// Time to send a whole request.
+    pub request_timeout_secs: u64,
+    /// Idle keep-alive time.
+    pub keep_alive_timeout_secs: u64,
+    /// Header with the client address behind a proxy; empty: none.
+    pub reverse_proxy_ip_header: String,
+    /// Appending proxies in front.
+    pub reverse_proxy_trusted_hops: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: SocketAddr::from(([0u16; 8], 3001)),
+            only_ipv6: false,
+            tls_certificate_path: PathBuf::new(),
+            tls_private_key_path: PathBuf::new(),
+            max_connections_per_worker: 4096,
+            max_request_bytes: 4096,
+            request_timeout_secs: 10,
+            keep_alive_timeout_secs: 60,
+            reverse_proxy_ip_header: String::new(),
+            reverse_proxy_trusted_hops: 1,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Whether HTTPS is configured.
+    pub fn tls(&self) -> bool {
+        !self.tls_certificate_path.as_os_str().is_empty()
+    }
+}
+
 /// Allow / deny list of info hashes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -158,6 +213,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             tracker: TrackerConfig::default(),
             udp: UdpConfig::default(),
+            http: HttpConfig::default(),
             access_list: AccessListConfig::default(),
         }
     }
@@ -260,8 +316,32 @@ impl Config {
         {
             return invalid("access_list.path must be set when access_list.mode is not \"off\"");
         }
-        if !self.udp.enabled {
-            return invalid("nothing to serve: enable at least one protocol (udp.enabled)");
+        if !self.udp.enabled && !self.http.enabled {
+            return invalid(
+                "nothing to serve: enable at least one protocol (udp.enabled, http.enabled)",
+            );
+        }
+        let h = &self.http;
+        if h.tls_certificate_path.as_os_str().is_empty()
+            != h.tls_private_key_path.as_os_str().is_empty()
+        {
+            return invalid("http.tls_certificate_path and http.tls_private_key_path go together: set both or neither");
+        }
+        if h.max_request_bytes < 256 || h.max_connections_per_worker == 0 {
+            return invalid("http.max_request_bytes must be at least 256 and http.max_connections_per_worker at least 1");
+        }
+        if h.request_timeout_secs == 0 || h.keep_alive_timeout_secs == 0 {
+            return invalid(
+                "http.request_timeout_secs and http.keep_alive_timeout_secs must be at least 1",
+            );
+        }
+        if h.reverse_proxy_trusted_hops == 0 {
+            return invalid("http.reverse_proxy_trusted_hops must be at least 1");
+        }
+        if t.max_numwant > 3000 {
+            return invalid(
+                "tracker.max_numwant must be at most 3000 (a UDP response must fit a datagram)",
+            );
         }
         Ok(())
     }

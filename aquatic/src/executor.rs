@@ -2,10 +2,10 @@
 //!
 //! ```text
 //!            ┌──────────── executor i (pinned to core first_core + i) ───────────┐
-//!  socket ──>│ udp task ──(local hash)──> BtShard ──> response ──> socket         │
-//!            │     └──(other shard)──> mesh ──> executor j                         │
-//!  mesh   ──>│ mesh task per peer: forwarded announces, scrape parts              │
-//!            │ timers: cleaning (staggered), access list refresh, shutdown watch  │
+//!  udp    ──>│ udp task ──(own shard)──> BtShard ──> response ──> socket          │
+//!  http   ──>│ connection tasks ──(other shard)──> mesh ──> executor j ──> Reply  │
+//!  mesh   ──>│ one task per peer: forwarded announces, scrape parts, replies      │
+//!            │ timers: cleaning (staggered), reload pickup, shutdown watch        │
 //!            └────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
@@ -13,7 +13,8 @@
 //! held across an `.await`.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
+    net::{Ipv4Addr, Ipv6Addr},
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,65 +26,116 @@ use std::{
 use aquatic_common::{
     access_list::AccessList,
     connection_id::ConnectionIdValidator,
+    shard_of,
     time::{SecondsSinceStart, ServerStartInstant},
     InfoHash, ShardId,
 };
 use futures_lite::StreamExt;
 use glommio::{
-    channels::channel_mesh::{MeshBuilder, Senders},
+    channels::{
+        channel_mesh::{Full, MeshBuilder, Senders},
+        local_channel::{self, LocalReceiver, LocalSender},
+    },
     timer::sleep,
-    Latency, Shares,
+    Latency, Shares, TaskQueueHandle,
 };
+use hashbrown::HashMap;
 use rand::{rngs::SmallRng, SeedableRng};
 
 use crate::{
     config::Config,
     metrics::ExecutorStats,
-    net::udp::{self, UdpEndpoint},
-    routing::ShardMessage,
-    swarm::BtShard,
+    net::{
+        http::{self, HttpEndpoint},
+        udp::{self, UdpEndpoint},
+    },
+    routing::{ShardMessage, ShardReply},
+    swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, BtShard, ScrapeStats},
 };
 
 /// The datagram that makes an executor panic when built with `test-hooks`.
 #[cfg(feature = "test-hooks")]
 pub const TEST_PANIC_TRIGGER: &[u8] = b"aquatic-test-hook:panic";
 
-/// The access list every executor copies from, replaced on reload.
+/// How long an executor waits for another to answer before giving up.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A value the main thread replaces at runtime (access list, TLS config).
 ///
-/// Executors check `generation` on a timer and take a new `Arc` only when
-/// it changed, so the request path reads an executor-local copy.
-#[derive(Default)]
-pub struct SharedAccessList {
+/// Executors compare `generation` on a timer and take a new `Arc` only when
+/// it changed, so the request path reads an executor-local copy: no lock,
+/// no atomic.
+pub struct Reloadable<T> {
     generation: AtomicU64,
-    list: Mutex<Arc<AccessList>>,
+    value: Mutex<Arc<T>>,
 }
 
-impl SharedAccessList {
-    /// Starts with `list`.
-    pub fn new(list: AccessList) -> Self {
+impl<T> Reloadable<T> {
+    /// Starts with `value`.
+    pub fn new(value: T) -> Self {
         Self {
             generation: AtomicU64::new(0),
-            list: Mutex::new(Arc::new(list)),
+            value: Mutex::new(Arc::new(value)),
         }
     }
 
-    /// Replaces the list; executors pick it up within a second.
-    pub fn replace(&self, list: AccessList) {
-        *self.list.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
+    /// Replaces the value; executors pick it up within a fraction of a second.
+    pub fn replace(&self, value: T) {
+        *self.value.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    fn current(&self) -> (u64, Arc<AccessList>) {
-        let generation = self.generation.load(Ordering::Acquire);
-        let list = self.list.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        (generation, list)
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current value and its generation.
+    pub fn current(&self) -> (u64, Arc<T>) {
+        let generation = self.generation();
+        let value = self.value.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (generation, value)
+    }
+}
+
+/// An executor's copy of a [`Reloadable`].
+pub struct LocalCopy<T> {
+    shared: Arc<Reloadable<T>>,
+    seen: Cell<u64>,
+    value: RefCell<Arc<T>>,
+}
+
+impl<T> LocalCopy<T> {
+    /// Copies the current value.
+    pub fn new(shared: Arc<Reloadable<T>>) -> Self {
+        let (generation, value) = shared.current();
+        Self {
+            shared,
+            seen: Cell::new(generation),
+            value: RefCell::new(value),
+        }
+    }
+
+    /// The local value.
+    pub fn get(&self) -> Arc<T> {
+        self.value.borrow().clone()
+    }
+
+    /// Takes the shared value if it changed; true if it did.
+    fn refresh(&self) -> bool {
+        if self.shared.generation() == self.seen.get() {
+            return false;
+        }
+        let (generation, value) = self.shared.current();
+        self.seen.set(generation);
+        *self.value.borrow_mut() = value;
+        true
     }
 }
 
 /// What the main thread hands each executor thread.
 pub struct ExecutorSetup {
     /// The thread's index (the shard is the mesh's peer id).
-    pub id: ShardId,
+    pub thread_index: usize,
     /// Executors in all.
     pub shards: usize,
     /// The validated configuration.
@@ -94,14 +146,18 @@ pub struct ExecutorSetup {
     pub validator: ConnectionIdValidator,
     /// This executor's UDP socket, bound by the main thread.
     pub udp_socket: Option<socket2::Socket>,
+    /// This executor's HTTP listener, bound by the main thread.
+    pub http_listener: Option<socket2::Socket>,
     /// The mesh every executor joins.
-    pub mesh: MeshBuilder<ShardMessage, glommio::channels::channel_mesh::Full>,
+    pub mesh: MeshBuilder<ShardMessage, Full>,
     /// The shared access list.
-    pub access_list: Arc<SharedAccessList>,
+    pub access_list: Arc<Reloadable<AccessList>>,
+    /// The shared TLS configuration for HTTPS, if enabled.
+    pub http_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
     /// Set by the main thread to stop.
     pub shutdown: Arc<AtomicBool>,
     /// Told once this executor serves.
-    pub ready: std::sync::mpsc::Sender<crate::server::Event>,
+    pub events: std::sync::mpsc::Sender<crate::server::Event>,
 }
 
 /// The state of one executor, shared by its tasks.
@@ -118,9 +174,13 @@ pub struct Executor {
     /// Randomness for peer selection.
     pub rng: RefCell<SmallRng>,
     mesh: Senders<ShardMessage>,
-    access_list: RefCell<Arc<AccessList>>,
+    waiting: RefCell<HashMap<u64, LocalSender<ShardReply>>>,
+    next_token: Cell<u64>,
+    access_list: LocalCopy<AccessList>,
     /// Counters.
     pub stats: ExecutorStats,
+    /// Where request-serving tasks run.
+    pub requests_queue: TaskQueueHandle,
 }
 
 impl Executor {
@@ -133,7 +193,13 @@ impl Executor {
     /// Whether the access list lets `info_hash` through.
     #[inline]
     pub fn access_list_allows(&self, info_hash: &InfoHash) -> bool {
-        self.access_list.borrow().allows(info_hash)
+        self.access_list.value.borrow().allows(info_hash)
+    }
+
+    /// The shard that owns `info_hash`.
+    #[inline]
+    pub fn owner(&self, info_hash: &InfoHash) -> ShardId {
+        shard_of(info_hash, self.shards)
     }
 
     /// Sends to another executor without waiting; a full channel drops the
@@ -144,43 +210,163 @@ impl Executor {
             log::debug!("message to executor {} dropped: {err}", to.0);
         }
     }
+
+    /// Sends a request another executor answers with a [`ShardMessage::Reply`];
+    /// the reply arrives on the returned receiver.
+    fn send_request(
+        &self,
+        to: ShardId,
+        message: impl FnOnce(u64) -> ShardMessage,
+    ) -> (u64, LocalReceiver<ShardReply>) {
+        let token = self.next_token.get();
+        self.next_token.set(token.wrapping_add(1));
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.waiting.borrow_mut().insert(token, sender);
+        self.send_to_shard(to, message(token));
+        (token, receiver)
+    }
+
+    /// Waits for the reply to `token` (None if it never comes).
+    async fn wait_reply(
+        &self,
+        token: u64,
+        receiver: LocalReceiver<ShardReply>,
+    ) -> Option<ShardReply> {
+        let reply = futures_lite::future::or(receiver.recv(), async {
+            sleep(REPLY_TIMEOUT).await;
+            None
+        })
+        .await;
+        self.waiting.borrow_mut().remove(&token);
+        reply
+    }
+
+    /// Runs an announce on whichever shard owns the torrent; peers land in
+    /// `out_v4` / `out_v6`. None when the owner did not answer in time.
+    pub async fn announce(
+        &self,
+        request: BtAnnounce,
+        out_v4: &mut Vec<BtPeerOut<Ipv4Addr>>,
+        out_v6: &mut Vec<BtPeerOut<Ipv6Addr>>,
+    ) -> Option<BtAnnounceOutcome> {
+        let owner = self.owner(&request.info_hash);
+        if owner == self.id {
+            return Some(self.announce_local(&request, out_v4, out_v6));
+        }
+        let message = |token| ShardMessage::Announce {
+            origin: self.id,
+            token,
+            request,
+        };
+        let (token, receiver) = self.send_request(owner, message);
+        match self.wait_reply(token, receiver).await? {
+            ShardReply::Announce {
+                outcome,
+                peers_v4,
+                peers_v6,
+            } => {
+                *out_v4 = peers_v4;
+                *out_v6 = peers_v6;
+                Some(outcome)
+            }
+            ShardReply::Scrape(_) => None,
+        }
+    }
+
+    /// Runs an announce on this executor's own shard.
+    pub fn announce_local(
+        &self,
+        request: &BtAnnounce,
+        out_v4: &mut Vec<BtPeerOut<Ipv4Addr>>,
+        out_v6: &mut Vec<BtPeerOut<Ipv6Addr>>,
+    ) -> BtAnnounceOutcome {
+        let mut shard = self.shard.borrow_mut();
+        let mut rng = self.rng.borrow_mut();
+        shard.announce(
+            &self.config.tracker,
+            self.now(),
+            &mut *rng,
+            request,
+            out_v4,
+            out_v6,
+        )
+    }
+
+    /// Scrape figures for `hashes`, in their order, from every shard that
+    /// owns one of them: the local part inline, the others asked at once
+    /// and awaited together. Parts that never come back read as zeros.
+    pub async fn scrape(&self, hashes: &[InfoHash]) -> Vec<ScrapeStats> {
+        let mut stats = vec![ScrapeStats::default(); hashes.len()];
+        let mut remote: Vec<(ShardId, Vec<usize>, Vec<InfoHash>)> = Vec::new();
+        {
+            let shard = self.shard.borrow();
+            for (i, hash) in hashes.iter().enumerate() {
+                let owner = self.owner(hash);
+                if owner == self.id {
+                    stats[i] = shard.scrape(hash);
+                } else if let Some(part) = remote.iter_mut().find(|p| p.0 == owner) {
+                    part.1.push(i);
+                    part.2.push(*hash);
+                } else {
+                    remote.push((owner, vec![i], vec![*hash]));
+                }
+            }
+        }
+        // Every part is asked before any is awaited, so the parts are
+        // answered in parallel.
+        let pending: Vec<_> = remote
+            .into_iter()
+            .map(|(owner, positions, hashes)| {
+                let (token, receiver) = self.send_request(owner, |token| ShardMessage::Scrape {
+                    origin: self.id,
+                    token,
+                    hashes,
+                });
+                (token, receiver, positions)
+            })
+            .collect();
+        for (token, receiver, positions) in pending {
+            if let Some(ShardReply::Scrape(part)) = self.wait_reply(token, receiver).await {
+                for (i, s) in positions.into_iter().zip(part) {
+                    stats[i] = s;
+                }
+            }
+        }
+        stats
+    }
+
+    fn deliver(&self, token: u64, reply: ShardReply) {
+        if let Some(sender) = self.waiting.borrow_mut().remove(&token) {
+            let _ = sender.try_send(reply);
+        }
+    }
 }
 
 /// The executor's main future: joins the mesh, starts the tasks, reports
 /// ready, and returns when the main thread asks it to stop.
 pub async fn run(setup: ExecutorSetup) {
     let ExecutorSetup {
-        id: thread_index,
+        thread_index,
         shards,
         config,
         start,
         validator,
         udp_socket,
+        http_listener,
         mesh,
         access_list,
+        http_tls,
         shutdown,
-        ready,
+        events,
     } = setup;
     let (senders, mut receivers) = match mesh.join().await {
         Ok(pair) => pair,
-        Err(err) => panic!("executor {} could not join the mesh: {err}", thread_index.0),
+        Err(err) => panic!("executor {thread_index} could not join the mesh: {err}"),
     };
     // The mesh numbers executors in the order they joined; that number is
     // the shard this executor owns, whatever its thread index.
     let id = ShardId(senders.peer_id());
-    let (generation, list) = access_list.current();
-    let ex = Rc::new(Executor {
-        id,
-        shards,
-        config: config.clone(),
-        start,
-        shard: RefCell::default(),
-        rng: RefCell::new(SmallRng::from_entropy()),
-        mesh: senders,
-        access_list: RefCell::new(list),
-        stats: ExecutorStats::default(),
-    });
-    let requests = glommio::executor().create_task_queue(
+    let requests_queue = glommio::executor().create_task_queue(
         Shares::Static(1000),
         Latency::Matters(Duration::from_millis(10)),
         "requests",
@@ -190,42 +376,52 @@ pub async fn run(setup: ExecutorSetup) {
         Latency::NotImportant,
         "background",
     );
-
-    let udp = udp_socket.map(|socket| {
-        Rc::new(UdpEndpoint::new(
-            socket,
-            validator,
-            config.tracker.max_numwant,
-            config.tracker.max_scrape_torrents,
-        ))
+    let ex = Rc::new(Executor {
+        id,
+        shards,
+        config: config.clone(),
+        start,
+        shard: RefCell::default(),
+        rng: RefCell::new(SmallRng::from_entropy()),
+        mesh: senders,
+        waiting: RefCell::default(),
+        next_token: Cell::new(0),
+        access_list: LocalCopy::new(access_list),
+        stats: ExecutorStats::default(),
+        requests_queue,
     });
+
+    let udp = udp_socket.map(|socket| Rc::new(UdpEndpoint::new(socket, validator, &config)));
     if let Some(udp) = &udp {
-        spawn(requests, udp::run(ex.clone(), udp.clone()));
+        spawn(requests_queue, udp::run(ex.clone(), udp.clone()));
+    }
+    let http_tls = http_tls.map(|tls| Rc::new(LocalCopy::new(tls)));
+    if let Some(listener) = http_listener {
+        let endpoint = Rc::new(HttpEndpoint::new(listener, http_tls.clone()));
+        spawn(requests_queue, http::run(ex.clone(), endpoint));
     }
     for (_, stream) in receivers.streams() {
         let ex = ex.clone();
         let udp = udp.clone();
-        spawn(requests, async move {
+        spawn(requests_queue, async move {
             let mut stream = stream;
             while let Some(message) = stream.next().await {
                 handle_message(&ex, udp.as_deref(), message).await;
             }
         });
     }
-    spawn(background, clean_periodically(ex.clone(), udp.clone()));
-    spawn(
-        background,
-        refresh_access_list(ex.clone(), access_list, generation),
-    );
+    spawn(background, clean_periodically(ex.clone()));
+    spawn(background, refresh_reloadables(ex.clone(), http_tls));
 
-    let _ = ready.send(crate::server::Event::Ready(thread_index));
+    let _ = events.send(crate::server::Event::Ready(thread_index));
     while !shutdown.load(Ordering::Relaxed) {
         sleep(Duration::from_millis(50)).await;
     }
     log::debug!("executor {} stopping", ex.id.0);
 }
 
-fn spawn(queue: glommio::TaskQueueHandle, future: impl std::future::Future<Output = ()> + 'static) {
+/// Spawns a detached task on `queue`.
+pub fn spawn(queue: TaskQueueHandle, future: impl std::future::Future<Output = ()> + 'static) {
     match glommio::spawn_local_into(future, queue) {
         Ok(task) => task.detach(),
         Err(err) => panic!("cannot spawn task: {err}"),
@@ -243,29 +439,37 @@ async fn handle_message(ex: &Executor, udp: Option<&UdpEndpoint>, message: Shard
                 udp::answer_forwarded_announce(ex, udp, client, transaction_id, &request).await;
             }
         }
-        ShardMessage::ScrapeRequest {
+        ShardMessage::Announce {
+            origin,
+            token,
+            request,
+        } => {
+            let (mut peers_v4, mut peers_v6) = (Vec::new(), Vec::new());
+            let outcome = ex.announce_local(&request, &mut peers_v4, &mut peers_v6);
+            let reply = ShardReply::Announce {
+                outcome,
+                peers_v4,
+                peers_v6,
+            };
+            ex.send_to_shard(origin, ShardMessage::Reply { token, reply });
+        }
+        ShardMessage::Scrape {
             origin,
             token,
             hashes,
         } => {
             let stats = {
                 let shard = ex.shard.borrow();
-                hashes
-                    .into_iter()
-                    .map(|(i, hash)| (i, shard.scrape(&hash)))
-                    .collect()
+                hashes.iter().map(|hash| shard.scrape(hash)).collect()
             };
-            ex.send_to_shard(origin, ShardMessage::ScrapeResponse { token, stats });
+            let reply = ShardReply::Scrape(stats);
+            ex.send_to_shard(origin, ShardMessage::Reply { token, reply });
         }
-        ShardMessage::ScrapeResponse { token, stats } => {
-            if let Some(udp) = udp {
-                udp::complete_scrape_part(udp, ex, token, stats).await;
-            }
-        }
+        ShardMessage::Reply { token, reply } => ex.deliver(token, reply),
     }
 }
 
-async fn clean_periodically(ex: Rc<Executor>, udp: Option<Rc<UdpEndpoint>>) {
+async fn clean_periodically(ex: Rc<Executor>) {
     let interval = ex.config.tracker.cleaning_interval();
     // Stagger the executors so their cleaning passes do not coincide.
     let offset = interval.mul_f64(ex.id.0 as f64 / ex.shards.max(1) as f64);
@@ -274,8 +478,11 @@ async fn clean_periodically(ex: Rc<Executor>, udp: Option<Rc<UdpEndpoint>>) {
         sleep(interval).await;
         let now = ex.now();
         let report = ex.shard.borrow_mut().clean(now);
-        if let Some(udp) = &udp {
-            udp.clean(now);
+        {
+            let mut waiting = ex.waiting.borrow_mut();
+            if waiting.capacity() > 64 && waiting.capacity() > waiting.len() * 4 {
+                waiting.shrink_to_fit();
+            }
         }
         let shard = ex.shard.borrow();
         let (seeders, leechers) = shard.peer_counts();
@@ -289,13 +496,17 @@ async fn clean_periodically(ex: Rc<Executor>, udp: Option<Rc<UdpEndpoint>>) {
     }
 }
 
-async fn refresh_access_list(ex: Rc<Executor>, shared: Arc<SharedAccessList>, mut seen: u64) {
+async fn refresh_reloadables(
+    ex: Rc<Executor>,
+    http_tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
+) {
     loop {
         sleep(Duration::from_millis(200)).await;
-        if shared.generation.load(Ordering::Acquire) != seen {
-            let (generation, list) = shared.current();
-            seen = generation;
-            *ex.access_list.borrow_mut() = list;
+        if ex.access_list.refresh() {
+            log::debug!("executor {} took the new access list", ex.id.0);
+        }
+        if let Some(tls) = &http_tls {
+            tls.refresh();
         }
     }
 }

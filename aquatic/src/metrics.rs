@@ -36,6 +36,16 @@ pub struct ExecutorStats {
     pub udp_responses: Counter,
     /// UDP requests with a connection id we did not issue or that expired.
     pub udp_invalid_connection_id: Counter,
+    /// HTTP announce requests.
+    pub http_announce: Counter,
+    /// HTTP scrape requests.
+    pub http_scrape: Counter,
+    /// HTTP announce and scrape responses.
+    pub http_responses: Counter,
+    /// HTTP connections closed at once because the executor had too many.
+    pub http_connections_refused: Counter,
+    /// HTTP clients disconnected for sending a request too slowly.
+    pub http_timeouts: Counter,
     /// Requests that could not be parsed.
     pub bad_requests: Counter,
     /// Requests refused by the access list.

@@ -2,21 +2,23 @@
 //!
 //! Executors share nothing: a request for a torrent another executor owns
 //! travels to it as a [`ShardMessage`] over the glommio channel mesh, and
-//! whatever must come back travels the same way. Sends never wait: a full
-//! channel drops the message and counts it (the client retries, as UDP and
-//! HTTP clients do), so two busy executors can never block each other.
+//! whatever must come back travels the same way, named by the asker's
+//! token. Sends never wait: a full channel drops the message and counts it
+//! (the client retries, as UDP and HTTP clients do), so two busy executors
+//! can never block each other.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aquatic_common::{InfoHash, ShardId};
 
-use crate::swarm::{BtAnnounce, ScrapeStats};
+use crate::swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, ScrapeStats};
 
 /// Work and replies that cross executors.
 #[derive(Debug)]
 pub enum ShardMessage {
     /// A UDP announce for a torrent the receiver owns. The receiver answers
-    /// the client itself, from its own socket on the same local address.
+    /// the client itself, from its own socket on the same local address,
+    /// which saves the way back.
     UdpAnnounce {
         /// Where the answer goes.
         client: SocketAddr,
@@ -25,20 +27,45 @@ pub enum ShardMessage {
         /// The announce.
         request: BtAnnounce,
     },
-    /// The part of a scrape whose hashes the receiver owns.
-    ScrapeRequest {
-        /// Who asked (and waits for the [`ShardMessage::ScrapeResponse`]).
+    /// An announce whose answer goes back to `origin` (HTTP).
+    Announce {
+        /// Who asked.
         origin: ShardId,
-        /// The origin's name for the pending scrape.
+        /// The asker's name for the reply.
         token: u64,
-        /// Position in the original request, and the hash.
-        hashes: Vec<(u16, InfoHash)>,
+        /// The announce.
+        request: BtAnnounce,
     },
-    /// Figures for part of a scrape, back to its origin.
-    ScrapeResponse {
-        /// The origin's name for the pending scrape.
+    /// The part of a scrape whose hashes the receiver owns.
+    Scrape {
+        /// Who asked.
+        origin: ShardId,
+        /// The asker's name for the reply.
         token: u64,
-        /// Position in the original request, and the figures.
-        stats: Vec<(u16, ScrapeStats)>,
+        /// The hashes.
+        hashes: Vec<InfoHash>,
     },
+    /// The answer to an [`ShardMessage::Announce`] or [`ShardMessage::Scrape`].
+    Reply {
+        /// The asker's name for it.
+        token: u64,
+        /// The answer.
+        reply: ShardReply,
+    },
+}
+
+/// What a shard answers another executor.
+#[derive(Debug)]
+pub enum ShardReply {
+    /// Counts and chosen peers of an announce.
+    Announce {
+        /// Seeders and leechers.
+        outcome: BtAnnounceOutcome,
+        /// IPv4 peers (for IPv4 requesters).
+        peers_v4: Vec<BtPeerOut<Ipv4Addr>>,
+        /// IPv6 peers (for IPv6 requesters).
+        peers_v6: Vec<BtPeerOut<Ipv6Addr>>,
+    },
+    /// Figures in the order of the hashes asked for.
+    Scrape(Vec<ScrapeStats>),
 }

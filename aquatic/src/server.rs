@@ -21,14 +21,13 @@ use std::{
 use anyhow::{bail, Context};
 use aquatic_common::{
     access_list::AccessList, connection_id::ConnectionIdValidator, time::ServerStartInstant,
-    ShardId,
 };
 use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     config::Config,
-    executor::{self, ExecutorSetup, SharedAccessList},
+    executor::{self, ExecutorSetup, Reloadable},
 };
 
 /// How long executors may take to start before start-up is declared failed.
@@ -39,12 +38,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the main thread waits for.
 #[derive(Debug)]
 pub enum Event {
-    /// An executor serves.
-    Ready(ShardId),
+    /// An executor (by thread index) serves.
+    Ready(usize),
     /// An executor could not be created.
-    StartFailed(ShardId, String),
+    StartFailed(usize, String),
     /// An executor's thread ended.
-    Exited(ShardId),
+    Exited(usize),
     /// A signal arrived.
     Signal(i32),
 }
@@ -129,6 +128,34 @@ fn bind_udp(address: SocketAddr, config: &Config) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
+fn bind_tcp(address: SocketAddr, only_v6: bool) -> std::io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(only_v6)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+/// ALPN for the HTTPS listener.
+const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
+
+fn load_http_tls(config: &Config) -> anyhow::Result<rustls::ServerConfig> {
+    aquatic_common::tls::load_server_config(
+        &config.http.tls_certificate_path,
+        &config.http.tls_private_key_path,
+        HTTP_ALPN,
+    )
+    .context("cannot load the HTTPS certificate and key")
+}
+
 /// Binds one socket per executor on one address; a port of 0 is resolved
 /// once, so every executor shares the same port.
 fn bind_all<F>(
@@ -167,7 +194,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let access_list = AccessList::load(config.access_list.mode, &config.access_list.path)
         .context("cannot load the access list")?;
-    let access_list = Arc::new(SharedAccessList::new(access_list));
+    let access_list = Arc::new(Reloadable::new(access_list));
+    let http_tls = if config.http.enabled && config.http.tls() {
+        Some(Arc::new(Reloadable::new(load_http_tls(&config)?)))
+    } else {
+        None
+    };
 
     let mut udp_sockets: Vec<Option<Socket>> = (0..workers).map(|_| None).collect();
     let mut listening = Vec::new();
@@ -177,6 +209,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         })?;
         listening.push(format!("udp://{address}"));
         for (slot, socket) in udp_sockets.iter_mut().zip(sockets) {
+            *slot = Some(socket);
+        }
+    }
+
+    let mut http_listeners: Vec<Option<Socket>> = (0..workers).map(|_| None).collect();
+    if config.http.enabled {
+        let only_v6 = config.http.only_ipv6;
+        let (address, sockets) = bind_all(config.http.address, Type::STREAM, workers, |a| {
+            bind_tcp(a, only_v6)
+        })?;
+        let scheme = if http_tls.is_some() { "https" } else { "http" };
+        listening.push(format!("{scheme}://{address}"));
+        for (slot, socket) in http_listeners.iter_mut().zip(sockets) {
             *slot = Some(socket);
         }
     }
@@ -207,18 +252,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ConnectionIdValidator::new(Duration::from_secs(config.udp.connection_id_max_age_secs));
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
     let shutdown = Arc::new(AtomicBool::new(false));
-    for (i, udp_socket) in udp_sockets.into_iter().enumerate() {
+    for (i, (udp_socket, http_listener)) in udp_sockets.into_iter().zip(http_listeners).enumerate()
+    {
         let setup = ExecutorSetup {
-            id: ShardId(i),
+            thread_index: i,
             shards: workers,
             config: config.clone(),
             start,
             validator: validator.clone(),
             udp_socket,
+            http_listener,
             mesh: mesh.clone(),
             access_list: access_list.clone(),
+            http_tls: http_tls.clone(),
             shutdown: shutdown.clone(),
-            ready: events.clone(),
+            events: events.clone(),
         };
         let placement = if config.runtime.pin_cpus {
             Placement::Fixed(config.runtime.first_core + i)
@@ -236,11 +284,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 match builder.make() {
                     Ok(executor) => executor.run(executor::run(setup)),
                     Err(err) => {
-                        let _ = events.send(Event::StartFailed(ShardId(i), err.to_string()));
+                        let _ = events.send(Event::StartFailed(i, err.to_string()));
                         return;
                     }
                 }
-                let _ = events.send(Event::Exited(ShardId(i)));
+                let _ = events.send(Event::Exited(i));
             })
             .context("cannot start an executor thread")?;
     }
@@ -253,7 +301,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     println!("aquatic: ready with {workers} workers");
     log::info!("serving {} with {workers} workers", listening.join(", "));
 
-    serve_until_stopped(&event_rx, workers, &config, &access_list, &shutdown)
+    let reloadables = Reloadables {
+        access_list,
+        http_tls,
+    };
+    serve_until_stopped(&event_rx, workers, &config, &reloadables, &shutdown)
 }
 
 fn wait_until_ready(
@@ -267,7 +319,7 @@ fn wait_until_ready(
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
             Ok(Event::Ready(_)) => ready += 1,
-            Ok(Event::StartFailed(ShardId(i), err)) => {
+            Ok(Event::StartFailed(i, err)) => {
                 let hint = if err.contains("memory")
                     || err.contains("ENOMEM")
                     || err.contains("EPERM")
@@ -283,7 +335,7 @@ fn wait_until_ready(
                 };
                 bail!("executor {i} failed to start: {err}{hint}");
             }
-            Ok(Event::Exited(ShardId(i))) => bail!("executor {i} stopped during start-up"),
+            Ok(Event::Exited(i)) => bail!("executor {i} stopped during start-up"),
             Ok(Event::Signal(_)) => bail!("stopped by a signal during start-up"),
             Err(_) => bail!("executors did not start within {START_TIMEOUT:?}"),
         }
@@ -295,19 +347,19 @@ fn serve_until_stopped(
     events: &mpsc::Receiver<Event>,
     workers: usize,
     config: &Config,
-    access_list: &SharedAccessList,
+    reloadables: &Reloadables,
     shutdown: &AtomicBool,
 ) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     loop {
         match events.recv() {
-            Ok(Event::Signal(SIGUSR1)) => reload(config, access_list),
+            Ok(Event::Signal(SIGUSR1)) => reload(config, reloadables),
             Ok(Event::Signal(signal @ (SIGTERM | SIGINT))) => {
                 log::info!("signal {signal}: stopping");
                 shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }
-            Ok(Event::Exited(ShardId(i))) => bail!("executor {i} stopped unexpectedly"),
+            Ok(Event::Exited(i)) => bail!("executor {i} stopped unexpectedly"),
             Ok(other) => log::debug!("ignored event {other:?}"),
             Err(_) => bail!("every executor is gone"),
         }
@@ -332,12 +384,27 @@ fn serve_until_stopped(
     Ok(())
 }
 
-fn reload(config: &Config, access_list: &SharedAccessList) {
+/// What SIGUSR1 reloads.
+struct Reloadables {
+    access_list: Arc<Reloadable<AccessList>>,
+    http_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
+}
+
+fn reload(config: &Config, reloadables: &Reloadables) {
     match AccessList::load(config.access_list.mode, &config.access_list.path) {
         Ok(list) => {
             log::info!("access list reloaded: {} info hashes", list.len());
-            access_list.replace(list);
+            reloadables.access_list.replace(list);
         }
         Err(err) => log::error!("access list reload failed, keeping the old list: {err}"),
+    }
+    if let Some(tls) = &reloadables.http_tls {
+        match load_http_tls(config) {
+            Ok(server_config) => {
+                log::info!("HTTPS certificate and key reloaded");
+                tls.replace(server_config);
+            }
+            Err(err) => log::error!("HTTPS reload failed, keeping the old certificate: {err:#}"),
+        }
     }
 }

@@ -11,6 +11,7 @@
 //!    time         a coarse, monotonic seconds-since-start clock and ValidUntil
 //!    connection_id stateless BEP 15 connection ids (keyed hash of address and expiry)
 //!    access_list  allow / deny lists of info hashes, parsed from a file
+//!    tls          rustls server configuration from PEM files (HTTPS, WSS)
 //! ```
 //!
 //! Nothing here does I/O on sockets or knows about the async runtime: the
@@ -24,6 +25,7 @@ mod ids;
 pub mod shard;
 pub mod swarm;
 pub mod time;
+pub mod tls;
 
 pub use ids::{InfoHash, InvalidHex, PeerId};
 pub use shard::{shard_of, ShardId};

@@ -91,9 +91,19 @@ impl<'a> ParsedRequest<'a> {
     /// Only call this when a proxy is configured: clients can send the
     /// header themselves.
     pub fn forwarded_ip(&self, header_name: &str) -> Option<IpAddr> {
+        self.forwarded_ip_behind(header_name, 1)
+    }
+
+    /// Like [`Self::forwarded_ip`] with `trusted_proxies` proxies in front:
+    /// each appends the address it received from, so the client's address
+    /// is entry `trusted_proxies` counted from the end (1 = the last).
+    /// Entries before it can be forged by the client and are never used.
+    pub fn forwarded_ip_behind(&self, header_name: &str, trusted_proxies: usize) -> Option<IpAddr> {
         let value = self.header(header_name)?;
-        let last = value.rsplit(|&b| b == b',').next()?;
-        let text = std::str::from_utf8(trim(last)).ok()?;
+        let entry = value
+            .rsplit(|&b| b == b',')
+            .nth(trusted_proxies.checked_sub(1)?)?;
+        let text = std::str::from_utf8(trim(entry)).ok()?;
         text.parse::<IpAddr>()
             .ok()
             .or_else(|| text.parse::<SocketAddr>().ok().map(|a| a.ip()))
@@ -468,6 +478,12 @@ mod tests {
         );
         assert_eq!(parsed.forwarded_ip("x-real-ip"), "2001:db8::1".parse().ok());
         assert_eq!(parsed.forwarded_ip("host"), None);
+        assert_eq!(
+            parsed.forwarded_ip_behind("x-forwarded-for", 2),
+            "203.0.113.7".parse().ok()
+        );
+        assert_eq!(parsed.forwarded_ip_behind("x-forwarded-for", 3), None);
+        assert_eq!(parsed.forwarded_ip_behind("x-forwarded-for", 0), None);
         assert_eq!(parsed.headers().count(), 4);
     }
 

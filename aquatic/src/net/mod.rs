@@ -4,5 +4,6 @@
 //! crate, hands them to the local shard or to the owning executor, and
 //! writes the answers back. No tracker rule lives here.
 
+pub(crate) mod http;
 pub(crate) mod udp;
 mod udp_batch;

@@ -17,20 +17,18 @@ use std::{
     rc::Rc,
 };
 
-use aquatic_common::{
-    connection_id::ConnectionIdValidator, shard_of, time::SecondsSinceStart, ShardId,
-};
+use aquatic_common::{connection_id::ConnectionIdValidator, time::SecondsSinceStart};
 use aquatic_udp_protocol::{
     AnnounceEvent, AnnounceRequest, AnnounceResponse, ConnectResponse, ConnectionId, ErrorResponse,
     Request, Response, ResponsePeer, ScrapeRequest, ScrapeResponse, TorrentScrapeStatistics,
     TransactionId,
 };
 use glommio::net::UdpSocket;
-use hashbrown::HashMap;
 
 use super::udp_batch::DatagramBatch;
 use crate::{
-    executor::Executor,
+    config::Config,
+    executor::{spawn, Executor},
     routing::ShardMessage,
     swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, ScrapeStats},
 };
@@ -40,22 +38,11 @@ const BATCH: usize = 32;
 /// Largest request accepted: a full scrape plus BEP 41 options fit easily.
 const MAX_REQUEST: usize = 2048;
 
-/// A scrape whose parts are being answered by other executors.
-struct PendingScrape {
-    client: SocketAddr,
-    transaction_id: TransactionId,
-    stats: Vec<TorrentScrapeStatistics>,
-    parts_missing: usize,
-    started: SecondsSinceStart,
-}
-
 /// The UDP side of one executor: its socket and what it needs to answer.
 pub(crate) struct UdpEndpoint {
     socket: UdpSocket,
     validator: ConnectionIdValidator,
     response_slot: usize,
-    pending_scrapes: RefCell<HashMap<u64, PendingScrape>>,
-    next_token: std::cell::Cell<u64>,
     scratch: RefCell<Scratch>,
 }
 
@@ -67,36 +54,24 @@ struct Scratch {
     peers_v4: Vec<ResponsePeer<Ipv4Addr>>,
     peers_v6: Vec<ResponsePeer<Ipv6Addr>>,
     scrape_stats: Vec<TorrentScrapeStatistics>,
-    per_shard: Vec<Vec<(u16, aquatic_common::InfoHash)>>,
 }
 
 impl UdpEndpoint {
     pub(crate) fn new(
         socket: socket2::Socket,
         validator: ConnectionIdValidator,
-        max_numwant: usize,
-        max_scrape: usize,
+        config: &Config,
     ) -> Self {
+        let tracker = &config.tracker;
         // An IPv6 peer takes 18 bytes; a scraped torrent 12.
-        let response_slot = (20 + 18 * max_numwant)
-            .max(8 + 12 * max_scrape)
+        let response_slot = (20 + 18 * tracker.max_numwant)
+            .max(8 + 12 * tracker.max_scrape_torrents)
             .max(MAX_REQUEST);
         Self {
             socket: UdpSocket::from(socket),
             validator,
             response_slot,
-            pending_scrapes: RefCell::default(),
-            next_token: std::cell::Cell::new(0),
             scratch: RefCell::default(),
-        }
-    }
-
-    /// Drops scrapes whose parts never came back (a dropped mesh message).
-    pub(crate) fn clean(&self, now: SecondsSinceStart) {
-        let mut pending = self.pending_scrapes.borrow_mut();
-        pending.retain(|_, p| now.0.saturating_sub(p.started.0) < 30);
-        if pending.capacity() > 64 && pending.capacity() > pending.len() * 4 {
-            pending.shrink_to_fit();
         }
     }
 }
@@ -168,8 +143,8 @@ async fn flush(udp: &UdpEndpoint, batch: &mut DatagramBatch) {
 }
 
 fn handle_datagram(
-    ex: &Executor,
-    udp: &UdpEndpoint,
+    ex: &Rc<Executor>,
+    udp: &Rc<UdpEndpoint>,
     now: SecondsSinceStart,
     bytes: &[u8],
     src: SocketAddr,
@@ -215,7 +190,7 @@ fn handle_datagram(
                 );
                 return;
             }
-            announce(ex, udp, now, &req, ip, src, out);
+            announce(ex, udp, &req, ip, src, out);
         }
         Ok(Request::Scrape(req)) => {
             stats.udp_scrape.bump();
@@ -241,7 +216,7 @@ fn handle_datagram(
                 );
                 return;
             }
-            scrape(ex, udp, now, &req, src, out);
+            scrape(ex, udp, &req, src, out);
         }
         Err(err) => {
             stats.bad_requests.bump();
@@ -285,26 +260,17 @@ fn to_bt_announce(ex: &Executor, req: &AnnounceRequest, ip: IpAddr) -> BtAnnounc
 fn announce(
     ex: &Executor,
     udp: &UdpEndpoint,
-    now: SecondsSinceStart,
     req: &AnnounceRequest,
     ip: IpAddr,
     src: SocketAddr,
     out: &mut DatagramBatch,
 ) {
     let request = to_bt_announce(ex, req, ip);
-    let owner = shard_of(&req.info_hash, ex.shards);
+    let owner = ex.owner(&req.info_hash);
     if owner == ex.id {
-        answer_announce(
-            ex,
-            udp,
-            now,
-            req.transaction_id,
-            &request,
-            src,
-            |response| {
-                queue(out, src, response, usize::MAX);
-            },
-        );
+        answer_announce(ex, udp, req.transaction_id, &request, |response| {
+            queue(out, src, response, usize::MAX);
+        });
     } else {
         ex.send_to_shard(
             owner,
@@ -318,13 +284,11 @@ fn announce(
 }
 
 /// Runs an announce on this executor's shard and hands the response to `send`.
-pub(crate) fn answer_announce(
+fn answer_announce(
     ex: &Executor,
     udp: &UdpEndpoint,
-    now: SecondsSinceStart,
     transaction_id: TransactionId,
     request: &BtAnnounce,
-    _client: SocketAddr,
     send: impl FnOnce(&Response<'_>),
 ) {
     let mut scratch = udp.scratch.borrow_mut();
@@ -335,11 +299,7 @@ pub(crate) fn answer_announce(
         peers_v6,
         ..
     } = &mut *scratch;
-    let outcome: BtAnnounceOutcome = {
-        let mut shard = ex.shard.borrow_mut();
-        let mut rng = ex.rng.borrow_mut();
-        shard.announce(&ex.config.tracker, now, &mut *rng, request, v4, v6)
-    };
+    let outcome: BtAnnounceOutcome = ex.announce_local(request, v4, v6);
     let interval = ex.config.tracker.announce_interval_secs as i32;
     let leechers = outcome.leechers.min(i32::MAX as usize) as i32;
     let seeders = outcome.seeders.min(i32::MAX as usize) as i32;
@@ -389,10 +349,8 @@ pub(crate) async fn answer_forwarded_announce(
     answer_announce(
         ex,
         udp,
-        ex.now(),
         TransactionId(transaction_id),
         request,
-        client,
         |response| {
             buf = write_response(response, udp.response_slot, usize::MAX);
         },
@@ -409,105 +367,48 @@ fn to_wire(s: ScrapeStats) -> TorrentScrapeStatistics {
 }
 
 fn scrape(
-    ex: &Executor,
-    udp: &UdpEndpoint,
-    now: SecondsSinceStart,
+    ex: &Rc<Executor>,
+    udp: &Rc<UdpEndpoint>,
     req: &ScrapeRequest<'_>,
     src: SocketAddr,
     out: &mut DatagramBatch,
 ) {
-    let mut scratch = udp.scratch.borrow_mut();
-    let Scratch {
-        scrape_stats,
-        per_shard,
-        ..
-    } = &mut *scratch;
-    scrape_stats.clear();
-    scrape_stats.resize(req.info_hashes.len(), TorrentScrapeStatistics::default());
-    per_shard.resize_with(ex.shards, Vec::new);
-    let mut remote_parts = 0;
-    {
-        let shard = ex.shard.borrow();
-        for (i, hash) in req.info_hashes.iter().enumerate() {
-            let owner = shard_of(&hash, ex.shards);
-            if owner == ex.id {
-                scrape_stats[i] = to_wire(shard.scrape(&hash));
-            } else {
-                if per_shard[owner.0].is_empty() {
-                    remote_parts += 1;
-                }
-                per_shard[owner.0].push((i as u16, hash));
-            }
+    let transaction_id = req.transaction_id;
+    if req.info_hashes.iter().all(|hash| ex.owner(&hash) == ex.id) {
+        let mut scratch = udp.scratch.borrow_mut();
+        let stats = &mut scratch.scrape_stats;
+        stats.clear();
+        {
+            let shard = ex.shard.borrow();
+            stats.extend(
+                req.info_hashes
+                    .iter()
+                    .map(|hash| to_wire(shard.scrape(&hash))),
+            );
         }
-    }
-    if remote_parts == 0 {
         let response = Response::Scrape(ScrapeResponse {
-            transaction_id: req.transaction_id,
-            torrent_stats: scrape_stats,
+            transaction_id,
+            torrent_stats: stats,
         });
         ex.stats.udp_responses.bump();
         queue(out, src, &response, usize::MAX);
         return;
     }
-    let token = udp.next_token.get();
-    udp.next_token.set(token.wrapping_add(1));
-    udp.pending_scrapes.borrow_mut().insert(
-        token,
-        PendingScrape {
-            client: src,
-            transaction_id: req.transaction_id,
-            stats: scrape_stats.clone(),
-            parts_missing: remote_parts,
-            started: now,
-        },
-    );
-    for (owner, hashes) in per_shard.iter_mut().enumerate() {
-        if !hashes.is_empty() {
-            ex.send_to_shard(
-                ShardId(owner),
-                ShardMessage::ScrapeRequest {
-                    origin: ex.id,
-                    token,
-                    hashes: std::mem::take(hashes),
-                },
-            );
-        }
-    }
-}
-
-/// Fills in the part of a pending scrape another executor answered; sends
-/// the response once every part is in.
-pub(crate) async fn complete_scrape_part(
-    udp: &UdpEndpoint,
-    ex: &Executor,
-    token: u64,
-    stats: Vec<(u16, ScrapeStats)>,
-) {
-    let done = {
-        let mut pending = udp.pending_scrapes.borrow_mut();
-        let Some(scrape) = pending.get_mut(&token) else {
-            return;
-        };
-        for (i, s) in stats {
-            if let Some(slot) = scrape.stats.get_mut(i as usize) {
-                *slot = to_wire(s);
-            }
-        }
-        scrape.parts_missing -= 1;
-        if scrape.parts_missing > 0 {
-            return;
-        }
-        pending.remove(&token)
-    };
-    if let Some(scrape) = done {
+    // Hashes on other shards: a task gathers the parts and answers, so the
+    // batch loop does not wait.
+    let hashes: Vec<_> = req.info_hashes.iter().collect();
+    let (ex, udp) = (ex.clone(), udp.clone());
+    let queue = ex.requests_queue;
+    spawn(queue, async move {
+        let stats: Vec<_> = ex.scrape(&hashes).await.into_iter().map(to_wire).collect();
         let response = Response::Scrape(ScrapeResponse {
-            transaction_id: scrape.transaction_id,
-            torrent_stats: &scrape.stats,
+            transaction_id,
+            torrent_stats: &stats,
         });
         let buf = write_response(&response, udp.response_slot, usize::MAX);
         ex.stats.udp_responses.bump();
-        send_one(udp, &buf, scrape.client).await;
-    }
+        send_one(&udp, &buf, src).await;
+    });
 }
 
 async fn send_one(udp: &UdpEndpoint, bytes: &[u8], dst: SocketAddr) {
