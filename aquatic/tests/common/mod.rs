@@ -1,6 +1,8 @@
 //! Starts the real binary on random loopback ports and talks to it.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod udp_client;
+
 use std::{
     io::{BufRead, BufReader, Read},
     net::SocketAddr,

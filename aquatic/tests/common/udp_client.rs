@@ -1,0 +1,147 @@
+//! A small BEP 15 client for the end-to-end tests.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use aquatic_udp_protocol::{
+    AnnounceEvent, AnnounceRequest, ConnectRequest, ConnectionId, InfoHash, OwnedResponse, PeerId,
+    Request, ScrapeRequest, TransactionId,
+};
+
+pub struct Client {
+    pub socket: UdpSocket,
+    tracker: SocketAddr,
+    pub connection_id: ConnectionId,
+    next_tid: i32,
+}
+
+impl Client {
+    pub fn new(tracker: SocketAddr) -> Client {
+        let bind: SocketAddr = if tracker.is_ipv6() {
+            "[::1]:0".parse().expect("addr")
+        } else {
+            "127.0.0.1:0".parse().expect("addr")
+        };
+        let socket = UdpSocket::bind(bind).expect("bind client");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut client = Client {
+            socket,
+            tracker,
+            connection_id: ConnectionId(0),
+            next_tid: 1,
+        };
+        let tid = client.tid();
+        match client.request(&Request::Connect(ConnectRequest {
+            transaction_id: tid,
+        })) {
+            OwnedResponse::Connect(r) => {
+                assert_eq!(r.transaction_id, tid);
+                client.connection_id = r.connection_id;
+            }
+            other => panic!("expected connect response, got {other:?}"),
+        }
+        client
+    }
+
+    pub fn tid(&mut self) -> TransactionId {
+        self.next_tid += 1;
+        TransactionId(self.next_tid)
+    }
+
+    pub fn send_raw(&self, bytes: &[u8]) {
+        self.socket.send_to(bytes, self.tracker).expect("send");
+    }
+
+    pub fn recv_raw(&self) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 4096];
+        match self.socket.recv_from(&mut buf) {
+            Ok((n, _)) => Some(buf[..n].to_vec()),
+            Err(_) => None,
+        }
+    }
+
+    pub fn request(&self, request: &Request<'_>) -> OwnedResponse {
+        let mut bytes = Vec::new();
+        request.write(&mut bytes).expect("write request");
+        self.send_raw(&bytes);
+        let reply = self.recv_raw().expect("a reply within the timeout");
+        OwnedResponse::parse(&reply, self.tracker.is_ipv6()).expect("a valid response")
+    }
+
+    pub fn announce(
+        &mut self,
+        hash: [u8; 20],
+        peer: u8,
+        port: u16,
+        event: AnnounceEvent,
+        left: i64,
+    ) -> OwnedResponse {
+        let tid = self.tid();
+        let request = Request::Announce(AnnounceRequest {
+            connection_id: self.connection_id,
+            transaction_id: tid,
+            info_hash: InfoHash(hash),
+            peer_id: PeerId([peer; 20]),
+            bytes_downloaded: 0,
+            bytes_left: left,
+            bytes_uploaded: 0,
+            event,
+            ip_address: None,
+            key: 0,
+            peers_wanted: -1,
+            port,
+        });
+        self.request(&request)
+    }
+
+    pub fn scrape(&mut self, hashes: &[[u8; 20]]) -> Vec<(i32, i32, i32)> {
+        let tid = self.tid();
+        let flat: Vec<u8> = hashes.iter().flatten().copied().collect();
+        let mut bytes = Vec::new();
+        // Built by hand: the request type borrows its hashes from a datagram.
+        bytes.extend_from_slice(&self.connection_id.0.to_be_bytes());
+        bytes.extend_from_slice(&2i32.to_be_bytes());
+        bytes.extend_from_slice(&tid.0.to_be_bytes());
+        bytes.extend_from_slice(&flat);
+        let parsed = Request::parse(&bytes, 100).expect("valid scrape");
+        assert!(matches!(parsed, Request::Scrape(ScrapeRequest { .. })));
+        self.send_raw(&bytes);
+        let reply = self.recv_raw().expect("scrape reply");
+        match OwnedResponse::parse(&reply, self.tracker.is_ipv6()).expect("valid") {
+            OwnedResponse::Scrape {
+                transaction_id,
+                torrent_stats,
+            } => {
+                assert_eq!(transaction_id, tid);
+                torrent_stats
+                    .iter()
+                    .map(|s| (s.seeders, s.leechers, s.completed))
+                    .collect()
+            }
+            other => panic!("expected scrape response, got {other:?}"),
+        }
+    }
+}
+
+pub fn peers_v4(r: &OwnedResponse) -> Vec<u16> {
+    match r {
+        OwnedResponse::AnnounceIpv4 { peers, .. } => peers.iter().map(|p| p.port).collect(),
+        other => panic!("expected an IPv4 announce response, got {other:?}"),
+    }
+}
+
+pub fn counts(r: &OwnedResponse) -> (i32, i32) {
+    match r {
+        OwnedResponse::AnnounceIpv4 {
+            seeders, leechers, ..
+        }
+        | OwnedResponse::AnnounceIpv6 {
+            seeders, leechers, ..
+        } => (*seeders, *leechers),
+        other => panic!("expected an announce response, got {other:?}"),
+    }
+}
