@@ -22,6 +22,7 @@ pub mod config;
 pub mod executor;
 pub mod metrics;
 mod net;
+pub mod notify;
 pub mod routing;
 pub mod server;
 pub mod swarm;

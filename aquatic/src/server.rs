@@ -28,6 +28,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::{
     config::Config,
     executor::{self, ExecutorSetup, Reloadable},
+    notify::{monotonic_usec, notify},
 };
 
 /// How long executors may take to start before start-up is declared failed.
@@ -299,6 +300,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         println!("aquatic: listening on {address}");
     }
     println!("aquatic: ready with {workers} workers");
+    notify("READY=1");
     log::info!("serving {} with {workers} workers", listening.join(", "));
 
     let reloadables = Reloadables {
@@ -353,9 +355,14 @@ fn serve_until_stopped(
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     loop {
         match events.recv() {
-            Ok(Event::Signal(SIGUSR1)) => reload(config, reloadables),
+            Ok(Event::Signal(SIGUSR1)) => {
+                notify(&format!("RELOADING=1\n{}", monotonic_usec()));
+                reload(config, reloadables);
+                notify("READY=1");
+            }
             Ok(Event::Signal(signal @ (SIGTERM | SIGINT))) => {
                 log::info!("signal {signal}: stopping");
+                notify("STOPPING=1");
                 shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }
