@@ -88,6 +88,8 @@ pub struct Config {
     pub udp: UdpConfig,
     /// The HTTP(S) tracker.
     pub http: HttpConfig,
+    /// The WebTorrent (WS/WSS) tracker.
+    pub ws: WsConfig,
     /// Allow / deny list of info hashes.
     pub access_list: AccessListConfig,
 }
@@ -195,6 +197,65 @@ impl HttpConfig {
     }
 }
 
+/// The WebTorrent tracker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Serve WebSocket at all.
+    pub enabled: bool,
+    /// Address of every executor's SO_REUSEPORT listener.
+    pub address: SocketAddr,
+    /// IPV6_V6ONLY on an IPv6 address.
+    pub only_ipv6: bool,
+    /// PEM certificate chain; empty with the key: plain WS.
+    pub tls_certificate_path: PathBuf,
+    /// PEM private key.
+    pub tls_private_key_path: PathBuf,
+    /// Open connections per executor.
+    pub max_connections_per_worker: usize,
+    /// Largest message.
+    pub max_message_bytes: usize,
+    /// Largest frame.
+    pub max_frame_bytes: usize,
+    /// Most offers relayed per announce.
+    pub max_offers: usize,
+    /// Messages queued for one connection.
+    pub outgoing_queue: usize,
+    /// Time to complete the handshake.
+    pub handshake_timeout_secs: u64,
+    /// Silence before a ping; twice this closes.
+    pub idle_timeout_secs: u64,
+    /// Interval told to clients.
+    pub announce_interval_secs: u32,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: SocketAddr::from(([0u16; 8], 3002)),
+            only_ipv6: false,
+            tls_certificate_path: PathBuf::new(),
+            tls_private_key_path: PathBuf::new(),
+            max_connections_per_worker: 8192,
+            max_message_bytes: 65536,
+            max_frame_bytes: 65536,
+            max_offers: 10,
+            outgoing_queue: 64,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            announce_interval_secs: 120,
+        }
+    }
+}
+
+impl WsConfig {
+    /// Whether WSS is configured.
+    pub fn tls(&self) -> bool {
+        !self.tls_certificate_path.as_os_str().is_empty()
+    }
+}
+
 /// Allow / deny list of info hashes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -214,6 +275,7 @@ impl Default for Config {
             tracker: TrackerConfig::default(),
             udp: UdpConfig::default(),
             http: HttpConfig::default(),
+            ws: WsConfig::default(),
             access_list: AccessListConfig::default(),
         }
     }
@@ -316,10 +378,28 @@ impl Config {
         {
             return invalid("access_list.path must be set when access_list.mode is not \"off\"");
         }
-        if !self.udp.enabled && !self.http.enabled {
+        if !self.udp.enabled && !self.http.enabled && !self.ws.enabled {
             return invalid(
-                "nothing to serve: enable at least one protocol (udp.enabled, http.enabled)",
+                "nothing to serve: enable at least one protocol (udp.enabled, http.enabled, ws.enabled)",
             );
+        }
+        let w = &self.ws;
+        if w.tls_certificate_path.as_os_str().is_empty()
+            != w.tls_private_key_path.as_os_str().is_empty()
+        {
+            return invalid("ws.tls_certificate_path and ws.tls_private_key_path go together: set both or neither");
+        }
+        if w.max_connections_per_worker == 0 || w.outgoing_queue == 0 || w.max_offers == 0 {
+            return invalid("ws.max_connections_per_worker, ws.outgoing_queue and ws.max_offers must be at least 1");
+        }
+        if w.max_message_bytes < 1024 || w.max_frame_bytes < 1024 {
+            return invalid("ws.max_message_bytes and ws.max_frame_bytes must be at least 1024");
+        }
+        if w.handshake_timeout_secs == 0
+            || w.idle_timeout_secs == 0
+            || w.announce_interval_secs == 0
+        {
+            return invalid("ws.handshake_timeout_secs, ws.idle_timeout_secs and ws.announce_interval_secs must be at least 1");
         }
         let h = &self.http;
         if h.tls_certificate_path.as_os_str().is_empty()

@@ -48,9 +48,13 @@ use crate::{
     net::{
         http::{self, HttpEndpoint},
         udp::{self, UdpEndpoint},
+        ws::{self, WsEndpoint},
     },
-    routing::{ShardMessage, ShardReply},
-    swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, BtShard, ScrapeStats},
+    routing::{ShardMessage, ShardReply, SwarmKind},
+    swarm::{
+        BtAnnounce, BtAnnounceOutcome, BtPeerOut, BtShard, ConnectionRef, ScrapeStats, WsAnnounce,
+        WsOutgoing, WsShard,
+    },
 };
 
 /// The datagram that makes an executor panic when built with `test-hooks`.
@@ -154,6 +158,10 @@ pub struct ExecutorSetup {
     pub access_list: Arc<Reloadable<AccessList>>,
     /// The shared TLS configuration for HTTPS, if enabled.
     pub http_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
+    /// This executor's WebSocket listener, bound by the main thread.
+    pub ws_listener: Option<socket2::Socket>,
+    /// The shared TLS configuration for WSS, if enabled.
+    pub ws_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
     /// Set by the main thread to stop.
     pub shutdown: Arc<AtomicBool>,
     /// Told once this executor serves.
@@ -171,6 +179,10 @@ pub struct Executor {
     start: ServerStartInstant,
     /// The torrents this executor owns.
     pub shard: RefCell<BtShard>,
+    /// The WebTorrent torrents this executor owns.
+    pub ws_shard: RefCell<WsShard>,
+    /// Outgoing queues of the WebSocket connections this executor holds.
+    pub ws_connections: RefCell<HashMap<u64, LocalSender<WsOutgoing>>>,
     /// Randomness for peer selection.
     pub rng: RefCell<SmallRng>,
     mesh: Senders<ShardMessage>,
@@ -295,15 +307,14 @@ impl Executor {
     /// Scrape figures for `hashes`, in their order, from every shard that
     /// owns one of them: the local part inline, the others asked at once
     /// and awaited together. Parts that never come back read as zeros.
-    pub async fn scrape(&self, hashes: &[InfoHash]) -> Vec<ScrapeStats> {
+    pub async fn scrape(&self, kind: SwarmKind, hashes: &[InfoHash]) -> Vec<ScrapeStats> {
         let mut stats = vec![ScrapeStats::default(); hashes.len()];
         let mut remote: Vec<(ShardId, Vec<usize>, Vec<InfoHash>)> = Vec::new();
         {
-            let shard = self.shard.borrow();
             for (i, hash) in hashes.iter().enumerate() {
                 let owner = self.owner(hash);
                 if owner == self.id {
-                    stats[i] = shard.scrape(hash);
+                    stats[i] = self.scrape_local(kind, hash);
                 } else if let Some(part) = remote.iter_mut().find(|p| p.0 == owner) {
                     part.1.push(i);
                     part.2.push(*hash);
@@ -320,6 +331,7 @@ impl Executor {
                 let (token, receiver) = self.send_request(owner, |token| ShardMessage::Scrape {
                     origin: self.id,
                     token,
+                    kind,
                     hashes,
                 });
                 (token, receiver, positions)
@@ -333,6 +345,81 @@ impl Executor {
             }
         }
         stats
+    }
+
+    /// Scrape figures of one torrent this executor owns.
+    pub fn scrape_local(&self, kind: SwarmKind, hash: &InfoHash) -> ScrapeStats {
+        match kind {
+            SwarmKind::Bt => self.shard.borrow().scrape(hash),
+            SwarmKind::Ws => self.ws_shard.borrow().scrape(hash),
+        }
+    }
+
+    /// Runs a WebTorrent announce here if this shard owns the torrent, or
+    /// sends it to the owner.
+    pub fn ws_announce(&self, request: WsAnnounce) {
+        let owner = self.owner(&request.info_hash);
+        if owner != self.id {
+            self.send_to_shard(owner, ShardMessage::WsAnnounce(request));
+            return;
+        }
+        let mut rng = self.rng.borrow_mut();
+        self.ws_shard.borrow_mut().announce(
+            &self.config.tracker,
+            self.now(),
+            &mut *rng,
+            request,
+            |connection, message| self.ws_send(connection, message),
+        );
+    }
+
+    /// Hands `message` to a WebSocket connection, here or on its executor.
+    /// A full queue drops it (a slow client must not hold anyone up).
+    pub fn ws_send(&self, connection: ConnectionRef, message: WsOutgoing) {
+        if connection.executor != self.id {
+            self.send_to_shard(
+                connection.executor,
+                ShardMessage::WsDeliver {
+                    connection,
+                    message,
+                },
+            );
+            return;
+        }
+        let connections = self.ws_connections.borrow();
+        match connections.get(&connection.connection) {
+            // try_send wakes the connection's task at once.
+            Some(queue) => {
+                if queue.try_send(message).is_err() {
+                    self.stats.ws_dropped.bump();
+                }
+            }
+            None => self.stats.ws_dropped.bump(),
+        }
+    }
+
+    /// A connection closed: every shard that holds one of its peers drops it.
+    pub fn ws_closed(
+        &self,
+        connection: ConnectionRef,
+        peers: Vec<(InfoHash, aquatic_common::PeerId)>,
+    ) {
+        let mut by_owner: Vec<(ShardId, Vec<(InfoHash, aquatic_common::PeerId)>)> = Vec::new();
+        for (hash, peer_id) in peers {
+            let owner = self.owner(&hash);
+            if owner == self.id {
+                self.ws_shard
+                    .borrow_mut()
+                    .disconnect(&hash, &peer_id, connection);
+            } else if let Some(part) = by_owner.iter_mut().find(|p| p.0 == owner) {
+                part.1.push((hash, peer_id));
+            } else {
+                by_owner.push((owner, vec![(hash, peer_id)]));
+            }
+        }
+        for (owner, peers) in by_owner {
+            self.send_to_shard(owner, ShardMessage::WsClosed { connection, peers });
+        }
     }
 
     fn deliver(&self, token: u64, reply: ShardReply) {
@@ -356,6 +443,8 @@ pub async fn run(setup: ExecutorSetup) {
         mesh,
         access_list,
         http_tls,
+        ws_listener,
+        ws_tls,
         shutdown,
         events,
     } = setup;
@@ -382,6 +471,8 @@ pub async fn run(setup: ExecutorSetup) {
         config: config.clone(),
         start,
         shard: RefCell::default(),
+        ws_shard: RefCell::default(),
+        ws_connections: RefCell::default(),
         rng: RefCell::new(SmallRng::from_entropy()),
         mesh: senders,
         waiting: RefCell::default(),
@@ -400,6 +491,11 @@ pub async fn run(setup: ExecutorSetup) {
         let endpoint = Rc::new(HttpEndpoint::new(listener, http_tls.clone()));
         spawn(requests_queue, http::run(ex.clone(), endpoint));
     }
+    let ws_tls = ws_tls.map(|tls| Rc::new(LocalCopy::new(tls)));
+    if let Some(listener) = ws_listener {
+        let endpoint = Rc::new(WsEndpoint::new(listener, ws_tls.clone()));
+        spawn(requests_queue, ws::run(ex.clone(), endpoint));
+    }
     for (_, stream) in receivers.streams() {
         let ex = ex.clone();
         let udp = udp.clone();
@@ -411,7 +507,13 @@ pub async fn run(setup: ExecutorSetup) {
         });
     }
     spawn(background, clean_periodically(ex.clone()));
-    spawn(background, refresh_reloadables(ex.clone(), http_tls));
+    spawn(
+        background,
+        refresh_reloadables(
+            ex.clone(),
+            [http_tls, ws_tls].into_iter().flatten().collect(),
+        ),
+    );
 
     let _ = events.send(crate::server::Event::Ready(thread_index));
     while !shutdown.load(Ordering::Relaxed) {
@@ -456,16 +558,28 @@ async fn handle_message(ex: &Executor, udp: Option<&UdpEndpoint>, message: Shard
         ShardMessage::Scrape {
             origin,
             token,
+            kind,
             hashes,
         } => {
-            let stats = {
-                let shard = ex.shard.borrow();
-                hashes.iter().map(|hash| shard.scrape(hash)).collect()
-            };
+            let stats = hashes
+                .iter()
+                .map(|hash| ex.scrape_local(kind, hash))
+                .collect();
             let reply = ShardReply::Scrape(stats);
             ex.send_to_shard(origin, ShardMessage::Reply { token, reply });
         }
         ShardMessage::Reply { token, reply } => ex.deliver(token, reply),
+        ShardMessage::WsAnnounce(request) => ex.ws_announce(request),
+        ShardMessage::WsDeliver {
+            connection,
+            message,
+        } => ex.ws_send(connection, message),
+        ShardMessage::WsClosed { connection, peers } => {
+            let mut shard = ex.ws_shard.borrow_mut();
+            for (hash, peer_id) in peers {
+                shard.disconnect(&hash, &peer_id, connection);
+            }
+        }
     }
 }
 
@@ -478,34 +592,54 @@ async fn clean_periodically(ex: Rc<Executor>) {
         sleep(interval).await;
         let now = ex.now();
         let report = ex.shard.borrow_mut().clean(now);
-        {
-            let mut waiting = ex.waiting.borrow_mut();
-            if waiting.capacity() > 64 && waiting.capacity() > waiting.len() * 4 {
-                waiting.shrink_to_fit();
-            }
+        let ws_report = ex.ws_shard.borrow_mut().clean(now);
+        shrink_if_sparse(&mut ex.waiting.borrow_mut());
+        shrink_if_sparse(&mut ex.ws_connections.borrow_mut());
+        if report.torrents_removed + ws_report.torrents_removed > 0 {
+            // Freed maps go back to the allocator; glibc keeps freed heap
+            // pages unless asked, so hand them back to the OS.
+            release_free_memory();
         }
         let shard = ex.shard.borrow();
         let (seeders, leechers) = shard.peer_counts();
         log::debug!(
-            "executor {}: removed {} peers and {} torrents; now {} torrents, {seeders} seeders, {leechers} leechers",
+            "executor {}: removed {} peers and {} torrents (ws: {} and {}); now {} torrents, {seeders} seeders, {leechers} leechers, {} ws torrents",
             ex.id.0,
             report.peers_removed,
             report.torrents_removed,
+            ws_report.peers_removed,
+            ws_report.torrents_removed,
             shard.torrents(),
+            ex.ws_shard.borrow().torrents(),
         );
+    }
+}
+
+fn shrink_if_sparse<V>(map: &mut HashMap<u64, V>) {
+    if map.capacity() > 64 && map.capacity() > map.len() * 4 {
+        map.shrink_to_fit();
+    }
+}
+
+/// Returns free heap memory to the OS (glibc's `malloc_trim`).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
 async fn refresh_reloadables(
     ex: Rc<Executor>,
-    http_tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
+    tls_configs: Vec<Rc<LocalCopy<rustls::ServerConfig>>>,
 ) {
     loop {
         sleep(Duration::from_millis(200)).await;
         if ex.access_list.refresh() {
             log::debug!("executor {} took the new access list", ex.id.0);
         }
-        if let Some(tls) = &http_tls {
+        for tls in &tls_configs {
             tls.refresh();
         }
     }

@@ -46,6 +46,19 @@ pub struct ExecutorStats {
     pub http_connections_refused: Counter,
     /// HTTP clients disconnected for sending a request too slowly.
     pub http_timeouts: Counter,
+    /// WebSocket announce messages (offers and answers included).
+    pub ws_announce: Counter,
+    /// WebSocket scrape messages.
+    pub ws_scrape: Counter,
+    /// WebSocket messages sent.
+    pub ws_messages_out: Counter,
+    /// WebSocket connections accepted.
+    pub ws_connections_opened: Counter,
+    /// WebSocket connections closed at once because the executor had too many.
+    pub ws_connections_refused: Counter,
+    /// Relayed messages dropped: a slow connection's queue was full, or it
+    /// had gone.
+    pub ws_dropped: Counter,
     /// Requests that could not be parsed.
     pub bad_requests: Counter,
     /// Requests refused by the access list.

@@ -11,7 +11,18 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aquatic_common::{InfoHash, ShardId};
 
-use crate::swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, ScrapeStats};
+use crate::swarm::{
+    BtAnnounce, BtAnnounceOutcome, BtPeerOut, ConnectionRef, ScrapeStats, WsAnnounce, WsOutgoing,
+};
+
+/// Which swarms a scrape reads: BitTorrent (UDP and HTTP) or WebTorrent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwarmKind {
+    /// UDP and HTTP peers.
+    Bt,
+    /// WebSocket peers.
+    Ws,
+}
 
 /// Work and replies that cross executors.
 #[derive(Debug)]
@@ -42,8 +53,27 @@ pub enum ShardMessage {
         origin: ShardId,
         /// The asker's name for the reply.
         token: u64,
+        /// Which swarms.
+        kind: SwarmKind,
         /// The hashes.
         hashes: Vec<InfoHash>,
+    },
+    /// A WebTorrent announce for a torrent the receiver owns; what it
+    /// causes is sent straight to the connections concerned.
+    WsAnnounce(WsAnnounce),
+    /// A message for a WebSocket connection held by the receiver.
+    WsDeliver {
+        /// The connection.
+        connection: ConnectionRef,
+        /// What to send it.
+        message: WsOutgoing,
+    },
+    /// A WebSocket connection closed: its peers leave these swarms.
+    WsClosed {
+        /// The connection that closed.
+        connection: ConnectionRef,
+        /// Each torrent it announced in, with the peer id it used.
+        peers: Vec<(InfoHash, aquatic_common::PeerId)>,
     },
     /// The answer to an [`ShardMessage::Announce`] or [`ShardMessage::Scrape`].
     Reply {

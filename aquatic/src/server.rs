@@ -157,6 +157,15 @@ fn load_http_tls(config: &Config) -> anyhow::Result<rustls::ServerConfig> {
     .context("cannot load the HTTPS certificate and key")
 }
 
+fn load_ws_tls(config: &Config) -> anyhow::Result<rustls::ServerConfig> {
+    aquatic_common::tls::load_server_config(
+        &config.ws.tls_certificate_path,
+        &config.ws.tls_private_key_path,
+        HTTP_ALPN,
+    )
+    .context("cannot load the WSS certificate and key")
+}
+
 /// Binds one socket per executor on one address; a port of 0 is resolved
 /// once, so every executor shares the same port.
 fn bind_all<F>(
@@ -214,6 +223,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    let ws_tls = if config.ws.enabled && config.ws.tls() {
+        Some(Arc::new(Reloadable::new(load_ws_tls(&config)?)))
+    } else {
+        None
+    };
+    let mut ws_listeners: Vec<Option<Socket>> = (0..workers).map(|_| None).collect();
+    if config.ws.enabled {
+        let only_v6 = config.ws.only_ipv6;
+        let (address, sockets) = bind_all(config.ws.address, Type::STREAM, workers, |a| {
+            bind_tcp(a, only_v6)
+        })?;
+        let scheme = if ws_tls.is_some() { "wss" } else { "ws" };
+        listening.push(format!("{scheme}://{address}"));
+        for (slot, socket) in ws_listeners.iter_mut().zip(sockets) {
+            *slot = Some(socket);
+        }
+    }
     let mut http_listeners: Vec<Option<Socket>> = (0..workers).map(|_| None).collect();
     if config.http.enabled {
         let only_v6 = config.http.only_ipv6;
@@ -253,8 +279,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ConnectionIdValidator::new(Duration::from_secs(config.udp.connection_id_max_age_secs));
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
     let shutdown = Arc::new(AtomicBool::new(false));
-    for (i, (udp_socket, http_listener)) in udp_sockets.into_iter().zip(http_listeners).enumerate()
-    {
+    let listeners = udp_sockets
+        .into_iter()
+        .zip(http_listeners)
+        .zip(ws_listeners);
+    for (i, ((udp_socket, http_listener), ws_listener)) in listeners.enumerate() {
         let setup = ExecutorSetup {
             thread_index: i,
             shards: workers,
@@ -266,6 +295,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             mesh: mesh.clone(),
             access_list: access_list.clone(),
             http_tls: http_tls.clone(),
+            ws_listener,
+            ws_tls: ws_tls.clone(),
             shutdown: shutdown.clone(),
             events: events.clone(),
         };
@@ -306,6 +337,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let reloadables = Reloadables {
         access_list,
         http_tls,
+        ws_tls,
     };
     serve_until_stopped(&event_rx, workers, &config, &reloadables, &shutdown)
 }
@@ -395,6 +427,7 @@ fn serve_until_stopped(
 struct Reloadables {
     access_list: Arc<Reloadable<AccessList>>,
     http_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
+    ws_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
 }
 
 fn reload(config: &Config, reloadables: &Reloadables) {
@@ -412,6 +445,15 @@ fn reload(config: &Config, reloadables: &Reloadables) {
                 tls.replace(server_config);
             }
             Err(err) => log::error!("HTTPS reload failed, keeping the old certificate: {err:#}"),
+        }
+    }
+    if let Some(tls) = &reloadables.ws_tls {
+        match load_ws_tls(config) {
+            Ok(server_config) => {
+                log::info!("WSS certificate and key reloaded");
+                tls.replace(server_config);
+            }
+            Err(err) => log::error!("WSS reload failed, keeping the old certificate: {err:#}"),
         }
     }
 }

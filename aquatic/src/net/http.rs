@@ -11,10 +11,8 @@
 //! closes after `keep_alive_timeout_secs`, and writes time out too.
 
 use std::{
-    cell::{Cell, RefCell},
-    future::Future,
+    cell::RefCell,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{FromRawFd, IntoRawFd},
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -25,11 +23,13 @@ use aquatic_http_protocol::{
     Parsed, Request, RequestError, Response, ResponsePeer, ScrapeResponse, ScrapeStatistics,
 };
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::{net::TcpListener, timer::sleep};
+use glommio::timer::sleep;
 
+use super::{within, Listener};
 use crate::{
     config::HttpConfig,
     executor::{spawn, Executor, LocalCopy},
+    routing::SwarmKind,
     swarm::{BtAnnounce, BtPeerOut},
 };
 
@@ -38,9 +38,8 @@ const READ_CHUNK: usize = 2048;
 
 /// The HTTP side of one executor.
 pub(crate) struct HttpEndpoint {
-    listener: TcpListener,
+    listener: Listener,
     tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
-    open_connections: Rc<Cell<usize>>,
 }
 
 impl HttpEndpoint {
@@ -48,29 +47,10 @@ impl HttpEndpoint {
         listener: socket2::Socket,
         tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
     ) -> Self {
-        // SAFETY: the fd is a bound, listening TCP socket that we own.
-        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
         Self {
-            listener,
+            listener: Listener::new(listener),
             tls,
-            open_connections: Rc::default(),
         }
-    }
-}
-
-/// Counts a connection while it lives.
-struct OpenConnection(Rc<Cell<usize>>);
-
-impl OpenConnection {
-    fn new(count: &Rc<Cell<usize>>) -> Self {
-        count.set(count.get() + 1);
-        Self(count.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -78,7 +58,7 @@ impl Drop for OpenConnection {
 pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<HttpEndpoint>) {
     let max = ex.config.http.max_connections_per_worker;
     loop {
-        let stream = match endpoint.listener.accept().await {
+        let stream = match endpoint.listener.listener.accept().await {
             Ok(stream) => stream,
             Err(err) => {
                 log::warn!("http accept failed: {err}");
@@ -87,12 +67,11 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<HttpEndpoint>) {
                 continue;
             }
         };
-        if endpoint.open_connections.get() >= max {
+        let Some(open) = endpoint.listener.admit(max) else {
             ex.stats.http_connections_refused.bump();
             drop(stream);
             continue;
-        }
-        let open = OpenConnection::new(&endpoint.open_connections);
+        };
         let ex2 = ex.clone();
         let tls = endpoint.tls.as_ref().map(|t| t.get());
         spawn(ex.requests_queue, async move {
@@ -113,15 +92,6 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<HttpEndpoint>) {
             }
         });
     }
-}
-
-/// `future`'s output, or None after `limit`.
-async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(future.await) }, async {
-        sleep(limit).await;
-        None
-    })
-    .await
 }
 
 /// Reusable per-connection buffers.
@@ -275,7 +245,7 @@ async fn answer(
                 write_failure(out, "info hash not allowed", 200, keep_alive);
                 return;
             }
-            let stats = ex.scrape(&scrape.info_hashes).await;
+            let stats = ex.scrape(SwarmKind::Bt, &scrape.info_hashes).await;
             let files: Vec<(InfoHash, ScrapeStatistics)> = scrape
                 .info_hashes
                 .iter()

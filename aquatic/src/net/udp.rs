@@ -29,7 +29,7 @@ use super::udp_batch::DatagramBatch;
 use crate::{
     config::Config,
     executor::{spawn, Executor},
-    routing::ShardMessage,
+    routing::{ShardMessage, SwarmKind},
     swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, ScrapeStats},
 };
 
@@ -400,7 +400,12 @@ fn scrape(
     let (ex, udp) = (ex.clone(), udp.clone());
     let queue = ex.requests_queue;
     spawn(queue, async move {
-        let stats: Vec<_> = ex.scrape(&hashes).await.into_iter().map(to_wire).collect();
+        let stats: Vec<_> = ex
+            .scrape(SwarmKind::Bt, &hashes)
+            .await
+            .into_iter()
+            .map(to_wire)
+            .collect();
         let response = Response::Scrape(ScrapeResponse {
             transaction_id,
             torrent_stats: &stats,

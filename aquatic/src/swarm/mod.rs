@@ -7,5 +7,7 @@
 //! see each other's peers.
 
 mod bt;
+mod ws;
 
-pub use bt::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, BtShard, ScrapeStats};
+pub use bt::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, BtShard, CleanReport, ScrapeStats};
+pub use ws::{ConnectionRef, WsAnnounce, WsAnswer, WsOutgoing, WsShard};

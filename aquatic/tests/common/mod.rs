@@ -49,7 +49,7 @@ pub fn binary() -> Command {
 /// Config text every test starts from: two workers, port 0 everywhere,
 /// quiet logs, no CPU pinning (tests may run in parallel).
 pub fn base_config() -> String {
-    "workers = 2\nlog_level = \"warn\"\n[runtime]\npin_cpus = false\n[udp]\naddress = \"[::]:0\"\n[http]\naddress = \"[::]:0\"\n"
+    "workers = 2\nlog_level = \"warn\"\n[runtime]\npin_cpus = false\n[udp]\naddress = \"[::]:0\"\n[http]\naddress = \"[::]:0\"\n[ws]\naddress = \"[::]:0\"\n"
         .to_owned()
 }
 

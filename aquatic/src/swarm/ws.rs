@@ -1,0 +1,426 @@
+//! WebTorrent swarms of one shard.
+//!
+//! A WebTorrent peer is not an address but a WebSocket connection, which
+//! lives on whichever executor accepted it. The swarm records that
+//! connection ([`ConnectionRef`]); offers and answers are handed to a
+//! `deliver` callback with the connection they are for, and the executor
+//! routes them there, locally or over the mesh.
+
+use aquatic_common::{
+    swarm::{shrink_map_if_sparse, PeerStatus, Swarm, SwarmPeer},
+    time::{SecondsSinceStart, ValidUntil},
+    InfoHash, PeerId, ShardId,
+};
+use aquatic_ws_protocol::{OfferId, RtcPayload};
+use hashbrown::HashMap;
+use rand::Rng;
+
+use super::{CleanReport, ScrapeStats};
+use crate::config::TrackerConfig;
+
+/// Names one WebSocket connection in the whole process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionRef {
+    /// The executor whose task holds the connection.
+    pub executor: ShardId,
+    /// The connection's number on that executor.
+    pub connection: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct WsPeer {
+    connection: ConnectionRef,
+    valid_until: ValidUntil,
+}
+
+impl SwarmPeer for WsPeer {
+    fn valid_until(&self) -> ValidUntil {
+        self.valid_until
+    }
+}
+
+/// An answer to relay to the peer that made the offer.
+#[derive(Debug)]
+pub struct WsAnswer {
+    /// The peer that made the offer.
+    pub to_peer_id: PeerId,
+    /// The offer answered.
+    pub offer_id: OfferId,
+    /// The SDP answer, relayed verbatim.
+    pub answer: RtcPayload,
+}
+
+/// A WebTorrent announce, with the JSON taken off.
+#[derive(Debug)]
+pub struct WsAnnounce {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// The announcing peer.
+    pub peer_id: PeerId,
+    /// Where the peer is connected.
+    pub connection: ConnectionRef,
+    /// `event=stopped`.
+    pub stopped: bool,
+    /// `event=completed`.
+    pub completed: bool,
+    /// `left`, if sent.
+    pub bytes_left: Option<u64>,
+    /// Offers to hand to other peers, one each.
+    pub offers: Vec<(OfferId, RtcPayload)>,
+    /// How many offers to hand out at most (numwant, capped).
+    pub numwant: usize,
+    /// An answer to relay instead of a plain announce.
+    pub answer: Option<WsAnswer>,
+}
+
+/// What a shard sends to a WebSocket connection.
+#[derive(Debug)]
+pub enum WsOutgoing {
+    /// Counts for the announcing peer.
+    AnnounceResponse {
+        /// The torrent.
+        info_hash: InfoHash,
+        /// Seeders.
+        complete: usize,
+        /// Leechers.
+        incomplete: usize,
+    },
+    /// Another peer's offer.
+    Offer {
+        /// The torrent.
+        info_hash: InfoHash,
+        /// The peer that made the offer.
+        peer_id: PeerId,
+        /// The offer's id.
+        offer_id: OfferId,
+        /// The SDP offer, verbatim.
+        offer: RtcPayload,
+    },
+    /// The answer to an offer this connection's peer made.
+    Answer {
+        /// The torrent.
+        info_hash: InfoHash,
+        /// The peer that answered.
+        peer_id: PeerId,
+        /// The offer answered.
+        offer_id: OfferId,
+        /// The SDP answer, verbatim.
+        answer: RtcPayload,
+    },
+}
+
+#[derive(Default)]
+struct Torrent {
+    peers: Swarm<WsPeer>,
+    completed: u32,
+}
+
+/// The WebTorrent torrents one executor owns.
+#[derive(Default)]
+pub struct WsShard {
+    torrents: HashMap<InfoHash, Torrent>,
+}
+
+impl WsShard {
+    /// Records an announce and hands what it causes to `deliver`: offers to
+    /// chosen peers, an answer to the peer that offered, and the
+    /// announcer's own response.
+    pub fn announce<R: Rng + ?Sized>(
+        &mut self,
+        config: &TrackerConfig,
+        now: SecondsSinceStart,
+        rng: &mut R,
+        request: WsAnnounce,
+        mut deliver: impl FnMut(ConnectionRef, WsOutgoing),
+    ) {
+        let WsAnnounce {
+            info_hash,
+            peer_id,
+            connection,
+            stopped,
+            completed,
+            bytes_left,
+            offers,
+            numwant,
+            answer,
+        } = request;
+        let valid_until = ValidUntil::after(now, config.peer_timeout());
+        if let Some(answer) = answer {
+            // An answer is a relay, not an announce: the JavaScript client
+            // sends it without `left` or `event`, so it must not change the
+            // peer's standing. It only proves the peer is still there.
+            let Some(torrent) = self.torrents.get_mut(&info_hash) else {
+                return;
+            };
+            if let Some((peer, status)) = torrent.peers.get(&peer_id) {
+                if peer.connection == connection {
+                    let refreshed = WsPeer {
+                        connection,
+                        valid_until,
+                    };
+                    torrent.peers.upsert(peer_id, refreshed, status);
+                }
+            }
+            if let Some((to, _)) = torrent.peers.get(&answer.to_peer_id) {
+                deliver(
+                    to.connection,
+                    WsOutgoing::Answer {
+                        info_hash,
+                        peer_id,
+                        offer_id: answer.offer_id,
+                        answer: answer.answer,
+                    },
+                );
+            }
+            return;
+        }
+
+        let status = PeerStatus::from_announce(stopped, completed, bytes_left);
+        if status == PeerStatus::Stopped && !self.torrents.contains_key(&info_hash) {
+            deliver(
+                connection,
+                WsOutgoing::AnnounceResponse {
+                    info_hash,
+                    complete: 0,
+                    incomplete: 0,
+                },
+            );
+            return;
+        }
+        let torrent = self.torrents.entry(info_hash).or_default();
+        let peer = WsPeer {
+            connection,
+            valid_until,
+        };
+        let previous = torrent.peers.upsert(peer_id, peer, status);
+        if completed && previous != Some(PeerStatus::Seeding) {
+            torrent.completed = torrent.completed.saturating_add(1);
+        }
+        if status != PeerStatus::Stopped && !offers.is_empty() {
+            let wanted = numwant.min(offers.len());
+            let mut offers = offers.into_iter();
+            torrent.peers.select_peers(
+                rng,
+                &peer_id,
+                status == PeerStatus::Seeding,
+                wanted,
+                |_, other| {
+                    if let Some((offer_id, offer)) = offers.next() {
+                        deliver(
+                            other.connection,
+                            WsOutgoing::Offer {
+                                info_hash,
+                                peer_id,
+                                offer_id,
+                                offer,
+                            },
+                        );
+                    }
+                },
+            );
+        }
+        deliver(
+            connection,
+            WsOutgoing::AnnounceResponse {
+                info_hash,
+                complete: torrent.peers.seeders(),
+                incomplete: torrent.peers.leechers(),
+            },
+        );
+        if torrent.peers.is_empty() {
+            self.torrents.remove(&info_hash);
+        }
+    }
+
+    /// Removes `peer_id` from `info_hash` if `connection` still holds it
+    /// (the peer may have reconnected elsewhere since).
+    pub fn disconnect(
+        &mut self,
+        info_hash: &InfoHash,
+        peer_id: &PeerId,
+        connection: ConnectionRef,
+    ) {
+        let Some(torrent) = self.torrents.get_mut(info_hash) else {
+            return;
+        };
+        if torrent
+            .peers
+            .get(peer_id)
+            .is_some_and(|(p, _)| p.connection == connection)
+        {
+            torrent.peers.remove(peer_id);
+            if torrent.peers.is_empty() {
+                self.torrents.remove(info_hash);
+            }
+        }
+    }
+
+    /// Figures for one torrent.
+    pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {
+        self.torrents
+            .get(info_hash)
+            .map_or_else(ScrapeStats::default, |t| ScrapeStats {
+                seeders: t.peers.seeders(),
+                leechers: t.peers.leechers(),
+                completed: t.completed,
+            })
+    }
+
+    /// Drops expired peers and empty torrents; shrinks sparse maps.
+    pub fn clean(&mut self, now: SecondsSinceStart) -> CleanReport {
+        let mut report = CleanReport::default();
+        let before = self.torrents.len();
+        self.torrents.retain(|_, t| {
+            report.peers_removed += t.peers.clean(now);
+            !t.peers.is_empty()
+        });
+        report.torrents_removed = before - self.torrents.len();
+        shrink_map_if_sparse(&mut self.torrents);
+        report
+    }
+
+    /// Torrents held.
+    pub fn torrents(&self) -> usize {
+        self.torrents.len()
+    }
+
+    /// Seeders and leechers over all torrents.
+    pub fn peer_counts(&self) -> (usize, usize) {
+        self.torrents.values().fold((0, 0), |(s, l), t| {
+            (s + t.peers.seeders(), l + t.peers.leechers())
+        })
+    }
+
+    /// Capacity of the torrent map (to watch it shrink).
+    pub fn capacity(&self) -> usize {
+        self.torrents.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::SmallRng, SeedableRng};
+
+    fn conn(n: u64) -> ConnectionRef {
+        ConnectionRef {
+            executor: ShardId(0),
+            connection: n,
+        }
+    }
+
+    fn offer(n: u8) -> (OfferId, RtcPayload) {
+        let raw = serde_json::value::RawValue::from_string(format!("{{\"sdp\":\"o{n}\"}}"))
+            .expect("raw json");
+        (OfferId([n; 20]), raw)
+    }
+
+    fn announce(peer: u8, offers: Vec<(OfferId, RtcPayload)>) -> WsAnnounce {
+        WsAnnounce {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([peer; 20]),
+            connection: conn(u64::from(peer)),
+            stopped: false,
+            completed: false,
+            bytes_left: Some(1),
+            numwant: 10,
+            offers,
+            answer: None,
+        }
+    }
+
+    type Delivered = Vec<(ConnectionRef, WsOutgoing)>;
+
+    fn run(shard: &mut WsShard, request: WsAnnounce) -> Delivered {
+        let mut out = Vec::new();
+        let mut rng = SmallRng::seed_from_u64(1);
+        shard.announce(
+            &TrackerConfig::default(),
+            SecondsSinceStart(0),
+            &mut rng,
+            request,
+            |c, m| out.push((c, m)),
+        );
+        out
+    }
+
+    #[test]
+    fn offers_go_to_other_peers_and_answers_come_back() {
+        let mut shard = WsShard::default();
+        let first = run(&mut shard, announce(1, vec![offer(9)]));
+        // Alone: only the announce response.
+        assert_eq!(first.len(), 1);
+        assert!(matches!(
+            first[0].1,
+            WsOutgoing::AnnounceResponse { incomplete: 1, .. }
+        ));
+
+        let second = run(&mut shard, announce(2, vec![offer(7), offer(8)]));
+        // One offer to peer 1 (the only other peer), then the response.
+        assert_eq!(second.len(), 2);
+        match &second[0] {
+            (
+                to,
+                WsOutgoing::Offer {
+                    peer_id,
+                    offer_id,
+                    offer,
+                    ..
+                },
+            ) => {
+                assert_eq!(*to, conn(1));
+                assert_eq!(*peer_id, PeerId([2; 20]));
+                assert_eq!(*offer_id, OfferId([7; 20]));
+                assert_eq!(offer.get(), "{\"sdp\":\"o7\"}");
+            }
+            other => panic!("expected an offer, got {other:?}"),
+        }
+        assert!(
+            matches!(second[1], (c, WsOutgoing::AnnounceResponse { incomplete: 2, .. }) if c == conn(2))
+        );
+
+        let mut answer = announce(1, Vec::new());
+        answer.bytes_left = None;
+        answer.answer = Some(WsAnswer {
+            to_peer_id: PeerId([2; 20]),
+            offer_id: OfferId([7; 20]),
+            answer: offer(3).1,
+        });
+        let relayed = run(&mut shard, answer);
+        assert_eq!(relayed.len(), 1, "an answer gets no announce response");
+        assert!(
+            matches!(&relayed[0], (c, WsOutgoing::Answer { peer_id, .. }) if *c == conn(2) && *peer_id == PeerId([1; 20]))
+        );
+        assert_eq!(shard.scrape(&InfoHash([1; 20])).leechers, 2);
+    }
+
+    #[test]
+    fn disconnect_removes_only_the_matching_connection() {
+        let mut shard = WsShard::default();
+        run(&mut shard, announce(1, Vec::new()));
+        run(&mut shard, announce(2, Vec::new()));
+        let hash = InfoHash([1; 20]);
+        shard.disconnect(&hash, &PeerId([1; 20]), conn(99));
+        assert_eq!(shard.scrape(&hash).leechers, 2, "other connection: kept");
+        shard.disconnect(&hash, &PeerId([1; 20]), conn(1));
+        assert_eq!(shard.scrape(&hash).leechers, 1);
+        shard.disconnect(&hash, &PeerId([2; 20]), conn(2));
+        assert_eq!(shard.torrents(), 0, "empty torrents go at once");
+    }
+
+    #[test]
+    fn offers_are_capped_by_numwant() {
+        let mut shard = WsShard::default();
+        for peer in 1..=5 {
+            run(&mut shard, announce(peer, Vec::new()));
+        }
+        let mut request = announce(6, (0..5).map(offer).collect());
+        request.numwant = 2;
+        let out = run(&mut shard, request);
+        let offers = out
+            .iter()
+            .filter(|(_, m)| matches!(m, WsOutgoing::Offer { .. }))
+            .count();
+        assert_eq!(offers, 2);
+    }
+}

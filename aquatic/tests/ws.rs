@@ -1,0 +1,386 @@
+//! WebTorrent tracker end to end: the real binary, two workers, real
+//! WebSocket connections on loopback, messages as the npm client sends them.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aquatic_ws_protocol::{
+    AnnounceEvent, AnnounceOffer, AnnounceRequest, InMessage, InfoHash, OfferId, OwnedOutMessage,
+    PeerId, ScrapeRequest,
+};
+use common::{base_config, eventually, hash_on_shard, Tracker};
+use serde_json::value::RawValue;
+use tungstenite::{Message, WebSocket};
+
+type Socket<S> = WebSocket<S>;
+
+fn ws_v4(tracker: &Tracker) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], tracker.ws.expect("ws enabled").port()))
+}
+
+/// `config` with `lines` added to its `[ws]` section.
+fn with_ws(config: &str, lines: &str) -> String {
+    config.replacen("[ws]\n", &format!("[ws]\n{lines}"), 1)
+}
+
+struct Client<S: Read + Write> {
+    socket: Socket<S>,
+}
+
+fn connect(addr: SocketAddr) -> Client<TcpStream> {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let (socket, _) =
+        tungstenite::client(format!("ws://{addr}/announce"), stream).expect("handshake");
+    Client { socket }
+}
+
+fn raw(json: &str) -> Box<RawValue> {
+    RawValue::from_string(json.to_owned()).expect("raw json")
+}
+
+fn sdp(tag: &str) -> Box<RawValue> {
+    raw(&format!(r#"{{"type":"offer","sdp":"v=0\r\no={tag}\r\n"}}"#))
+}
+
+fn announce(hash: [u8; 20], peer: u8) -> AnnounceRequest {
+    AnnounceRequest {
+        info_hash: InfoHash(hash),
+        peer_id: PeerId([peer; 20]),
+        event: AnnounceEvent::Started,
+        bytes_left: Some(100),
+        numwant: Some(5),
+        offers: Some(Vec::new()),
+        answer: None,
+        to_peer_id: None,
+        offer_id: None,
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    fn send(&mut self, message: InMessage) {
+        let mut out = Vec::new();
+        message.write(&mut out).expect("write");
+        self.send_text(&String::from_utf8(out).expect("utf8"));
+    }
+
+    fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.to_owned().into()))
+            .expect("send");
+    }
+
+    /// The next server message (pings are answered by tungstenite).
+    fn recv(&mut self) -> OwnedOutMessage {
+        loop {
+            match self.socket.read().expect("a message within the timeout") {
+                Message::Text(text) => {
+                    return OwnedOutMessage::parse(text.as_bytes()).expect("valid server message")
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Announces and returns (seeders, leechers) from the response.
+    fn announce(&mut self, request: AnnounceRequest) -> (usize, usize) {
+        self.send(InMessage::Announce(request));
+        match self.recv() {
+            OwnedOutMessage::AnnounceResponse(r) => (r.complete, r.incomplete),
+            other => panic!("expected an announce response, got {other:?}"),
+        }
+    }
+
+    fn scrape(&mut self, hashes: &[[u8; 20]]) -> Vec<(InfoHash, usize, usize)> {
+        self.send(InMessage::Scrape(ScrapeRequest {
+            info_hashes: hashes.iter().map(|h| InfoHash(*h)).collect(),
+        }));
+        match self.recv() {
+            OwnedOutMessage::ScrapeResponse { files } => files
+                .into_iter()
+                .map(|(h, s)| (h, s.complete, s.incomplete))
+                .collect(),
+            other => panic!("expected a scrape response, got {other:?}"),
+        }
+    }
+
+    fn leechers(&mut self, hash: [u8; 20]) -> usize {
+        self.scrape(&[hash])[0].2
+    }
+}
+
+#[test]
+fn offers_and_answers_are_relayed_across_executors() {
+    let tracker = Tracker::start("ws-relay", &base_config());
+    let addr = ws_v4(&tracker);
+    // Several connections per torrent: the kernel spreads them over both
+    // executors, so relays cross the mesh as well as stay local.
+    for (shard, tag) in [(0u64, 1u8), (1, 2)] {
+        let hash = hash_on_shard(shard, 2, tag);
+        let mut waiting: Vec<Client<TcpStream>> = (0..3).map(|_| connect(addr)).collect();
+        for (i, client) in waiting.iter_mut().enumerate() {
+            let (_, leechers) = client.announce(announce(hash, 10 + i as u8));
+            assert_eq!(leechers, i + 1);
+        }
+        let mut offerer = connect(addr);
+        let mut request = announce(hash, 99);
+        request.offers = Some(
+            (0..3u8)
+                .map(|i| AnnounceOffer {
+                    offer_id: OfferId([i; 20]),
+                    offer: sdp(&format!("offer{i}")),
+                })
+                .collect(),
+        );
+        let (_, leechers) = offerer.announce(request);
+        assert_eq!(leechers, 4);
+
+        // Each waiting peer gets exactly one of the offers, verbatim.
+        let mut seen = Vec::new();
+        for (i, client) in waiting.iter_mut().enumerate() {
+            match client.recv() {
+                OwnedOutMessage::Offer {
+                    info_hash,
+                    peer_id,
+                    offer_id,
+                    offer,
+                } => {
+                    assert_eq!(info_hash, InfoHash(hash));
+                    assert_eq!(peer_id, PeerId([99; 20]));
+                    let n = offer_id.0[0];
+                    assert_eq!(offer.get(), sdp(&format!("offer{n}")).get());
+                    seen.push(n);
+                    // Answer it.
+                    let mut answer = announce(hash, 10 + i as u8);
+                    answer.event = AnnounceEvent::Update;
+                    answer.bytes_left = None;
+                    answer.offers = None;
+                    answer.answer = Some(raw(&format!(r#"{{"type":"answer","sdp":"a{n}"}}"#)));
+                    answer.to_peer_id = Some(PeerId([99; 20]));
+                    answer.offer_id = Some(offer_id);
+                    client.send(InMessage::Announce(answer));
+                }
+                other => panic!("expected an offer, got {other:?}"),
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2], "each offer goes to one peer");
+
+        // The offerer gets the three answers back.
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            match offerer.recv() {
+                OwnedOutMessage::Answer {
+                    offer_id, answer, ..
+                } => {
+                    let n = offer_id.0[0];
+                    assert_eq!(answer.get(), format!(r#"{{"type":"answer","sdp":"a{n}"}}"#));
+                    answers.push(n);
+                }
+                other => panic!("expected an answer, got {other:?}"),
+            }
+        }
+        answers.sort_unstable();
+        assert_eq!(answers, vec![0, 1, 2]);
+        // Answers do not count as announces: still four leechers.
+        assert_eq!(offerer.leechers(hash), 4);
+    }
+}
+
+#[test]
+fn a_relayed_offer_wakes_an_idle_connection_at_once() {
+    let config = with_ws(&base_config(), "idle_timeout_secs = 300\n");
+    let tracker = Tracker::start("ws-wake", &config);
+    let addr = ws_v4(&tracker);
+    for (shard, tag) in [(0u64, 5u8), (1, 6), (0, 7), (1, 8)] {
+        let hash = hash_on_shard(shard, 2, tag);
+        let mut idle = connect(addr);
+        idle.announce(announce(hash, 1));
+        // Nothing else happens on `idle` until the offer.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut offerer = connect(addr);
+        let mut request = announce(hash, 2);
+        request.offers = Some(vec![AnnounceOffer {
+            offer_id: OfferId([1; 20]),
+            offer: sdp("wake"),
+        }]);
+        let sent = Instant::now();
+        offerer.announce(request);
+        let message = idle.recv();
+        let waited = sent.elapsed();
+        assert!(
+            matches!(message, OwnedOutMessage::Offer { .. }),
+            "{message:?}"
+        );
+        // Without the wake-up the offer would sit in the queue until the
+        // next ping, minutes later; the bound is generous for noisy machines.
+        assert!(
+            waited < Duration::from_secs(2),
+            "the offer took {waited:?}: the idle connection's task was not woken"
+        );
+    }
+}
+
+#[test]
+fn closing_a_connection_removes_its_peers_from_every_shard() {
+    let tracker = Tracker::start("ws-close", &base_config());
+    let addr = ws_v4(&tracker);
+    let hashes = [
+        hash_on_shard(0, 2, 20),
+        hash_on_shard(1, 2, 21),
+        hash_on_shard(0, 2, 22),
+        hash_on_shard(1, 2, 23),
+    ];
+    let mut observer = connect(addr);
+
+    // A clean close (close frame) ...
+    let mut clean = connect(addr);
+    for hash in hashes {
+        clean.announce(announce(hash, 1));
+    }
+    // ... and an abrupt one (TCP reset, no close frame).
+    let mut abrupt = connect(addr);
+    for hash in hashes {
+        abrupt.announce(announce(hash, 2));
+    }
+    for row in observer.scrape(&hashes) {
+        assert_eq!(row.2, 2, "both peers in every swarm: {row:?}");
+    }
+    clean.socket.close(None).expect("close");
+    let _ = clean.socket.flush();
+    let gone = eventually(Duration::from_secs(5), || {
+        let rows = observer.scrape(&hashes);
+        rows.iter().all(|r| r.2 == 1).then_some(())
+    });
+    assert!(gone.is_some(), "a cleanly closed connection's peers linger");
+
+    socket2::SockRef::from(abrupt.socket.get_ref())
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger 0 for a reset");
+    drop(abrupt);
+    let gone = eventually(Duration::from_secs(5), || {
+        let rows = observer.scrape(&hashes);
+        rows.iter().all(|r| r.2 == 0).then_some(())
+    });
+    assert!(gone.is_some(), "a reset connection's peers linger");
+}
+
+#[test]
+fn a_silent_connection_times_out_and_its_peers_leave() {
+    let config = with_ws(&base_config(), "idle_timeout_secs = 1\n");
+    let tracker = Tracker::start("ws-idle", &config);
+    let addr = ws_v4(&tracker);
+    let hash = hash_on_shard(1, 2, 30);
+    let mut silent = connect(addr);
+    silent.announce(announce(hash, 1));
+    // `silent` now reads nothing, so it never answers the server's ping.
+    let mut observer = connect(addr);
+    assert_eq!(observer.leechers(hash), 1);
+    let gone = eventually(Duration::from_secs(8), || {
+        (observer.leechers(hash) == 0).then_some(())
+    });
+    assert!(gone.is_some(), "the silent peer was not removed");
+    drop(silent);
+}
+
+#[test]
+fn bad_messages_get_failure_reasons_and_the_connection_lives_on() {
+    let config = with_ws(&base_config(), "max_message_bytes = 4096\n");
+    let tracker = Tracker::start("ws-bad", &config);
+    let addr = ws_v4(&tracker);
+    let mut client = connect(addr);
+    let cases = [
+        "not json",
+        r#"{"action":"dance"}"#,
+        r#"{"action":"announce","info_hash":"short","peer_id":"aaaaaaaaaaaaaaaaaaaa"}"#,
+        r#"{"action":"scrape"}"#,
+    ];
+    for text in cases {
+        client.send_text(text);
+        match client.recv() {
+            OwnedOutMessage::Error { failure_reason, .. } => {
+                assert!(!failure_reason.is_empty(), "{text}")
+            }
+            other => panic!("{text}: expected an error, got {other:?}"),
+        }
+    }
+    client.send_text(r#"{"action":"scrape"}"#);
+    match client.recv() {
+        OwnedOutMessage::Error { failure_reason, .. } => {
+            assert_eq!(failure_reason, "full scrapes are not supported")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    client
+        .socket
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .expect("send binary");
+    assert!(matches!(client.recv(), OwnedOutMessage::Error { .. }));
+    // Still the same connection, still serving.
+    let hash = hash_on_shard(0, 2, 40);
+    assert_eq!(client.announce(announce(hash, 1)), (0, 1));
+
+    // A message over the limit ends that connection only.
+    let mut big = connect(addr);
+    big.send_text(&format!(
+        r#"{{"action":"scrape","junk":"{}"}}"#,
+        "x".repeat(10_000)
+    ));
+    let closed = loop {
+        match big.socket.read() {
+            Ok(Message::Close(_)) | Err(_) => break true,
+            Ok(_) => continue,
+        }
+    };
+    assert!(closed);
+    assert_eq!(connect(addr).leechers(hash), 1);
+}
+
+#[test]
+fn wss_with_a_generated_certificate() {
+    let dir = common::scratch_dir("wss-cert");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("generate certificate");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, certified.key_pair.serialize_pem()).expect("write key");
+    let tls = format!(
+        "tls_certificate_path = {:?}\ntls_private_key_path = {:?}\n",
+        cert_path.display().to_string(),
+        key_path.display().to_string()
+    );
+    let tracker = Tracker::start("wss", &with_ws(&base_config(), &tls));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).expect("add root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let connection =
+        rustls::ClientConnection::new(Arc::new(client_config), name).expect("tls client");
+    let tcp = TcpStream::connect(ws_v4(&tracker)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let stream = rustls::StreamOwned::new(connection, tcp);
+    let (socket, _) = tungstenite::client("wss://localhost/announce", stream).expect("handshake");
+    let mut client = Client { socket };
+    assert_eq!(
+        client.announce(announce(hash_on_shard(1, 2, 50), 1)),
+        (0, 1)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
