@@ -595,11 +595,10 @@ async fn clean_periodically(ex: Rc<Executor>) {
         let ws_report = ex.ws_shard.borrow_mut().clean(now);
         shrink_if_sparse(&mut ex.waiting.borrow_mut());
         shrink_if_sparse(&mut ex.ws_connections.borrow_mut());
-        if report.torrents_removed + ws_report.torrents_removed > 0 {
-            // Freed maps go back to the allocator; glibc keeps freed heap
-            // pages unless asked, so hand them back to the OS.
-            release_free_memory();
-        }
+        // Freed swarms, maps and connection buffers go back to the
+        // allocator, but glibc keeps freed heap pages unless asked: hand
+        // them back to the OS so RSS falls when traffic does.
+        release_free_memory();
         let shard = ex.shard.borrow();
         let (seeders, leechers) = shard.peer_counts();
         log::debug!(

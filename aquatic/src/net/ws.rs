@@ -42,6 +42,8 @@ use crate::{
 /// Torrents one connection may announce in; a client needs one connection
 /// per tracker, not one per torrent, but not thousands of torrents either.
 const MAX_TORRENTS_PER_CONNECTION: usize = 1024;
+/// Bytes read from a connection at a time.
+const READ_BUFFER: usize = 4096;
 /// Time to write one message to a client.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,7 +97,11 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
             let _ = stream.set_nodelay(true);
             let config = &ex2.config.ws;
             let handshake_timeout = Duration::from_secs(config.handshake_timeout_secs);
+            // tungstenite's default 128 KiB read buffer per connection
+            // would dominate memory; tracker messages are small.
             let ws_config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER)
+                .write_buffer_size(0)
                 .max_message_size(Some(config.max_message_bytes))
                 .max_frame_size(Some(config.max_frame_bytes));
             match tls {
