@@ -61,6 +61,8 @@ use crate::{
 #[cfg(feature = "test-hooks")]
 pub const TEST_PANIC_TRIGGER: &[u8] = b"aquatic-test-hook:panic";
 
+/// How long a stopping executor waits for WebSocket close handshakes.
+const WS_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long an executor waits for another to answer before giving up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -183,6 +185,10 @@ pub struct Executor {
     pub ws_shard: RefCell<WsShard>,
     /// Outgoing queues of the WebSocket connections this executor holds.
     pub ws_connections: RefCell<HashMap<u64, LocalSender<WsOutgoing>>>,
+    /// WebSocket connection tasks still running.
+    pub ws_open: Cell<usize>,
+    /// Set when the executor stops: accept loops take no new connections.
+    pub stopping: Cell<bool>,
     /// Randomness for peer selection.
     pub rng: RefCell<SmallRng>,
     mesh: Senders<ShardMessage>,
@@ -473,6 +479,8 @@ pub async fn run(setup: ExecutorSetup) {
         shard: RefCell::default(),
         ws_shard: RefCell::default(),
         ws_connections: RefCell::default(),
+        ws_open: Cell::new(0),
+        stopping: Cell::new(false),
         rng: RefCell::new(SmallRng::from_entropy()),
         mesh: senders,
         waiting: RefCell::default(),
@@ -520,6 +528,15 @@ pub async fn run(setup: ExecutorSetup) {
         sleep(Duration::from_millis(50)).await;
     }
     log::debug!("executor {} stopping", ex.id.0);
+    ex.stopping.set(true);
+    // Dropping the queues ends every WebSocket task: each sends a close
+    // frame and its peers leave their swarms.
+    let closing: Vec<_> = ex.ws_connections.borrow_mut().drain().collect();
+    drop(closing);
+    let deadline = std::time::Instant::now() + WS_CLOSE_GRACE;
+    while ex.ws_open.get() > 0 && std::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Spawns a detached task on `queue`.

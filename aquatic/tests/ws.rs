@@ -384,3 +384,29 @@ fn wss_with_a_generated_certificate() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sigterm_closes_websockets_with_a_close_frame_and_exits_zero() {
+    let mut tracker = Tracker::start("ws-stop", &base_config());
+    let addr = ws_v4(&tracker);
+    let mut clients: Vec<_> = (0..4).map(|_| connect(addr)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.announce(announce(hash_on_shard(i as u64 % 2, 2, 60), i as u8));
+    }
+    tracker.signal(libc::SIGTERM);
+    for client in &mut clients {
+        let frame = loop {
+            match client.socket.read() {
+                Ok(Message::Close(frame)) => break frame,
+                Ok(_) => continue,
+                Err(err) => panic!("no close frame before the connection ended: {err}"),
+            }
+        };
+        let code = frame.map(|f| u16::from(f.code));
+        assert_eq!(code, Some(1001), "close code 'going away'");
+    }
+    let status = tracker
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}

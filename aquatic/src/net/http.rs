@@ -67,6 +67,10 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<HttpEndpoint>) {
                 continue;
             }
         };
+        if ex.stopping.get() {
+            drop(stream);
+            continue;
+        }
         let Some(open) = endpoint.listener.admit(max) else {
             ex.stats.http_connections_refused.bump();
             drop(stream);
@@ -117,6 +121,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(ex: &Executor, mut stream: S, 
     let scratch = RefCell::new(Scratch::default());
     let mut request_started: Option<Instant> = None;
     loop {
+        #[cfg(feature = "test-hooks")]
+        if buf.starts_with(b"GET /aquatic-test-hook/panic ") {
+            panic!("test hook: panic requested in an http connection task");
+        }
         let mut consumed = 0;
         let mut close = false;
         loop {

@@ -79,6 +79,10 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
                 continue;
             }
         };
+        if ex.stopping.get() {
+            drop(stream);
+            continue;
+        }
         let Some(open) = endpoint.listener.admit(max) else {
             ex.stats.ws_connections_refused.bump();
             drop(stream);
@@ -139,6 +143,7 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
+        self.ex.ws_open.set(self.ex.ws_open.get().saturating_sub(1));
         self.ex
             .ws_connections
             .borrow_mut()
@@ -167,6 +172,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ex.ws_connections
         .borrow_mut()
         .insert(connection.connection, sender);
+    ex.ws_open.set(ex.ws_open.get() + 1);
     let mut registration = Registration {
         ex,
         connection,
@@ -199,6 +205,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 pinged = false;
                 match message {
                     Message::Text(text) => {
+                        #[cfg(feature = "test-hooks")]
+                        if text.as_bytes() == crate::executor::TEST_PANIC_TRIGGER {
+                            panic!("test hook: panic requested in a ws connection task");
+                        }
                         handle_text(ex, &mut registration, text.as_bytes(), &mut out).await
                     }
                     Message::Binary(_) => {
@@ -247,7 +257,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    let _ = within(Duration::from_secs(1), ws.close(None)).await;
+    let close = tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Away,
+        reason: "".into(),
+    };
+    let _ = within(Duration::from_secs(1), ws.close(Some(close))).await;
     // `registration` drops here: the peers leave their swarms.
 }
 
