@@ -90,6 +90,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The WebTorrent (WS/WSS) tracker.
     pub ws: WsConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// Allow / deny list of info hashes.
     pub access_list: AccessListConfig,
 }
@@ -197,6 +199,25 @@ impl HttpConfig {
     }
 }
 
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve metrics at all.
+    pub enabled: bool,
+    /// Where.
+    pub address: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: SocketAddr::from(([127, 0, 0, 1], 9000)),
+        }
+    }
+}
+
 /// The WebTorrent tracker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -276,6 +297,7 @@ impl Default for Config {
             udp: UdpConfig::default(),
             http: HttpConfig::default(),
             ws: WsConfig::default(),
+            metrics: MetricsConfig::default(),
             access_list: AccessListConfig::default(),
         }
     }

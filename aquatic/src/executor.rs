@@ -164,6 +164,8 @@ pub struct ExecutorSetup {
     pub ws_listener: Option<socket2::Socket>,
     /// The shared TLS configuration for WSS, if enabled.
     pub ws_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
+    /// Where to publish figures for the metrics endpoint, if enabled.
+    pub metrics: Option<Arc<crate::metrics::MetricsHub>>,
     /// Set by the main thread to stop.
     pub shutdown: Arc<AtomicBool>,
     /// Told once this executor serves.
@@ -451,6 +453,7 @@ pub async fn run(setup: ExecutorSetup) {
         http_tls,
         ws_listener,
         ws_tls,
+        metrics,
         shutdown,
         events,
     } = setup;
@@ -515,6 +518,9 @@ pub async fn run(setup: ExecutorSetup) {
         });
     }
     spawn(background, clean_periodically(ex.clone()));
+    if let Some(hub) = metrics {
+        spawn(background, publish_metrics(ex.clone(), hub));
+    }
     spawn(
         background,
         refresh_reloadables(
@@ -628,6 +634,51 @@ async fn clean_periodically(ex: Rc<Executor>) {
             shard.torrents(),
             ex.ws_shard.borrow().torrents(),
         );
+    }
+}
+
+/// Publishes this executor's figures once a second: the request path only
+/// bumps its own cells, the endpoint reads the last snapshot.
+async fn publish_metrics(ex: Rc<Executor>, hub: Arc<crate::metrics::MetricsHub>) {
+    loop {
+        let mut snapshot = crate::metrics::Snapshot {
+            counters: ex.stats.samples(),
+            gauges: Vec::new(),
+        };
+        {
+            let label = |k: &'static str, v: &str| (k, v.to_owned());
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            let bt = ex.shard.borrow();
+            let ws = ex.ws_shard.borrow();
+            let (bt_seeders, bt_leechers) = bt.peer_counts();
+            let (ws_seeders, ws_leechers) = ws.peer_counts();
+            let connections = ex.ws_connections.borrow();
+            let gauges = &mut snapshot.gauges;
+            gauges.push(("torrents", vec![label("swarm", "bt")], count(bt.torrents())));
+            gauges.push(("torrents", vec![label("swarm", "ws")], count(ws.torrents())));
+            for (swarm, kind, n) in [
+                ("bt", "seeder", bt_seeders),
+                ("bt", "leecher", bt_leechers),
+                ("ws", "seeder", ws_seeders),
+                ("ws", "leecher", ws_leechers),
+            ] {
+                gauges.push((
+                    "peers",
+                    vec![label("swarm", swarm), label("kind", kind)],
+                    count(n),
+                ));
+            }
+            gauges.push(("ws_connections", Vec::new(), count(ex.ws_open.get())));
+            for (map, capacity) in [
+                ("bt_torrents", bt.capacity()),
+                ("ws_torrents", ws.capacity()),
+                ("ws_connections", connections.capacity()),
+            ] {
+                gauges.push(("map_capacity", vec![label("map", map)], count(capacity)));
+            }
+        }
+        hub.publish(ex.id.0, snapshot);
+        sleep(Duration::from_secs(1)).await;
     }
 }
 

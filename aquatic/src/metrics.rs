@@ -6,6 +6,24 @@
 
 use std::cell::Cell;
 
+/// Index of UDP in per-protocol counters.
+pub const UDP: usize = 0;
+/// Index of HTTP in per-protocol counters.
+pub const HTTP: usize = 1;
+/// Index of WebSocket in per-protocol counters.
+pub const WS: usize = 2;
+/// Protocol names, by index.
+pub const PROTOCOLS: [&str; 3] = ["udp", "http", "ws"];
+
+/// Index of an address's family in per-family counters.
+#[inline]
+pub fn family(ip: std::net::IpAddr) -> usize {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(_) => 0,
+        std::net::IpAddr::V6(_) => 1,
+    }
+}
+
 /// A counter owned by one executor.
 #[derive(Default, Debug)]
 pub struct Counter(Cell<u64>);
@@ -59,10 +77,247 @@ pub struct ExecutorStats {
     /// Relayed messages dropped: a slow connection's queue was full, or it
     /// had gone.
     pub ws_dropped: Counter,
-    /// Requests that could not be parsed.
-    pub bad_requests: Counter,
-    /// Requests refused by the access list.
-    pub access_denied: Counter,
+    /// Requests that could not be parsed, by protocol.
+    pub bad_requests: [Counter; 3],
+    /// Requests refused by the access list, by protocol.
+    pub access_denied: [Counter; 3],
+    /// Requests by protocol and client IP family (IPv4, IPv6).
+    pub requests_by_family: [[Counter; 2]; 3],
     /// Messages to other executors dropped because their channel was full.
     pub mesh_dropped: Counter,
+}
+
+/// `name{labels} value`: one sample of a metric, before the executor label.
+pub type Sample<V> = (&'static str, Vec<(&'static str, String)>, V);
+
+/// One executor's figures at one moment, published for the endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// `(name, labels, value)` of every counter.
+    pub counters: Vec<Sample<u64>>,
+    /// `(name, labels, value)` of every gauge.
+    pub gauges: Vec<Sample<i64>>,
+}
+
+impl ExecutorStats {
+    /// The counters as labelled samples.
+    pub fn samples(&self) -> Vec<Sample<u64>> {
+        let proto = |p: &str| ("protocol", p.to_owned());
+        let action = |a: &str| ("action", a.to_owned());
+        let kind = |k: &str| ("kind", k.to_owned());
+        let mut out = vec![
+            (
+                "requests",
+                vec![proto("udp"), action("connect")],
+                self.udp_connect.get(),
+            ),
+            (
+                "requests",
+                vec![proto("udp"), action("announce")],
+                self.udp_announce.get(),
+            ),
+            (
+                "requests",
+                vec![proto("udp"), action("scrape")],
+                self.udp_scrape.get(),
+            ),
+            (
+                "requests",
+                vec![proto("http"), action("announce")],
+                self.http_announce.get(),
+            ),
+            (
+                "requests",
+                vec![proto("http"), action("scrape")],
+                self.http_scrape.get(),
+            ),
+            (
+                "requests",
+                vec![proto("ws"), action("announce")],
+                self.ws_announce.get(),
+            ),
+            (
+                "requests",
+                vec![proto("ws"), action("scrape")],
+                self.ws_scrape.get(),
+            ),
+            ("responses", vec![proto("udp")], self.udp_responses.get()),
+            ("responses", vec![proto("http")], self.http_responses.get()),
+            ("responses", vec![proto("ws")], self.ws_messages_out.get()),
+            (
+                "errors",
+                vec![proto("udp"), kind("invalid_connection_id")],
+                self.udp_invalid_connection_id.get(),
+            ),
+            (
+                "errors",
+                vec![proto("http"), kind("connection_refused")],
+                self.http_connections_refused.get(),
+            ),
+            (
+                "errors",
+                vec![proto("http"), kind("timeout")],
+                self.http_timeouts.get(),
+            ),
+            (
+                "errors",
+                vec![proto("ws"), kind("connection_refused")],
+                self.ws_connections_refused.get(),
+            ),
+            (
+                "errors",
+                vec![proto("ws"), kind("relay_dropped")],
+                self.ws_dropped.get(),
+            ),
+            (
+                "errors",
+                vec![proto("mesh"), kind("message_dropped")],
+                self.mesh_dropped.get(),
+            ),
+            (
+                "ws_connections_opened",
+                Vec::new(),
+                self.ws_connections_opened.get(),
+            ),
+        ];
+        for (p, name) in PROTOCOLS.iter().enumerate() {
+            out.push((
+                "errors",
+                vec![proto(name), kind("bad_request")],
+                self.bad_requests[p].get(),
+            ));
+            out.push((
+                "access_denied",
+                vec![proto(name)],
+                self.access_denied[p].get(),
+            ));
+            for (f, fam) in ["ipv4", "ipv6"].iter().enumerate() {
+                out.push((
+                    "requests_by_ip_family",
+                    vec![proto(name), ("ip_family", (*fam).to_owned())],
+                    self.requests_by_family[p][f].get(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Where executors publish their snapshots and the endpoint reads them.
+///
+/// Each executor writes its own slot once a second from a timer task, so
+/// the request path never touches this lock.
+#[derive(Default)]
+pub struct MetricsHub {
+    slots: std::sync::Mutex<Vec<Option<Snapshot>>>,
+}
+
+impl MetricsHub {
+    /// A hub for `executors` slots.
+    pub fn new(executors: usize) -> Self {
+        Self {
+            slots: std::sync::Mutex::new(vec![None; executors]),
+        }
+    }
+
+    /// Replaces executor `index`'s snapshot.
+    pub fn publish(&self, index: usize, snapshot: Snapshot) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get_mut(index) {
+            *slot = Some(snapshot);
+        }
+    }
+
+    /// Every executor's figures in the Prometheus / OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        use prometheus_client::{
+            encoding::text::encode,
+            metrics::{counter::Counter as PCounter, family::Family, gauge::Gauge},
+            registry::Registry,
+        };
+        type Labels = Vec<(String, String)>;
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut counters: Vec<(&'static str, Family<Labels, PCounter>)> = Vec::new();
+        let mut gauges: Vec<(&'static str, Family<Labels, Gauge>)> = Vec::new();
+        for (index, snapshot) in slots.iter().enumerate() {
+            let Some(snapshot) = snapshot else { continue };
+            let labelled = |labels: &[(&'static str, String)]| {
+                let mut l: Labels = labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect();
+                l.push(("executor".to_owned(), index.to_string()));
+                l
+            };
+            for (name, labels, value) in &snapshot.counters {
+                let family = match counters.iter().find(|(n, _)| n == name) {
+                    Some((_, f)) => f.clone(),
+                    None => {
+                        let f = Family::default();
+                        counters.push((name, f.clone()));
+                        f
+                    }
+                };
+                family.get_or_create(&labelled(labels)).inc_by(*value);
+            }
+            for (name, labels, value) in &snapshot.gauges {
+                let family = match gauges.iter().find(|(n, _)| n == name) {
+                    Some((_, f)) => f.clone(),
+                    None => {
+                        let f = Family::default();
+                        gauges.push((name, f.clone()));
+                        f
+                    }
+                };
+                family.get_or_create(&labelled(labels)).set(*value);
+            }
+        }
+        let mut registry = Registry::with_prefix("aquatic");
+        for (name, family) in counters {
+            registry.register(name, help(name), family);
+        }
+        for (name, family) in gauges {
+            registry.register(name, help(name), family);
+        }
+        let mut text = String::new();
+        if let Err(err) = encode(&mut text, &registry) {
+            log::error!("cannot encode metrics: {err}");
+        }
+        text
+    }
+}
+
+fn help(name: &str) -> &'static str {
+    match name {
+        "requests" => "Requests by protocol and action",
+        "responses" => "Responses (WS: messages) sent by protocol",
+        "errors" => "Errors and bad requests by protocol and kind",
+        "access_denied" => "Requests refused by the access list",
+        "requests_by_ip_family" => "Requests by protocol and client IP family",
+        "ws_connections_opened" => "WebSocket connections accepted",
+        "torrents" => "Torrents held, by swarm kind (bt: UDP and HTTP; ws: WebTorrent)",
+        "peers" => "Peers held, by swarm kind and seeder/leecher",
+        "ws_connections" => "Open WebSocket connections",
+        "map_capacity" => "Capacity of the executor's maps (to see them shrink)",
+        _ => "aquatic metric",
+    }
+}
+
+/// Serves the metrics text over plain HTTP on `listener`, forever, on its
+/// own thread: every request gets the current figures.
+pub fn serve(listener: std::net::TcpListener, hub: std::sync::Arc<MetricsHub>) {
+    use std::io::{Read, Write};
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(2)));
+        let mut head = [0u8; 1024];
+        let _ = stream.read(&mut head);
+        let body = hub.encode();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes());
+    }
 }

@@ -28,6 +28,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::{
     config::Config,
     executor::{self, ExecutorSetup, Reloadable},
+    metrics::MetricsHub,
     notify::{monotonic_usec, notify},
 };
 
@@ -253,6 +254,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    let metrics = Arc::new(MetricsHub::new(workers));
+    if config.metrics.enabled {
+        let listener = std::net::TcpListener::bind(config.metrics.address).with_context(|| {
+            format!("cannot bind the metrics address {}", config.metrics.address)
+        })?;
+        listening.push(format!("metrics://{}", listener.local_addr()?));
+        let hub = metrics.clone();
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || crate::metrics::serve(listener, hub))
+            .context("cannot start the metrics thread")?;
+    }
+
     let (events, event_rx) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -297,6 +311,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             http_tls: http_tls.clone(),
             ws_listener,
             ws_tls: ws_tls.clone(),
+            metrics: config.metrics.enabled.then(|| metrics.clone()),
             shutdown: shutdown.clone(),
             events: events.clone(),
         };

@@ -29,6 +29,7 @@ use super::{within, Listener};
 use crate::{
     config::HttpConfig,
     executor::{spawn, Executor, LocalCopy},
+    metrics::{family, HTTP},
     routing::SwarmKind,
     swarm::{BtAnnounce, BtPeerOut},
 };
@@ -131,6 +132,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(ex: &Executor, mut stream: S, 
             match parse_request(&buf[consumed..], &limits) {
                 Ok(Parsed::Incomplete) => break,
                 Ok(Parsed::Complete(parsed)) => {
+                    ex.stats.requests_by_family[HTTP][family(peer.ip())].bump();
                     consumed += parsed.consumed;
                     let keep_alive = parsed.keep_alive;
                     let client_ip = client_ip(config, &parsed, peer);
@@ -142,7 +144,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(ex: &Executor, mut stream: S, 
                     }
                 }
                 Err(err) => {
-                    ex.stats.bad_requests.bump();
+                    ex.stats.bad_requests[HTTP].bump();
                     let failure = Response::Failure(FailureResponse {
                         failure_reason: err.failure_reason(),
                     });
@@ -229,13 +231,13 @@ async fn answer(
 ) {
     match request {
         Err(err) => {
-            ex.stats.bad_requests.bump();
+            ex.stats.bad_requests[HTTP].bump();
             write_failure(out, err.failure_reason(), err.status(), keep_alive);
         }
         Ok(Request::Announce(announce)) => {
             ex.stats.http_announce.bump();
             let Some(ip) = client_ip else {
-                ex.stats.bad_requests.bump();
+                ex.stats.bad_requests[HTTP].bump();
                 write_failure(
                     out,
                     "missing or invalid client address header",
@@ -249,7 +251,7 @@ async fn answer(
         Ok(Request::Scrape(scrape)) => {
             ex.stats.http_scrape.bump();
             if !scrape.info_hashes.iter().all(|h| ex.access_list_allows(h)) {
-                ex.stats.access_denied.bump();
+                ex.stats.access_denied[HTTP].bump();
                 write_failure(out, "info hash not allowed", 200, keep_alive);
                 return;
             }
@@ -285,12 +287,12 @@ async fn answer_announce(
     scratch: &RefCell<Scratch>,
 ) {
     if !ex.access_list_allows(&announce.info_hash) {
-        ex.stats.access_denied.bump();
+        ex.stats.access_denied[HTTP].bump();
         write_failure(out, "info hash not allowed", 200, keep_alive);
         return;
     }
     if announce.port == 0 {
-        ex.stats.bad_requests.bump();
+        ex.stats.bad_requests[HTTP].bump();
         write_failure(out, "invalid port", 400, keep_alive);
         return;
     }

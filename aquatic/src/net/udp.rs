@@ -29,6 +29,7 @@ use super::udp_batch::DatagramBatch;
 use crate::{
     config::Config,
     executor::{spawn, Executor},
+    metrics::{family, UDP},
     routing::{ShardMessage, SwarmKind},
     swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, ScrapeStats},
 };
@@ -156,6 +157,7 @@ fn handle_datagram(
     }
     let ip = src.ip().to_canonical();
     let stats = &ex.stats;
+    stats.requests_by_family[UDP][family(ip)].bump();
     match Request::parse(bytes, ex.config.tracker.max_scrape_torrents) {
         Ok(Request::Connect(req)) => {
             stats.udp_connect.bump();
@@ -180,7 +182,7 @@ fn handle_datagram(
                 return;
             }
             if !ex.access_list_allows(&req.info_hash) {
-                stats.access_denied.bump();
+                stats.access_denied[UDP].bump();
                 queue_error(
                     out,
                     src,
@@ -206,7 +208,7 @@ fn handle_datagram(
                 return;
             }
             if !req.info_hashes.iter().all(|h| ex.access_list_allows(&h)) {
-                stats.access_denied.bump();
+                stats.access_denied[UDP].bump();
                 queue_error(
                     out,
                     src,
@@ -219,7 +221,7 @@ fn handle_datagram(
             scrape(ex, udp, &req, src, out);
         }
         Err(err) => {
-            stats.bad_requests.bump();
+            stats.bad_requests[UDP].bump();
             log::trace!("bad udp request from {src}: {err}");
             // Only a datagram long enough to carry a transaction id gets a
             // reply, and then one no longer than itself.

@@ -35,6 +35,7 @@ use hashbrown::HashMap;
 use super::{within, Listener, OpenConnection};
 use crate::{
     executor::{spawn, Executor, LocalCopy},
+    metrics::{family, WS},
     routing::SwarmKind,
     swarm::{ConnectionRef, WsAnnounce, WsAnswer, WsOutgoing},
 };
@@ -97,6 +98,7 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
         };
         let tls = endpoint.tls.as_ref().map(|t| t.get());
         let ex2 = ex.clone();
+        let ip_family = stream.peer_addr().map_or(0, |a| family(a.ip()));
         spawn(ex.requests_queue, async move {
             let _ = stream.set_nodelay(true);
             let config = &ex2.config.ws;
@@ -113,7 +115,7 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
                     let handshake =
                         async_tungstenite::accept_async_with_config(stream, Some(ws_config));
                     if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
-                        serve(&ex2, ws, connection, open).await;
+                        serve(&ex2, ws, connection, ip_family, open).await;
                     }
                 }
                 Some(tls) => {
@@ -125,7 +127,7 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
                         async_tungstenite::accept_async_with_config(stream, Some(ws_config)).await
                     };
                     if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
-                        serve(&ex2, ws, connection, open).await;
+                        serve(&ex2, ws, connection, ip_family, open).await;
                     }
                 }
             }
@@ -165,6 +167,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ex: &Executor,
     mut ws: WebSocketStream<S>,
     connection: ConnectionRef,
+    ip_family: usize,
     open: OpenConnection,
 ) {
     let (sender, queue): (_, LocalReceiver<WsOutgoing>) =
@@ -205,6 +208,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 pinged = false;
                 match message {
                     Message::Text(text) => {
+                        ex.stats.requests_by_family[WS][ip_family].bump();
                         #[cfg(feature = "test-hooks")]
                         if text.as_bytes() == crate::executor::TEST_PANIC_TRIGGER {
                             panic!("test hook: panic requested in a ws connection task");
@@ -212,7 +216,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         handle_text(ex, &mut registration, text.as_bytes(), &mut out).await
                     }
                     Message::Binary(_) => {
-                        ex.stats.bad_requests.bump();
+                        ex.stats.bad_requests[WS].bump();
                         write_error(&mut out, "binary messages are not supported", None, None)
                     }
                     Message::Close(_) => break,
@@ -223,7 +227,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Event::Incoming(Some(Err(err))) => {
                 log::debug!("ws connection {}: {err}", connection.connection);
                 if matches!(err, tungstenite::Error::Capacity(_)) {
-                    ex.stats.bad_requests.bump();
+                    ex.stats.bad_requests[WS].bump();
                 }
                 break;
             }
@@ -289,7 +293,7 @@ async fn handle_text(
             scrape(ex, request, out).await
         }
         Err(err) => {
-            ex.stats.bad_requests.bump();
+            ex.stats.bad_requests[WS].bump();
             write_error(out, err.failure_reason(), None, None)
         }
     }
@@ -303,7 +307,7 @@ fn announce(
 ) -> bool {
     let info_hash = request.info_hash;
     if !ex.access_list_allows(&info_hash) {
-        ex.stats.access_denied.bump();
+        ex.stats.access_denied[WS].bump();
         return write_error(
             out,
             "info hash not allowed",
@@ -317,7 +321,7 @@ fn announce(
         announced.remove(&info_hash);
     } else if announced.len() >= MAX_TORRENTS_PER_CONNECTION && !announced.contains_key(&info_hash)
     {
-        ex.stats.bad_requests.bump();
+        ex.stats.bad_requests[WS].bump();
         return write_error(
             out,
             "too many torrents on one connection",
@@ -368,11 +372,11 @@ async fn scrape(ex: &Executor, request: ScrapeRequest, out: &mut Vec<u8>) -> boo
         return write_error(out, "full scrapes are not supported", Some("scrape"), None);
     }
     if hashes.len() > ex.config.tracker.max_scrape_torrents {
-        ex.stats.bad_requests.bump();
+        ex.stats.bad_requests[WS].bump();
         return write_error(out, "too many info hashes", Some("scrape"), None);
     }
     if !hashes.iter().all(|h| ex.access_list_allows(h)) {
-        ex.stats.access_denied.bump();
+        ex.stats.access_denied[WS].bump();
         return write_error(out, "info hash not allowed", Some("scrape"), None);
     }
     let stats = ex.scrape(SwarmKind::Ws, &hashes).await;

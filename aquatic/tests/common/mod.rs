@@ -18,6 +18,7 @@ pub struct Tracker {
     pub udp: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub ws: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     pub config_path: PathBuf,
     pub dir: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -91,6 +92,7 @@ impl Tracker {
             udp: None,
             http: None,
             ws: None,
+            metrics: None,
             config_path,
             dir,
             stderr: Some(stderr),
@@ -107,6 +109,7 @@ impl Tracker {
                             "udp" => tracker.udp = Some(addr),
                             "http" | "https" => tracker.http = Some(addr),
                             "ws" | "wss" => tracker.ws = Some(addr),
+                            "metrics" => tracker.metrics = Some(addr),
                             other => panic!("unknown scheme {other}"),
                         }
                     } else if line.starts_with("aquatic: ready") {

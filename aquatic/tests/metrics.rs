@@ -1,0 +1,158 @@
+//! The Prometheus endpoint: after known traffic, its figures add up.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use aquatic_udp_protocol::AnnounceEvent;
+use common::{base_config, eventually, hash_on_shard, udp_client::Client as UdpClient, Tracker};
+
+fn scrape_metrics(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// Sum over executors of the samples of `name` whose labels include all
+/// of `labels`.
+fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_count_requests_errors_and_swarms() {
+    let config = format!(
+        "{}[metrics]\nenabled = true\naddress = \"127.0.0.1:0\"\n",
+        base_config()
+    );
+    let tracker = Tracker::start("metrics", &config);
+    let metrics = tracker.metrics.expect("metrics address printed");
+
+    // Two UDP announces in two torrents, one on each shard.
+    let mut udp = UdpClient::new(tracker.udp_v4());
+    udp.announce(hash_on_shard(0, 2, 1), 1, 1000, AnnounceEvent::Started, 10);
+    udp.announce(hash_on_shard(1, 2, 2), 1, 1000, AnnounceEvent::Started, 0);
+    // Three garbage datagrams.
+    let raw = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for _ in 0..3 {
+        raw.send_to(&[0xde; 30], tracker.udp_v4()).expect("send");
+    }
+    // One HTTP announce and one malformed HTTP request.
+    let http = SocketAddr::from(([127, 0, 0, 1], tracker.http.expect("http").port()));
+    for request in [
+        format!(
+            "GET /announce?info_hash={}&peer_id={}&port=1&left=5 HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "%01".repeat(20),
+            "%02".repeat(20)
+        ),
+        "GET /announce?info_hash=%01 HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
+    ] {
+        let mut stream = TcpStream::connect(http).expect("connect");
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+
+    let text = eventually(Duration::from_secs(5), || {
+        let text = scrape_metrics(metrics);
+        (sum(
+            &text,
+            "aquatic_requests_total",
+            &["protocol=\"http\"", "action=\"announce\""],
+        ) >= 1.0
+            && sum(
+                &text,
+                "aquatic_errors_total",
+                &["kind=\"bad_request\"", "protocol=\"udp\""],
+            ) >= 3.0)
+            .then_some(text)
+    })
+    .expect("figures appear within a few snapshot intervals");
+
+    assert_eq!(
+        sum(
+            &text,
+            "aquatic_requests_total",
+            &["protocol=\"udp\"", "action=\"connect\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "aquatic_requests_total",
+            &["protocol=\"udp\"", "action=\"announce\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "aquatic_requests_total",
+            &["protocol=\"http\"", "action=\"announce\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "aquatic_errors_total",
+            &["protocol=\"udp\"", "kind=\"bad_request\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "aquatic_errors_total",
+            &["protocol=\"http\"", "kind=\"bad_request\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "aquatic_requests_by_ip_family_total",
+            &["protocol=\"udp\"", "ip_family=\"ipv4\""]
+        ),
+        6.0,
+        "1 connect + 2 announces + 3 garbage"
+    );
+    assert_eq!(sum(&text, "aquatic_torrents", &["swarm=\"bt\""]), 3.0);
+    assert_eq!(
+        sum(&text, "aquatic_peers", &["swarm=\"bt\"", "kind=\"seeder\""]),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "aquatic_peers",
+            &["swarm=\"bt\"", "kind=\"leecher\""]
+        ),
+        2.0
+    );
+    // Every executor reports, with its label.
+    for executor in ["executor=\"0\"", "executor=\"1\""] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("aquatic_map_capacity{") && l.contains(executor)),
+            "no map capacity for {executor}:\n{text}"
+        );
+    }
+}
