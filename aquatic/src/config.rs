@@ -92,6 +92,8 @@ pub struct Config {
     pub ws: WsConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Dropping root after binding.
+    pub privileges: PrivilegesConfig,
     /// Allow / deny list of info hashes.
     pub access_list: AccessListConfig,
 }
@@ -199,6 +201,31 @@ impl HttpConfig {
     }
 }
 
+/// Dropping root after the sockets are bound.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivilegesConfig {
+    /// Drop at all.
+    pub drop: bool,
+    /// The user to become.
+    pub user: String,
+    /// The group to become; empty: the user's own.
+    pub group: String,
+    /// Directory to chroot into; empty: none.
+    pub chroot: PathBuf,
+}
+
+impl Default for PrivilegesConfig {
+    fn default() -> Self {
+        Self {
+            drop: false,
+            user: "nobody".to_owned(),
+            group: String::new(),
+            chroot: PathBuf::new(),
+        }
+    }
+}
+
 /// The Prometheus endpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -298,6 +325,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             ws: WsConfig::default(),
             metrics: MetricsConfig::default(),
+            privileges: PrivilegesConfig::default(),
             access_list: AccessListConfig::default(),
         }
     }

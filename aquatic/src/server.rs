@@ -167,6 +167,75 @@ fn load_ws_tls(config: &Config) -> anyhow::Result<rustls::ServerConfig> {
     .context("cannot load the WSS certificate and key")
 }
 
+/// Becomes the configured user (and group), inside the configured chroot,
+/// once everything that needs root is done.
+fn drop_privileges(privileges: &crate::config::PrivilegesConfig) -> anyhow::Result<()> {
+    use std::ffi::CString;
+    if !privileges.drop {
+        return Ok(());
+    }
+    let user = CString::new(privileges.user.as_str()).context("privileges.user")?;
+    // SAFETY: getpwnam/getgrnam return pointers into static storage that we
+    // read at once, on the main thread, before any other thread looks up users.
+    let (uid, user_gid) = unsafe {
+        let pw = libc::getpwnam(user.as_ptr());
+        if pw.is_null() {
+            bail!("privileges.user {:?} does not exist", privileges.user);
+        }
+        ((*pw).pw_uid, (*pw).pw_gid)
+    };
+    let gid = if privileges.group.is_empty() {
+        user_gid
+    } else {
+        let group = CString::new(privileges.group.as_str()).context("privileges.group")?;
+        // SAFETY: as above.
+        unsafe {
+            let gr = libc::getgrnam(group.as_ptr());
+            if gr.is_null() {
+                bail!("privileges.group {:?} does not exist", privileges.group);
+            }
+            (*gr).gr_gid
+        }
+    };
+    let failed = |what: &str| {
+        anyhow::anyhow!(
+            "cannot drop privileges ({what}): {}; start as root, or set privileges.drop = false",
+            std::io::Error::last_os_error()
+        )
+    };
+    if !privileges.chroot.as_os_str().is_empty() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir =
+            CString::new(privileges.chroot.as_os_str().as_bytes()).context("privileges.chroot")?;
+        // SAFETY: plain system calls with valid C strings.
+        unsafe {
+            if libc::chroot(dir.as_ptr()) != 0 {
+                return Err(failed("chroot"));
+            }
+            if libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(failed("chdir"));
+            }
+        }
+    }
+    // SAFETY: plain system calls; glibc applies them to every thread.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(failed("setgroups"));
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(failed("setgid"));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(failed("setuid"));
+        }
+        if libc::setuid(0) == 0 {
+            bail!("privileges were not dropped: setuid(0) still works");
+        }
+    }
+    log::info!("running as uid {uid}, gid {gid}");
+    Ok(())
+}
+
 /// Binds one socket per executor on one address; a port of 0 is resolved
 /// once, so every executor shares the same port.
 fn bind_all<F>(
@@ -266,6 +335,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .spawn(move || crate::metrics::serve(listener, hub))
             .context("cannot start the metrics thread")?;
     }
+
+    drop_privileges(&config.privileges)?;
 
     let (events, event_rx) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([

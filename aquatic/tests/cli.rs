@@ -73,3 +73,41 @@ fn sigterm_exits_zero() {
         .expect("exits");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn privileges_are_dropped_after_binding() {
+    let config = format!(
+        "{}[privileges]\ndrop = true\nuser = \"nobody\"\n",
+        common::base_config()
+    );
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    match common::Tracker::try_start("privileges", &config) {
+        Ok(tracker) => {
+            assert!(root, "only root can drop privileges");
+            let status = std::fs::read_to_string(format!("/proc/{}/status", tracker.child.id()))
+                .expect("proc status");
+            let uid_line = status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .expect("Uid line");
+            assert!(
+                uid_line.split_whitespace().skip(1).all(|id| id == "65534"),
+                "still privileged: {uid_line}"
+            );
+            // It still serves after the drop.
+            let mut client = common::udp_client::Client::new(tracker.udp_v4());
+            let _ = client.announce(
+                common::hash_on_shard(0, 2, 1),
+                1,
+                1,
+                aquatic_udp_protocol::AnnounceEvent::Started,
+                1,
+            );
+        }
+        Err(err) => {
+            assert!(!root, "root failed to drop privileges: {err}");
+            assert!(err.contains("cannot drop privileges"), "{err}");
+        }
+    }
+}
