@@ -10,8 +10,8 @@ aquatic: a BitTorrent tracker for UDP (BEP 15), HTTP(S) and WebTorrent
 USAGE:
     aquatic [OPTIONS]
 
-With no options, serves a UDP tracker on [::]:3000 with the built-in
-defaults (print them with -p).
+With no options, serves UDP on [::]:3000, HTTP on [::]:3001 and WebSocket
+(WebTorrent) on [::]:3002 with the built-in defaults (print them with -p).
 
 OPTIONS:
     -c, --config FILE        Read the configuration from FILE (TOML). Keys not in
@@ -24,7 +24,7 @@ OPTIONS:
     -V, --version            Print the version and exit.
 
 SIGNALS:
-    SIGUSR1                  Reload the access list.
+    SIGUSR1                  Reload the access list and TLS certificates.
     SIGTERM, SIGINT          Stop gracefully (a second one stops at once).
 ";
 

@@ -149,22 +149,28 @@ fn bind_tcp(address: SocketAddr, only_v6: bool) -> std::io::Result<Socket> {
 /// ALPN for the HTTPS listener.
 const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
 
+/// A protocol's TLS configuration from its certificate and key files.
+fn load_tls(
+    protocol: &str,
+    certificate: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    aquatic_common::tls::load_server_config(certificate, key, HTTP_ALPN)
+        .with_context(|| format!("cannot load the {protocol} certificate and key"))
+}
+
 fn load_http_tls(config: &Config) -> anyhow::Result<rustls::ServerConfig> {
-    aquatic_common::tls::load_server_config(
-        &config.http.tls_certificate_path,
-        &config.http.tls_private_key_path,
-        HTTP_ALPN,
+    let http = &config.http;
+    load_tls(
+        "HTTPS",
+        &http.tls_certificate_path,
+        &http.tls_private_key_path,
     )
-    .context("cannot load the HTTPS certificate and key")
 }
 
 fn load_ws_tls(config: &Config) -> anyhow::Result<rustls::ServerConfig> {
-    aquatic_common::tls::load_server_config(
-        &config.ws.tls_certificate_path,
-        &config.ws.tls_private_key_path,
-        HTTP_ALPN,
-    )
-    .context("cannot load the WSS certificate and key")
+    let ws = &config.ws;
+    load_tls("WSS", &ws.tls_certificate_path, &ws.tls_private_key_path)
 }
 
 /// Becomes the configured user (and group), inside the configured chroot,
@@ -524,22 +530,22 @@ fn reload(config: &Config, reloadables: &Reloadables) {
         }
         Err(err) => log::error!("access list reload failed, keeping the old list: {err}"),
     }
-    if let Some(tls) = &reloadables.http_tls {
-        match load_http_tls(config) {
-            Ok(server_config) => {
-                log::info!("HTTPS certificate and key reloaded");
-                tls.replace(server_config);
-            }
-            Err(err) => log::error!("HTTPS reload failed, keeping the old certificate: {err:#}"),
+    reload_tls("HTTPS", &reloadables.http_tls, || load_http_tls(config));
+    reload_tls("WSS", &reloadables.ws_tls, || load_ws_tls(config));
+}
+
+/// Swaps in a freshly loaded TLS configuration; a failure keeps the old one.
+fn reload_tls(
+    protocol: &str,
+    current: &Option<Arc<Reloadable<rustls::ServerConfig>>>,
+    load: impl FnOnce() -> anyhow::Result<rustls::ServerConfig>,
+) {
+    let Some(current) = current else { return };
+    match load() {
+        Ok(server_config) => {
+            log::info!("{protocol} certificate and key reloaded");
+            current.replace(server_config);
         }
-    }
-    if let Some(tls) = &reloadables.ws_tls {
-        match load_ws_tls(config) {
-            Ok(server_config) => {
-                log::info!("WSS certificate and key reloaded");
-                tls.replace(server_config);
-            }
-            Err(err) => log::error!("WSS reload failed, keeping the old certificate: {err:#}"),
-        }
+        Err(err) => log::error!("{protocol} reload failed, keeping the old certificate: {err:#}"),
     }
 }

@@ -6,7 +6,6 @@ mod common;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -372,33 +371,10 @@ fn a_stalled_half_request_is_disconnected() {
 
 #[test]
 fn https_announce_with_a_generated_certificate() {
-    let dir = common::scratch_dir("https-cert");
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-        .expect("generate certificate");
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, certified.key_pair.serialize_pem()).expect("write key");
-    let tls = format!(
-        "tls_certificate_path = {:?}\ntls_private_key_path = {:?}\n",
-        cert_path.display().to_string(),
-        key_path.display().to_string()
-    );
-    let config = with_http(&base_config(), &tls);
+    let certificate = common::TestCertificate::new("https-cert");
+    let config = with_http(&base_config(), &certificate.config_lines);
     let tracker = Tracker::start("https", &config);
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).expect("add root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let connection =
-        rustls::ClientConnection::new(Arc::new(client_config), name).expect("tls client");
-    let mut tls = rustls::StreamOwned::new(connection, connect(http_v4(&tracker)));
+    let mut tls = certificate.connect(http_v4(&tracker));
     let hash = hash_on_shard(1, 2, 70);
     tls.write_all(&get(&announce_target(hash, 1, 4001, "&compact=1"), true))
         .expect("write over tls");
@@ -417,5 +393,4 @@ fn https_announce_with_a_generated_certificate() {
         !buf.starts_with(b"HTTP/1.1 200"),
         "TLS port answered plain HTTP"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

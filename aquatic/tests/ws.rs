@@ -6,7 +6,6 @@ mod common;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -347,42 +346,15 @@ fn bad_messages_get_failure_reasons_and_the_connection_lives_on() {
 
 #[test]
 fn wss_with_a_generated_certificate() {
-    let dir = common::scratch_dir("wss-cert");
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-        .expect("generate certificate");
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, certified.key_pair.serialize_pem()).expect("write key");
-    let tls = format!(
-        "tls_certificate_path = {:?}\ntls_private_key_path = {:?}\n",
-        cert_path.display().to_string(),
-        key_path.display().to_string()
-    );
-    let tracker = Tracker::start("wss", &with_ws(&base_config(), &tls));
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).expect("add root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let connection =
-        rustls::ClientConnection::new(Arc::new(client_config), name).expect("tls client");
-    let tcp = TcpStream::connect(ws_v4(&tracker)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let stream = rustls::StreamOwned::new(connection, tcp);
+    let certificate = common::TestCertificate::new("wss-cert");
+    let tracker = Tracker::start("wss", &with_ws(&base_config(), &certificate.config_lines));
+    let stream = certificate.connect(ws_v4(&tracker));
     let (socket, _) = tungstenite::client("wss://localhost/announce", stream).expect("handshake");
     let mut client = Client { socket };
     assert_eq!(
         client.announce(announce(hash_on_shard(1, 2, 50), 1)),
         (0, 1)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -203,3 +203,62 @@ pub fn hash_on_shard(shard: u64, shards: u64, tag: u8) -> [u8; 20] {
     h[..8].copy_from_slice(&base.to_be_bytes());
     h
 }
+
+/// A self-signed certificate for "localhost", written as PEM files in a
+/// scratch directory, and a TLS client that trusts it.
+pub struct TestCertificate {
+    pub dir: PathBuf,
+    /// Config lines for a `[http]` or `[ws]` section.
+    pub config_lines: String,
+    client_config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl TestCertificate {
+    pub fn new(name: &str) -> TestCertificate {
+        let dir = scratch_dir(name);
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("generate certificate");
+        let cert_path = dir.join("cert.pem");
+        let key_path = dir.join("key.pem");
+        std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
+        std::fs::write(&key_path, certified.key_pair.serialize_pem()).expect("write key");
+        let config_lines = format!(
+            "tls_certificate_path = {:?}\ntls_private_key_path = {:?}\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).expect("add root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TestCertificate {
+            dir,
+            config_lines,
+            client_config: std::sync::Arc::new(client_config),
+        }
+    }
+
+    /// A TLS connection to `addr` that verifies the certificate.
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let connection =
+            rustls::ClientConnection::new(self.client_config.clone(), name).expect("tls client");
+        let tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        rustls::StreamOwned::new(connection, tcp)
+    }
+}
+
+impl Drop for TestCertificate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
