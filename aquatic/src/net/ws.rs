@@ -213,6 +213,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         if text.as_bytes() == crate::executor::TEST_PANIC_TRIGGER {
                             panic!("test hook: panic requested in a ws connection task");
                         }
+                        // Lets tests place connections on different executors.
+                        #[cfg(feature = "test-hooks")]
+                        if text.as_bytes() == b"aquatic-test-hook:executor" {
+                            out.clear();
+                            out.extend(format!("{{\"test_hook_executor\":{}}}", ex.id.0).bytes());
+                            let _ = send(
+                                &mut ws,
+                                Message::Text(String::from_utf8_lossy(&out).into_owned().into()),
+                            )
+                            .await;
+                            out.clear();
+                            continue;
+                        }
                         handle_text(ex, &mut registration, text.as_bytes(), &mut out).await
                     }
                     Message::Binary(_) => {
