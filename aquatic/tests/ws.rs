@@ -382,3 +382,22 @@ fn sigterm_closes_websockets_with_a_close_frame_and_exits_zero() {
         .expect("exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[test]
+fn one_connection_may_hold_several_peers_of_one_torrent() {
+    // Browsers share one WebSocket per tracker among all their clients.
+    let tracker = Tracker::start("ws-shared", &base_config());
+    let addr = ws_v4(&tracker);
+    let hash = hash_on_shard(1, 2, 70);
+    let mut shared = connect(addr);
+    assert_eq!(shared.announce(announce(hash, 1)), (0, 1));
+    assert_eq!(shared.announce(announce(hash, 2)), (0, 2));
+    let mut observer = connect(addr);
+    assert_eq!(observer.leechers(hash), 2);
+    shared.socket.close(None).expect("close");
+    let _ = shared.socket.flush();
+    let gone = eventually(Duration::from_secs(5), || {
+        (observer.leechers(hash) == 0).then_some(())
+    });
+    assert!(gone.is_some(), "both peers of the closed connection leave");
+}

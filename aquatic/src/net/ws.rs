@@ -30,7 +30,7 @@ use glommio::{
     channels::local_channel::{self, LocalReceiver},
     timer::sleep,
 };
-use hashbrown::HashMap;
+use hashbrown::HashSet;
 
 use super::{within, Listener, OpenConnection};
 use crate::{
@@ -40,9 +40,9 @@ use crate::{
     swarm::{ConnectionRef, WsAnnounce, WsAnswer, WsOutgoing},
 };
 
-/// Torrents one connection may announce in; a client needs one connection
-/// per tracker, not one per torrent, but not thousands of torrents either.
-const MAX_TORRENTS_PER_CONNECTION: usize = 1024;
+/// Peers (torrent and peer id) one connection may hold: browsers share one
+/// connection per tracker among their torrents, but not thousands of them.
+const MAX_PEERS_PER_CONNECTION: usize = 1024;
 /// Bytes read from a connection at a time.
 const READ_BUFFER: usize = 4096;
 /// Time to write one message to a client.
@@ -139,7 +139,7 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
 struct Registration<'a> {
     ex: &'a Executor,
     connection: ConnectionRef,
-    announced: HashMap<InfoHash, PeerId>,
+    announced: HashSet<(InfoHash, PeerId)>,
     _open: OpenConnection,
 }
 
@@ -179,7 +179,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut registration = Registration {
         ex,
         connection,
-        announced: HashMap::new(),
+        announced: HashSet::new(),
         _open: open,
     };
     let idle = Duration::from_secs(ex.config.ws.idle_timeout_secs);
@@ -330,10 +330,12 @@ fn announce(
     }
     let stopped = request.event == AnnounceEvent::Stopped;
     let announced = &mut registration.announced;
+    // The JavaScript client shares one socket among all its torrents and
+    // clients, so one connection may hold several peers, even in one torrent.
+    let key = (info_hash, request.peer_id);
     if stopped {
-        announced.remove(&info_hash);
-    } else if announced.len() >= MAX_TORRENTS_PER_CONNECTION && !announced.contains_key(&info_hash)
-    {
+        announced.remove(&key);
+    } else if announced.len() >= MAX_PEERS_PER_CONNECTION && !announced.contains(&key) {
         ex.stats.bad_requests[WS].bump();
         return write_error(
             out,
@@ -341,11 +343,8 @@ fn announce(
             Some("announce"),
             Some(info_hash),
         );
-    } else if let Some(previous) = announced.insert(info_hash, request.peer_id) {
-        if previous != request.peer_id {
-            // The client changed its peer id: the old one is gone.
-            ex.ws_closed(registration.connection, vec![(info_hash, previous)]);
-        }
+    } else if request.answer.is_none() {
+        announced.insert(key);
     }
     let max_offers = ex.config.ws.max_offers;
     let numwant = request.numwant.unwrap_or(max_offers).min(max_offers);

@@ -5,7 +5,11 @@ Each check: a random file, a private v1 torrent (no DHT/PEX/LSD can find
 peers behind the tracker's back), one real client seeding and a different
 real client downloading through our tracker, and the checksum compared.
 
-Usage: bt_clients.py PATH_TO_AQUATIC_BINARY
+WebTorrent: two npm bittorrent-tracker clients exchange an offer and an
+answer through the WebSocket tracker (webtorrent/offer_answer.mjs; WebRTC
+itself is faked there, see fake-webrtc.mjs for why).
+
+Usage: real_clients.py PATH_TO_AQUATIC_BINARY
 Prints one line per check and ends with "N passed, M failed"; exit 1 on
 any failure.
 """
@@ -47,6 +51,7 @@ class Tracker:
     def __init__(self, binary, workdir):
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.http_port = free_port(socket.SOCK_STREAM)
+        self.ws_port = free_port(socket.SOCK_STREAM)
         config = os.path.join(workdir, "tracker.toml")
         with open(config, "w") as f:
             f.write(
@@ -58,6 +63,8 @@ pin_cpus = false
 address = "127.0.0.1:{self.udp_port}"
 [http]
 address = "127.0.0.1:{self.http_port}"
+[ws]
+address = "127.0.0.1:{self.ws_port}"
 """
             )
         self.log = open(os.path.join(workdir, "tracker.log"), "w")
@@ -78,6 +85,9 @@ address = "127.0.0.1:{self.http_port}"
 
     def http(self):
         return f"http://127.0.0.1:{self.http_port}/announce"
+
+    def ws(self):
+        return f"ws://127.0.0.1:{self.ws_port}"
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -227,6 +237,24 @@ def check_aria2_seeds_lt_downloads(tracker, work, url_of):
         seeder.wait()
 
 
+WEBTORRENT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webtorrent")
+
+
+def check_npm_clients_offer_and_answer(tracker, work, url_of):
+    """Two npm bittorrent-tracker clients: offer, answer, scrape, leave."""
+    proc = subprocess.run(
+        ["node", "--import", "./register.mjs", "offer_answer.mjs", url_of(tracker)],
+        cwd=WEBTORRENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT,
+    )
+    for line in proc.stdout.splitlines():
+        print("    " + line)
+    if proc.returncode != 0:
+        raise RuntimeError("npm client check failed:\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
+
+
 def main():
     binary = sys.argv[1]
     checks = [
@@ -234,6 +262,7 @@ def main():
         ("http: libtorrent seeds, aria2c downloads", check_lt_seeds_aria2_downloads, Tracker.http),
         ("http: aria2c seeds, libtorrent downloads and scrapes", check_aria2_seeds_lt_downloads, Tracker.http),
         ("udp: aria2c seeds, libtorrent downloads and scrapes", check_aria2_seeds_lt_downloads, Tracker.udp),
+        ("ws: npm bittorrent-tracker clients exchange offer and answer", check_npm_clients_offer_and_answer, Tracker.ws),
     ]
     only = os.environ.get("INTEROP_ONLY")
     passed = failed = 0
