@@ -47,8 +47,17 @@ def sha256(path):
     return h.hexdigest()
 
 
+# libtorrent caches UDP connection ids per tracker *address* (not port) for
+# a minute, process-wide; a new tracker process has a new key and refuses
+# them, and libtorrent retries the stale id until the cache expires. Each
+# check's tracker therefore gets its own loopback address.
+_next_host = [10]
+
+
 class Tracker:
     def __init__(self, binary, workdir):
+        _next_host[0] += 1
+        self.host = f"127.0.0.{_next_host[0]}"
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.http_port = free_port(socket.SOCK_STREAM)
         self.ws_port = free_port(socket.SOCK_STREAM)
@@ -56,15 +65,15 @@ class Tracker:
         with open(config, "w") as f:
             f.write(
                 f"""workers = 2
-log_level = "info"
+log_level = "{os.environ.get('INTEROP_LOG', 'info')}"
 [runtime]
 pin_cpus = false
 [udp]
-address = "127.0.0.1:{self.udp_port}"
+address = "{self.host}:{self.udp_port}"
 [http]
-address = "127.0.0.1:{self.http_port}"
+address = "{self.host}:{self.http_port}"
 [ws]
-address = "127.0.0.1:{self.ws_port}"
+address = "{self.host}:{self.ws_port}"
 """
             )
         self.log = open(os.path.join(workdir, "tracker.log"), "w")
@@ -81,13 +90,13 @@ address = "127.0.0.1:{self.ws_port}"
         raise RuntimeError("tracker did not become ready")
 
     def udp(self):
-        return f"udp://127.0.0.1:{self.udp_port}/announce"
+        return f"udp://{self.host}:{self.udp_port}/announce"
 
     def http(self):
-        return f"http://127.0.0.1:{self.http_port}/announce"
+        return f"http://{self.host}:{self.http_port}/announce"
 
     def ws(self):
-        return f"ws://127.0.0.1:{self.ws_port}"
+        return f"ws://{self.host}:{self.ws_port}"
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -155,6 +164,10 @@ def aria2(args, cwd, timeout):
         "aria2c",
         "--enable-dht=true",  # aria2 only speaks UDP trackers with DHT on
         "--dht-listen-port=" + str(free_port(socket.SOCK_DGRAM)),
+        # A fresh DHT routing table each run: nodes saved by an earlier run
+        # are dead, and aria2 waits on them before its UDP tracker requests.
+        "--dht-file-path=" + os.path.join(cwd, "dht.dat"),
+        "--dht-file-path6=" + os.path.join(cwd, "dht6.dat"),
         "--bt-enable-lpd=false",
         "--enable-peer-exchange=false",
         "--listen-port=" + str(free_port(socket.SOCK_STREAM)),
@@ -207,6 +220,8 @@ def check_aria2_seeds_lt_downloads(tracker, work, url_of):
         while time.time() < deadline and not handle.status().is_seeding:
             time.sleep(0.3)
             if os.environ.get("INTEROP_DEBUG"):
+                for alert in session.pop_alerts():
+                    print("  alert:", alert.what(), alert.message())
                 st = handle.status()
                 print(f"  t={time.time():.1f} peers={st.num_peers} progress={st.progress:.2f} state={st.state}")
             if int(time.time()) % 5 == 0:
@@ -291,7 +306,10 @@ def main():
         finally:
             if tracker is not None:
                 tracker.proc.kill()
-            shutil.rmtree(work, ignore_errors=True)
+            if os.environ.get("INTEROP_KEEP"):
+                print("kept " + work)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed or not passed else 0)
 
