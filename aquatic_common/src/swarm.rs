@@ -16,7 +16,7 @@ use rand::Rng;
 
 use crate::{time::SecondsSinceStart, time::ValidUntil, PeerId};
 
-type PeerMap<P> = IndexMap<PeerId, P, hashbrown::DefaultHashBuilder>;
+type PeerMap<K, P> = IndexMap<K, P, hashbrown::DefaultHashBuilder>;
 
 /// What a swarm needs to know about any kind of peer.
 pub trait SwarmPeer: Clone {
@@ -51,14 +51,17 @@ impl PeerStatus {
     }
 }
 
-/// The seeders and leechers of one torrent (of one IP family or kind).
+/// The seeders and leechers of one torrent (of one IP family or kind),
+/// keyed by `K`: the peer id for WebRTC peers; peer id and address for
+/// UDP and HTTP peers, so that nobody can move or stop another client's
+/// entry by replaying its peer id from elsewhere.
 #[derive(Debug)]
-pub struct Swarm<P> {
-    seeders: PeerMap<P>,
-    leechers: PeerMap<P>,
+pub struct Swarm<P, K = PeerId> {
+    seeders: PeerMap<K, P>,
+    leechers: PeerMap<K, P>,
 }
 
-impl<P> Default for Swarm<P> {
+impl<P, K> Default for Swarm<P, K> {
     fn default() -> Self {
         Self {
             seeders: PeerMap::default(),
@@ -72,7 +75,7 @@ const SHRINK_RATIO: usize = 4;
 /// Maps this small are never shrunk: the work is not worth the bytes.
 const SHRINK_MIN_CAPACITY: usize = 64;
 
-impl<P: SwarmPeer> Swarm<P> {
+impl<P: SwarmPeer, K: std::hash::Hash + Eq + Clone> Swarm<P, K> {
     /// Number of seeders.
     pub fn seeders(&self) -> usize {
         self.seeders.len()
@@ -88,8 +91,8 @@ impl<P: SwarmPeer> Swarm<P> {
         self.seeders.is_empty() && self.leechers.is_empty()
     }
 
-    /// The peer with this id, if present.
-    pub fn get(&self, peer_id: &PeerId) -> Option<(&P, PeerStatus)> {
+    /// The peer with this key, if present.
+    pub fn get(&self, peer_id: &K) -> Option<(&P, PeerStatus)> {
         if let Some(p) = self.seeders.get(peer_id) {
             Some((p, PeerStatus::Seeding))
         } else {
@@ -103,7 +106,7 @@ impl<P: SwarmPeer> Swarm<P> {
     /// for [`PeerStatus::Stopped`], removes the peer.
     ///
     /// Returns the status the peer had before, if it was present.
-    pub fn upsert(&mut self, peer_id: PeerId, peer: P, status: PeerStatus) -> Option<PeerStatus> {
+    pub fn upsert(&mut self, peer_id: K, peer: P, status: PeerStatus) -> Option<PeerStatus> {
         let previous = if self.seeders.swap_remove(&peer_id).is_some() {
             Some(PeerStatus::Seeding)
         } else if self.leechers.swap_remove(&peer_id).is_some() {
@@ -124,7 +127,7 @@ impl<P: SwarmPeer> Swarm<P> {
     }
 
     /// Removes a peer; returns it if it was present.
-    pub fn remove(&mut self, peer_id: &PeerId) -> Option<P> {
+    pub fn remove(&mut self, peer_id: &K) -> Option<P> {
         self.seeders
             .swap_remove(peer_id)
             .or_else(|| self.leechers.swap_remove(peer_id))
@@ -140,12 +143,12 @@ impl<P: SwarmPeer> Swarm<P> {
     pub fn select_peers<R: Rng + ?Sized>(
         &self,
         rng: &mut R,
-        requester: &PeerId,
+        requester: &K,
         requester_is_seeder: bool,
         max: usize,
-        mut emit: impl FnMut(&PeerId, &P),
+        mut emit: impl FnMut(&K, &P),
     ) -> usize {
-        let (first, second): (&PeerMap<P>, Option<&PeerMap<P>>) =
+        let (first, second): (&PeerMap<K, P>, Option<&PeerMap<K, P>>) =
             if requester_is_seeder && !self.leechers.is_empty() {
                 (&self.leechers, None)
             } else if requester_is_seeder {
@@ -188,7 +191,7 @@ impl<P: SwarmPeer> Swarm<P> {
     }
 
     /// Every peer, seeders first (for relays that must reach all of them).
-    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &P)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &P)> {
         self.seeders.iter().chain(self.leechers.iter())
     }
 
@@ -209,7 +212,7 @@ impl<P: SwarmPeer> Swarm<P> {
     }
 }
 
-fn shrink_if_sparse<P>(map: &mut PeerMap<P>) {
+fn shrink_if_sparse<K: std::hash::Hash + Eq, P>(map: &mut PeerMap<K, P>) {
     if map.capacity() >= SHRINK_MIN_CAPACITY && map.capacity() >= map.len() * SHRINK_RATIO {
         map.shrink_to_fit();
     }

@@ -37,10 +37,22 @@ pub struct BtPeerOut<A> {
     pub port: u16,
 }
 
+/// Who a UDP or HTTP peer is: its id *and* its address. A stopped event or
+/// a re-announce only touches the entry of the same address, so a peer id
+/// seen in a response cannot be used from elsewhere to evict or redirect
+/// that peer; clients that share an id (load testers send all zeros) stay
+/// apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BtPeerKey<A> {
+    peer_id: PeerId,
+    ip: A,
+    port: u16,
+}
+
 #[derive(Default)]
 struct Torrent {
-    v4: Swarm<BtPeer<Ipv4Addr>>,
-    v6: Swarm<BtPeer<Ipv6Addr>>,
+    v4: Swarm<BtPeer<Ipv4Addr>, BtPeerKey<Ipv4Addr>>,
+    v6: Swarm<BtPeer<Ipv6Addr>, BtPeerKey<Ipv6Addr>>,
     /// `completed` events seen: the scrape's "downloaded".
     completed: u32,
 }
@@ -215,24 +227,29 @@ impl BtShard {
     }
 }
 
-fn announce_in<A: Copy, R: Rng + ?Sized>(
-    swarm: &mut Swarm<BtPeer<A>>,
+fn announce_in<A: Copy + Eq + std::hash::Hash, R: Rng + ?Sized>(
+    swarm: &mut Swarm<BtPeer<A>, BtPeerKey<A>>,
     rng: &mut R,
     request: &BtAnnounce,
     status: PeerStatus,
     peer: BtPeer<A>,
     out: &mut Vec<BtPeerOut<A>>,
 ) -> Option<PeerStatus> {
-    let previous = swarm.upsert(request.peer_id, peer, status);
+    let key = BtPeerKey {
+        peer_id: request.peer_id,
+        ip: peer.ip,
+        port: peer.port,
+    };
+    let previous = swarm.upsert(key, peer, status);
     if status != PeerStatus::Stopped {
         swarm.select_peers(
             rng,
-            &request.peer_id,
+            &key,
             status == PeerStatus::Seeding,
             request.numwant,
-            |peer_id, p| {
+            |key, p| {
                 out.push(BtPeerOut {
-                    peer_id: *peer_id,
+                    peer_id: key.peer_id,
                     ip: p.ip,
                     port: p.port,
                 })
@@ -312,6 +329,27 @@ mod tests {
         f.run(0, &announce(4, V6, 10));
         assert_eq!(f.v6.len(), 1);
         assert_eq!(f.v6[0].port, 1002);
+    }
+
+    #[test]
+    fn a_peer_id_replayed_from_another_address_is_another_peer() {
+        let mut f = Fixture::new();
+        f.run(0, &announce(1, V4, 10));
+        let mut forged = announce(1, "10.9.9.9".parse().expect("ip"), 10);
+        forged.stopped = true;
+        f.run(0, &forged);
+        assert_eq!(
+            f.shard.scrape(&InfoHash([1; 20])).leechers,
+            1,
+            "not evicted"
+        );
+        forged.stopped = false;
+        f.run(0, &forged);
+        assert_eq!(
+            f.shard.scrape(&InfoHash([1; 20])).leechers,
+            2,
+            "not redirected"
+        );
     }
 
     #[test]
