@@ -107,6 +107,17 @@ impl<P: SwarmPeer, K: std::hash::Hash + Eq + Clone> Swarm<P, K> {
     ///
     /// Returns the status the peer had before, if it was present.
     pub fn upsert(&mut self, peer_id: K, peer: P, status: PeerStatus) -> Option<PeerStatus> {
+        // The common case, a re-announce with the same standing, updates in
+        // place: a swap_remove plus insert would rehash and move entries.
+        let same_map = match status {
+            PeerStatus::Seeding => Some(&mut self.seeders),
+            PeerStatus::Leeching => Some(&mut self.leechers),
+            PeerStatus::Stopped => None,
+        };
+        if let Some(slot) = same_map.and_then(|map| map.get_mut(&peer_id)) {
+            *slot = peer;
+            return Some(status);
+        }
         let previous = if self.seeders.swap_remove(&peer_id).is_some() {
             Some(PeerStatus::Seeding)
         } else if self.leechers.swap_remove(&peer_id).is_some() {
