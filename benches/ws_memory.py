@@ -7,13 +7,16 @@ WebSocket connections that each announce in TORRENTS_PER_CONN torrents
 VmRSS from /proc every cleaning interval.
 
 Usage: python3 benches/ws_memory.py [BINARY] [CONNECTIONS] [TORRENTS_PER_CONN]
-Needs: pip install websockets
+BINARY is ours (default target/release/aquatic) or the original aquatic_ws
+(configured the same way: one swarm and one socket worker, cleaning every
+2 s). Needs: pip install websockets
 """
 
 import asyncio
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -94,18 +97,12 @@ async def load(url, hashes):
     return release, tasks, len(opened)
 
 
-def main():
-    port = free_port()
-    work = tempfile.mkdtemp(prefix="aquatic-wsmem-")
-    config = os.path.join(work, "config.toml")
-    with open(config, "w") as f:
-        f.write(
-            f"""workers = 2
+OURS_CONFIG = """workers = 2
 log_level = "warn"
 [runtime]
 pin_cpus = false
 [tracker]
-cleaning_interval_secs = {CLEANING}
+cleaning_interval_secs = {cleaning}
 [udp]
 enabled = false
 [http]
@@ -113,10 +110,38 @@ enabled = false
 [ws]
 address = "127.0.0.1:{port}"
 """
-        )
+
+
+def write_peer_config(path, port):
+    text = subprocess.run([BINARY, "-p"], capture_output=True, text=True, check=True).stdout
+    for key, value in {
+        "socket_workers": "2",
+        "swarm_workers": "1",
+        "log_level": '"error"',
+        "address": f'"127.0.0.1:{port}"',
+        "torrent_cleaning_interval": str(CLEANING),
+        "connection_cleaning_interval": str(CLEANING),
+    }.items():
+        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main():
+    port = free_port()
+    work = tempfile.mkdtemp(prefix="aquatic-wsmem-")
+    config = os.path.join(work, "config.toml")
+    if os.path.basename(BINARY) == "aquatic_ws":
+        write_peer_config(config, port)
+    else:
+        with open(config, "w") as f:
+            f.write(OURS_CONFIG.format(cleaning=CLEANING, port=port))
     proc = subprocess.Popen([BINARY, "-c", config], stdout=subprocess.PIPE, text=True)
-    while not proc.stdout.readline().startswith("aquatic: ready"):
-        pass
+    if os.path.basename(BINARY) == "aquatic_ws":
+        time.sleep(1.5)
+    else:
+        while not proc.stdout.readline().startswith("aquatic: ready"):
+            pass
     pid = proc.pid
     url = f"ws://127.0.0.1:{port}/announce"
     hashes = [binary_string(os.urandom(20)) for _ in range(CONNECTIONS * TORRENTS_PER_CONN // 4)]
@@ -137,10 +162,12 @@ address = "127.0.0.1:{port}"
 
     peak = asyncio.run(run())
     samples = []
-    for i in range(1, 6):
-        time.sleep(CLEANING)
+    waited = 0
+    for intervals in (1, 2, 4):
+        time.sleep(intervals * CLEANING - waited)
+        waited = intervals * CLEANING
         samples.append(rss_kib(pid))
-        print(f"{i * CLEANING:2d} s after closing:   {samples[-1] / 1024:8.1f} MiB")
+        print(f"{intervals} cleaning interval(s) after closing: {samples[-1] / 1024:8.1f} MiB")
     proc.terminate()
     proc.wait(10)
     returned = (peak - samples[-1]) / max(1, peak - before)

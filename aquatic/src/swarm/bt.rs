@@ -49,17 +49,44 @@ struct BtPeerKey<A> {
     port: u16,
 }
 
+type V6Swarm = Swarm<BtPeer<Ipv6Addr>, BtPeerKey<Ipv6Addr>>;
+
 #[derive(Default)]
 struct Torrent {
     v4: Swarm<BtPeer<Ipv4Addr>, BtPeerKey<Ipv4Addr>>,
-    v6: Swarm<BtPeer<Ipv6Addr>, BtPeerKey<Ipv6Addr>>,
+    /// Boxed and made on demand: most torrents never see an IPv6 peer, and
+    /// an empty swarm inline would nearly double every torrent's size.
+    v6: Option<Box<V6Swarm>>,
     /// `completed` events seen: the scrape's "downloaded".
     completed: u32,
 }
 
 impl Torrent {
     fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.is_empty()
+        self.v4.is_empty() && self.v6.as_ref().is_none_or(|s| s.is_empty())
+    }
+
+    fn seeders(&self) -> usize {
+        self.v4.seeders() + self.v6.as_ref().map_or(0, |s| s.seeders())
+    }
+
+    fn leechers(&self) -> usize {
+        self.v4.leechers() + self.v6.as_ref().map_or(0, |s| s.leechers())
+    }
+
+    fn v6_mut(&mut self) -> &mut V6Swarm {
+        self.v6.get_or_insert_with(Box::default)
+    }
+
+    fn clean(&mut self, now: SecondsSinceStart) -> usize {
+        let mut removed = self.v4.clean(now);
+        if let Some(v6) = &mut self.v6 {
+            removed += v6.clean(now);
+            if v6.is_empty() {
+                self.v6 = None;
+            }
+        }
+        removed
     }
 }
 
@@ -156,7 +183,7 @@ impl BtShard {
                 out_v4,
             ),
             IpAddr::V6(ip) => announce_in(
-                &mut torrent.v6,
+                torrent.v6_mut(),
                 rng,
                 request,
                 status,
@@ -172,8 +199,8 @@ impl BtShard {
             torrent.completed = torrent.completed.saturating_add(1);
         }
         let outcome = BtAnnounceOutcome {
-            seeders: torrent.v4.seeders() + torrent.v6.seeders(),
-            leechers: torrent.v4.leechers() + torrent.v6.leechers(),
+            seeders: torrent.seeders(),
+            leechers: torrent.leechers(),
         };
         if torrent.is_empty() {
             self.torrents.remove(&request.info_hash);
@@ -186,8 +213,8 @@ impl BtShard {
         self.torrents
             .get(info_hash)
             .map_or_else(ScrapeStats::default, |t| ScrapeStats {
-                seeders: t.v4.seeders() + t.v6.seeders(),
-                leechers: t.v4.leechers() + t.v6.leechers(),
+                seeders: t.seeders(),
+                leechers: t.leechers(),
                 completed: t.completed,
             })
     }
@@ -198,7 +225,7 @@ impl BtShard {
         let mut report = CleanReport::default();
         let before = self.torrents.len();
         self.torrents.retain(|_, t| {
-            report.peers_removed += t.v4.clean(now) + t.v6.clean(now);
+            report.peers_removed += t.clean(now);
             !t.is_empty()
         });
         report.torrents_removed = before - self.torrents.len();
@@ -213,12 +240,9 @@ impl BtShard {
 
     /// (seeders, leechers) over all torrents. Walks the map: for metrics, not the request path.
     pub fn peer_counts(&self) -> (usize, usize) {
-        self.torrents.values().fold((0, 0), |(s, l), t| {
-            (
-                s + t.v4.seeders() + t.v6.seeders(),
-                l + t.v4.leechers() + t.v6.leechers(),
-            )
-        })
+        self.torrents
+            .values()
+            .fold((0, 0), |(s, l), t| (s + t.seeders(), l + t.leechers()))
     }
 
     /// Slots allocated in the torrent map.
