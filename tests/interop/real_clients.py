@@ -7,7 +7,9 @@ real client downloading through our tracker, and the checksum compared.
 
 WebTorrent: two npm bittorrent-tracker clients exchange an offer and an
 answer through the WebSocket tracker (webtorrent/offer_answer.mjs; WebRTC
-itself is faked there, see fake-webrtc.mjs for why).
+itself is faked there, see fake-webrtc.mjs for why), and two WebTorrent
+pages in headless Chromium move a buffer over real WebRTC, found through
+our tracker only (webtorrent/browser.mjs).
 
 Usage: real_clients.py PATH_TO_AQUATIC_BINARY
 Prints one line per check and ends with "N passed, M failed"; exit 1 on
@@ -270,6 +272,21 @@ def check_npm_clients_offer_and_answer(tracker, work, url_of):
         raise RuntimeError("npm client check failed:\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
 
 
+def check_browsers_exchange_over_webrtc(tracker, work, url_of):
+    """Two WebTorrent pages in headless Chromium: real WebRTC, via our tracker."""
+    proc = subprocess.run(
+        ["node", "browser.mjs", url_of(tracker)],
+        cwd=WEBTORRENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT,
+    )
+    for line in proc.stdout.splitlines():
+        print("    " + line)
+    if proc.returncode != 0:
+        raise RuntimeError("browser check failed:\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
+
+
 def main():
     binary = sys.argv[1]
     checks = [
@@ -278,6 +295,7 @@ def main():
         ("http: aria2c seeds, libtorrent downloads and scrapes", check_aria2_seeds_lt_downloads, Tracker.http),
         ("udp: aria2c seeds, libtorrent downloads and scrapes", check_aria2_seeds_lt_downloads, Tracker.udp),
         ("ws: npm bittorrent-tracker clients exchange offer and answer", check_npm_clients_offer_and_answer, Tracker.ws),
+        ("ws: two WebTorrent pages in Chromium exchange a buffer over WebRTC", check_browsers_exchange_over_webrtc, Tracker.ws),
     ]
     only = os.environ.get("INTEROP_ONLY")
     passed = failed = 0
