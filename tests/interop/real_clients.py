@@ -257,10 +257,10 @@ def check_aria2_seeds_lt_downloads(tracker, work, url_of):
 WEBTORRENT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webtorrent")
 
 
-def check_npm_clients_offer_and_answer(tracker, work, url_of):
-    """Two npm bittorrent-tracker clients: offer, answer, scrape, leave."""
+def run_node_check(args, what):
+    """Runs node with `args` in webtorrent/; the script prints PASS/FAIL lines."""
     proc = subprocess.run(
-        ["node", "--import", "./register.mjs", "offer_answer.mjs", url_of(tracker)],
+        ["node", *args],
         cwd=WEBTORRENT_DIR,
         capture_output=True,
         text=True,
@@ -269,22 +269,17 @@ def check_npm_clients_offer_and_answer(tracker, work, url_of):
     for line in proc.stdout.splitlines():
         print("    " + line)
     if proc.returncode != 0:
-        raise RuntimeError("npm client check failed:\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
+        raise RuntimeError(f"{what} failed:\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
+
+
+def check_npm_clients_offer_and_answer(tracker, work, url_of):
+    """Two npm bittorrent-tracker clients: offer, answer, scrape, leave."""
+    run_node_check(["--import", "./register.mjs", "offer_answer.mjs", url_of(tracker)], "npm client check")
 
 
 def check_browsers_exchange_over_webrtc(tracker, work, url_of):
     """Two WebTorrent pages in headless Chromium: real WebRTC, via our tracker."""
-    proc = subprocess.run(
-        ["node", "browser.mjs", url_of(tracker)],
-        cwd=WEBTORRENT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=CHECK_TIMEOUT,
-    )
-    for line in proc.stdout.splitlines():
-        print("    " + line)
-    if proc.returncode != 0:
-        raise RuntimeError("browser check failed:\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
+    run_node_check(["browser.mjs", url_of(tracker)], "browser check")
 
 
 def main():
