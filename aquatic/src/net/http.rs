@@ -23,12 +23,11 @@ use aquatic_http_protocol::{
     Parsed, Request, RequestError, Response, ResponsePeer, ScrapeResponse, ScrapeStatistics,
 };
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::timer::sleep;
 
-use super::{within, Listener};
+use super::{accept_loop, within, Listener};
 use crate::{
     config::HttpConfig,
-    executor::{spawn, Executor, LocalCopy},
+    executor::{Executor, LocalCopy},
     metrics::{family, HTTP},
     routing::SwarmKind,
     swarm::{BtAnnounce, BtPeerOut},
@@ -58,45 +57,37 @@ impl HttpEndpoint {
 /// Accepts connections forever, one task each.
 pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<HttpEndpoint>) {
     let max = ex.config.http.max_connections_per_worker;
-    loop {
-        let stream = match endpoint.listener.listener.accept().await {
-            Ok(stream) => stream,
-            Err(err) => {
-                log::warn!("http accept failed: {err}");
-                // Out of file descriptors, most likely: let some close.
-                sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if ex.stopping.get() {
-            drop(stream);
-            continue;
-        }
-        let Some(open) = endpoint.listener.admit(max) else {
-            ex.stats.http_connections_refused.bump();
-            drop(stream);
-            continue;
-        };
-        let ex2 = ex.clone();
-        let tls = endpoint.tls.as_ref().map(|t| t.get());
-        spawn(ex.requests_queue, async move {
-            let _open = open;
-            let Ok(peer) = stream.peer_addr() else { return };
-            let _ = stream.set_nodelay(true);
-            let handshake_timeout = Duration::from_secs(ex2.config.http.request_timeout_secs);
-            match tls {
-                None => serve(&ex2, stream, peer).await,
-                Some(config) => {
-                    let acceptor = futures_rustls::TlsAcceptor::from(config);
-                    match within(handshake_timeout, acceptor.accept(stream)).await {
-                        Some(Ok(tls_stream)) => serve(&ex2, tls_stream, peer).await,
-                        Some(Err(err)) => log::debug!("tls handshake with {peer} failed: {err}"),
-                        None => log::debug!("tls handshake with {peer} timed out"),
+    let refused = |ex: &Executor| ex.stats.http_connections_refused.bump();
+    accept_loop(
+        &ex,
+        &endpoint.listener,
+        "http",
+        max,
+        refused,
+        |stream, open| {
+            let ex = ex.clone();
+            let tls = endpoint.tls.as_ref().map(|t| t.get());
+            async move {
+                let _open = open;
+                let Ok(peer) = stream.peer_addr() else { return };
+                let handshake_timeout = Duration::from_secs(ex.config.http.request_timeout_secs);
+                match tls {
+                    None => serve(&ex, stream, peer).await,
+                    Some(config) => {
+                        let acceptor = futures_rustls::TlsAcceptor::from(config);
+                        match within(handshake_timeout, acceptor.accept(stream)).await {
+                            Some(Ok(tls_stream)) => serve(&ex, tls_stream, peer).await,
+                            Some(Err(err)) => {
+                                log::debug!("tls handshake with {peer} failed: {err}")
+                            }
+                            None => log::debug!("tls handshake with {peer} timed out"),
+                        }
                     }
                 }
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// Reusable per-connection buffers.

@@ -17,7 +17,48 @@ use std::{
     time::Duration,
 };
 
-use glommio::{net::TcpListener, timer::sleep};
+use glommio::{
+    net::{TcpListener, TcpStream},
+    timer::sleep,
+};
+
+use crate::executor::{spawn, Executor};
+
+/// Accepts connections on `listener` forever and runs `serve` for each one
+/// that fits under `max` as its own task. Connections over the cap are
+/// closed at once and counted by `refused`; a stopping executor admits none.
+pub(crate) async fn accept_loop<F, Fut>(
+    ex: &Executor,
+    listener: &Listener,
+    protocol: &str,
+    max: usize,
+    refused: impl Fn(&Executor),
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, OpenConnection) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    loop {
+        let stream = match listener.listener.accept().await {
+            Ok(stream) => stream,
+            Err(err) => {
+                log::warn!("{protocol} accept failed: {err}");
+                // Out of file descriptors, most likely: let some close.
+                sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if ex.stopping.get() {
+            continue;
+        }
+        let Some(open) = listener.admit(max) else {
+            refused(ex);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        spawn(ex.requests_queue, serve(stream, open));
+    }
+}
 
 /// `future`'s output, or None after `limit`.
 pub(crate) async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {

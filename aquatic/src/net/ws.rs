@@ -32,9 +32,9 @@ use glommio::{
 };
 use hashbrown::HashSet;
 
-use super::{within, Listener, OpenConnection};
+use super::{accept_loop, within, Listener, OpenConnection};
 use crate::{
-    executor::{spawn, Executor, LocalCopy},
+    executor::{Executor, LocalCopy},
     metrics::{family, WS},
     routing::SwarmKind,
     swarm::{ConnectionRef, WsAnnounce, WsAnswer, WsOutgoing},
@@ -71,68 +71,60 @@ impl WsEndpoint {
 /// Accepts connections forever, one task each.
 pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
     let max = ex.config.ws.max_connections_per_worker;
-    loop {
-        let stream = match endpoint.listener.listener.accept().await {
-            Ok(stream) => stream,
-            Err(err) => {
-                log::warn!("ws accept failed: {err}");
-                sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if ex.stopping.get() {
-            drop(stream);
-            continue;
-        }
-        let Some(open) = endpoint.listener.admit(max) else {
-            ex.stats.ws_connections_refused.bump();
-            drop(stream);
-            continue;
-        };
-        ex.stats.ws_connections_opened.bump();
-        let id = endpoint.next_connection.get();
-        endpoint.next_connection.set(id.wrapping_add(1));
-        let connection = ConnectionRef {
-            executor: ex.id,
-            connection: id,
-        };
-        let tls = endpoint.tls.as_ref().map(|t| t.get());
-        let ex2 = ex.clone();
-        let ip_family = stream.peer_addr().map_or(0, |a| family(a.ip()));
-        spawn(ex.requests_queue, async move {
-            let _ = stream.set_nodelay(true);
-            let config = &ex2.config.ws;
-            let handshake_timeout = Duration::from_secs(config.handshake_timeout_secs);
-            // tungstenite's default 128 KiB read buffer per connection
-            // would dominate memory; tracker messages are small.
-            let ws_config = WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER)
-                .write_buffer_size(0)
-                .max_message_size(Some(config.max_message_bytes))
-                .max_frame_size(Some(config.max_frame_bytes));
-            match tls {
-                None => {
-                    let handshake =
-                        async_tungstenite::accept_async_with_config(stream, Some(ws_config));
-                    if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
-                        serve(&ex2, ws, connection, ip_family, open).await;
+    let refused = |ex: &Executor| ex.stats.ws_connections_refused.bump();
+    accept_loop(
+        &ex,
+        &endpoint.listener,
+        "ws",
+        max,
+        refused,
+        |stream, open| {
+            ex.stats.ws_connections_opened.bump();
+            let id = endpoint.next_connection.get();
+            endpoint.next_connection.set(id.wrapping_add(1));
+            let connection = ConnectionRef {
+                executor: ex.id,
+                connection: id,
+            };
+            let tls = endpoint.tls.as_ref().map(|t| t.get());
+            let ex = ex.clone();
+            let ip_family = stream.peer_addr().map_or(0, |a| family(a.ip()));
+            async move {
+                let config = &ex.config.ws;
+                let handshake_timeout = Duration::from_secs(config.handshake_timeout_secs);
+                // tungstenite's default 128 KiB read buffer per connection
+                // would dominate memory; tracker messages are small.
+                let ws_config = WebSocketConfig::default()
+                    .read_buffer_size(READ_BUFFER)
+                    .write_buffer_size(0)
+                    .max_message_size(Some(config.max_message_bytes))
+                    .max_frame_size(Some(config.max_frame_bytes));
+                match tls {
+                    None => {
+                        let handshake =
+                            async_tungstenite::accept_async_with_config(stream, Some(ws_config));
+                        if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
+                            serve(&ex, ws, connection, ip_family, open).await;
+                        }
                     }
-                }
-                Some(tls) => {
-                    let handshake = async {
-                        let stream = futures_rustls::TlsAcceptor::from(tls)
-                            .accept(stream)
-                            .await
-                            .map_err(tungstenite::Error::Io)?;
-                        async_tungstenite::accept_async_with_config(stream, Some(ws_config)).await
-                    };
-                    if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
-                        serve(&ex2, ws, connection, ip_family, open).await;
+                    Some(tls) => {
+                        let handshake = async {
+                            let stream = futures_rustls::TlsAcceptor::from(tls)
+                                .accept(stream)
+                                .await
+                                .map_err(tungstenite::Error::Io)?;
+                            async_tungstenite::accept_async_with_config(stream, Some(ws_config))
+                                .await
+                        };
+                        if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
+                            serve(&ex, ws, connection, ip_family, open).await;
+                        }
                     }
                 }
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// Everything a connection's peers are, so they can leave when it closes.
