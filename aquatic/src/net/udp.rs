@@ -34,8 +34,10 @@ use crate::{
     swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, ScrapeStats},
 };
 
-/// Datagrams handled per wake-up.
+/// Datagrams per recvmmsg / sendmmsg.
 const BATCH: usize = 32;
+/// Full batches handled before the task gives other tasks a turn.
+const MAX_BATCHES_PER_WAKE: usize = 16;
 /// Largest request accepted: a full scrape plus BEP 41 options fit easily.
 const MAX_REQUEST: usize = 2048;
 
@@ -91,9 +93,11 @@ pub(crate) async fn run(ex: Rc<Executor>, udp: Rc<UdpEndpoint>) {
                 continue;
             }
         };
-        let now = ex.now();
+        let mut now = ex.now();
         handle_datagram(&ex, &udp, now, &first[..n], src, &mut outgoing);
-        loop {
+        // Bounded, so that a sustained flood of full batches cannot starve
+        // this executor's other tasks (HTTP, WS, mesh, timers).
+        for _ in 0..MAX_BATCHES_PER_WAKE {
             let got = match incoming.receive_nonblocking(fd) {
                 Ok(got) => got,
                 Err(err) => {
@@ -112,8 +116,10 @@ pub(crate) async fn run(ex: Rc<Executor>, udp: Rc<UdpEndpoint>) {
             if got < BATCH {
                 break;
             }
+            now = ex.now();
         }
         flush(&udp, &mut outgoing).await;
+        glommio::yield_if_needed().await;
     }
 }
 
