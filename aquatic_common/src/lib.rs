@@ -22,6 +22,7 @@
 pub mod access_list;
 pub mod connection_id;
 mod ids;
+mod peer_map;
 pub mod shard;
 pub mod swarm;
 pub mod time;

@@ -11,12 +11,9 @@
 //! - expired peers are removed by [`Swarm::clean`], and maps whose length
 //!   fell far below their capacity are shrunk so memory goes back.
 
-use indexmap::IndexMap;
 use rand::Rng;
 
-use crate::{time::SecondsSinceStart, time::ValidUntil, PeerId};
-
-type PeerMap<K, P> = IndexMap<K, P, hashbrown::DefaultHashBuilder>;
+use crate::{peer_map::PeerMap, time::SecondsSinceStart, time::ValidUntil, PeerId};
 
 /// What a swarm needs to know about any kind of peer.
 pub trait SwarmPeer: Clone {
@@ -212,20 +209,14 @@ impl<P: SwarmPeer, K: std::hash::Hash + Eq + Clone> Swarm<P, K> {
         let before = self.seeders.len() + self.leechers.len();
         self.seeders.retain(|_, p| p.valid_until().valid_at(now));
         self.leechers.retain(|_, p| p.valid_until().valid_at(now));
-        shrink_if_sparse(&mut self.seeders);
-        shrink_if_sparse(&mut self.leechers);
+        self.seeders.shrink_if_sparse();
+        self.leechers.shrink_if_sparse();
         before - (self.seeders.len() + self.leechers.len())
     }
 
     /// Slots allocated in both maps (for metrics and memory tests).
     pub fn capacity(&self) -> usize {
         self.seeders.capacity() + self.leechers.capacity()
-    }
-}
-
-fn shrink_if_sparse<K: std::hash::Hash + Eq, P>(map: &mut PeerMap<K, P>) {
-    if map.capacity() >= SHRINK_MIN_CAPACITY && map.capacity() >= map.len() * SHRINK_RATIO {
-        map.shrink_to_fit();
     }
 }
 
