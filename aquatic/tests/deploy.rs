@@ -1,11 +1,12 @@
 //! The files in deploy/: the systemd unit verifies, the sample config is
-//! what `-p` prints and runs, the example access list loads.
+//! what `-p` prints and runs, the example access list loads and is obeyed.
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, time::Duration};
 
-use common::{base_config, scratch_dir, Tracker};
+use aquatic_udp_protocol::{AnnounceEvent, OwnedResponse};
+use common::{base_config, binary, scratch_dir, udp_client::Client as UdpClient, Tracker};
 
 fn deploy(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -13,8 +14,18 @@ fn deploy(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// `systemd-analyze verify` exits 0 even for unknown keys, so every line
-/// that names the unit file counts as a failure too.
+/// `text` with `from` replaced by `to`; `from` must be there, so a changed
+/// default cannot silently turn a replacement into a no-op.
+fn swap(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} not found");
+    text.replace(from, to)
+}
+
+/// Runs `systemd-analyze verify` on `unit_text` saved as aquatic.service.
+/// verify exits 0 for unknown keys, bad values and unknown system call
+/// groups ("Unknown key ...", "Failed to parse ...", "Unknown system call
+/// group ...", all "ignoring"), so any line naming the unit file is a
+/// failure too (this includes every "Unknown", "Invalid" and "Failed").
 fn verify(unit_text: &str, name: &str) -> Result<(), String> {
     let dir = scratch_dir(name);
     let unit = dir.join("aquatic.service");
@@ -24,79 +35,142 @@ fn verify(unit_text: &str, name: &str) -> Result<(), String> {
         .arg(&unit)
         .output()
         .expect("systemd-analyze must be installed (.ci/test installs systemd)");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let _ = std::fs::remove_dir_all(&dir);
-    let complaints: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("aquatic.service"))
-        .collect();
-    if output.status.success() && complaints.is_empty() {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // Every complaint about the unit names it: "/tmp/.../aquatic.service:12:
+    // Unknown key ..." or "aquatic.service: Command ... is not executable".
+    let complaints = stderr.lines().any(|l| l.contains("aquatic.service"));
+    if output.status.success() && !complaints {
         Ok(())
     } else {
         Err(format!("status {}: {stderr}", output.status))
     }
 }
 
-fn unit_with_test_binary() -> String {
-    let unit = std::fs::read_to_string(deploy("aquatic.service")).expect("read unit");
-    assert!(unit.contains("ExecStart=/usr/local/bin/aquatic -c /etc/aquatic/config.toml"));
-    // verify checks that the binary exists: point it at the one under test.
-    unit.replace("/usr/local/bin/aquatic", env!("CARGO_BIN_EXE_aquatic"))
-}
-
 #[test]
 fn systemd_unit_verifies() {
-    let unit = unit_with_test_binary();
+    let unit = std::fs::read_to_string(deploy("aquatic.service")).expect("read unit");
+    // verify checks that ExecStart's binary exists: use the one under test.
+    let unit = swap(
+        &unit,
+        "ExecStart=/usr/local/bin/aquatic -c /etc/aquatic/config.toml",
+        &format!(
+            "ExecStart={} -c /etc/aquatic/config.toml",
+            env!("CARGO_BIN_EXE_aquatic")
+        ),
+    );
     for needed in [
-        "Type=notify",
+        "Type=notify\n",
+        "NotifyAccess=main",
         "ExecReload=/bin/kill -USR1 $MAINPID",
         "Restart=on-failure",
         "LimitMEMLOCK=",
         "LimitNOFILE=",
+        "DynamicUser=yes",
+        "ConfigurationDirectory=aquatic",
         "NoNewPrivileges=yes",
-        "io_uring_setup io_uring_enter io_uring_register",
+        "SystemCallFilter=@system-service io_uring_setup io_uring_enter io_uring_register",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
     ] {
-        assert!(unit.contains(needed), "the unit lacks {needed}");
+        assert!(unit.contains(needed), "the unit lacks {needed:?}");
     }
     verify(&unit, "unit-ok").expect("the unit verifies cleanly");
-    // The check itself must catch a typo.
-    let broken = unit.replace("NoNewPrivileges=", "NoNewPrivilegez=");
-    assert!(
-        verify(&broken, "unit-broken").is_err(),
-        "a misspelt key went unnoticed"
-    );
+    // The check itself must catch mistakes that verify only warns about.
+    for (from, to) in [
+        ("NoNewPrivileges=", "NoNewPrivilegez="),
+        ("LimitMEMLOCK=512M", "LimitMEMLOCK=512Q"),
+        ("@system-service", "@system-servise"),
+    ] {
+        let broken = swap(&unit, from, to);
+        assert!(
+            verify(&broken, "unit-broken").is_err(),
+            "{to:?} went unnoticed"
+        );
+    }
 }
 
 #[test]
-fn sample_config_is_the_printed_default_and_runs() {
+fn sample_config_parses() {
     let sample = std::fs::read_to_string(deploy("config.toml")).expect("read sample");
-    let printed = Command::new(env!("CARGO_BIN_EXE_aquatic"))
-        .arg("-p")
-        .output()
-        .expect("run -p");
-    assert_eq!(
-        String::from_utf8_lossy(&printed.stdout),
-        sample,
-        "deploy/config.toml is stale: regenerate it with `aquatic -p > deploy/config.toml`"
+    let printed = binary().arg("-p").output().expect("run -p");
+    assert!(printed.status.success());
+    assert!(
+        String::from_utf8_lossy(&printed.stdout) == sample,
+        "deploy/config.toml is stale: regenerate it with \
+         `cargo build -p aquatic && target/debug/aquatic -p > deploy/config.toml`"
     );
-    // Run it, on free ports and without pinning (tests share the machine).
-    let runnable = sample
-        .replace("\"[::]:3000\"", "\"[::]:0\"")
-        .replace("\"[::]:3001\"", "\"[::]:0\"")
-        .replace("\"[::]:3002\"", "\"[::]:0\"")
-        .replace("pin_cpus = true", "pin_cpus = false")
-        .replace("workers = 0", "workers = 2");
-    let tracker = Tracker::start("sample-config", &runnable);
+
+    // It parses (this flag prints and exits) to the built-in defaults.
+    let parsed = binary()
+        .arg("-c")
+        .arg(deploy("config.toml"))
+        .arg("--print-parsed-config")
+        .output()
+        .expect("run");
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let defaults = binary().arg("--print-parsed-config").output().expect("run");
+    assert_eq!(parsed.stdout, defaults.stdout);
+
+    // And it runs: on free ports and without pinning (tests share the
+    // machine), otherwise as shipped.
+    let mut runnable = sample.clone();
+    for (from, to) in [
+        ("\"[::]:3000\"", "\"[::]:0\""),
+        ("\"[::]:3001\"", "\"[::]:0\""),
+        ("\"[::]:3002\"", "\"[::]:0\""),
+        ("pin_cpus = true", "pin_cpus = false"),
+        ("workers = 0", "workers = 2"),
+    ] {
+        runnable = swap(&runnable, from, to);
+    }
+    let mut tracker = Tracker::start("sample-config", &runnable);
     assert!(tracker.udp.is_some() && tracker.http.is_some() && tracker.ws.is_some());
+    tracker.signal(libc::SIGTERM);
+    let status = tracker.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0), "what systemd sees on stop");
 }
 
 #[test]
-fn example_access_list_loads() {
+fn access_list_example_parses() {
+    let path = deploy("access-list.example");
+    let text = std::fs::read_to_string(&path).expect("read example");
+    let listed: Vec<[u8; 20]> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            assert_eq!(l.len(), 40, "{l:?}");
+            let mut hash = [0u8; 20];
+            for (i, byte) in hash.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&l[2 * i..2 * i + 2], 16).expect("hex");
+            }
+            hash
+        })
+        .collect();
+    assert!(listed.len() >= 3, "a few example hashes");
+
     let config = format!(
         "{}[access_list]\nmode = \"allow\"\npath = {:?}\n",
         base_config(),
-        deploy("access-list.example").display().to_string()
+        path.display().to_string()
     );
-    Tracker::start("access-list-example", &config);
+    let tracker = Tracker::start("access-list-example", &config);
+    let mut client = UdpClient::new(tracker.udp_v4());
+    for hash in listed {
+        let response = client.announce(hash, 1, 1000, AnnounceEvent::Started, 10);
+        assert!(
+            matches!(response, OwnedResponse::AnnounceIpv4 { .. }),
+            "listed {hash:02x?} refused: {response:?}"
+        );
+    }
+    let response = client.announce([0x11; 20], 1, 1000, AnnounceEvent::Started, 10);
+    assert!(
+        matches!(response, OwnedResponse::Error { .. }),
+        "an unlisted hash was served: {response:?}"
+    );
 }
