@@ -49,13 +49,6 @@ impl<K: std::hash::Hash + Eq, P> PeerMap<K, P> {
         }
     }
 
-    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut P> {
-        match self {
-            Self::Small(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, p)| p),
-            Self::Large(m) => m.get_mut(key),
-        }
-    }
-
     pub(crate) fn contains_key(&self, key: &K) -> bool {
         self.get(key).is_some()
     }
@@ -71,13 +64,16 @@ impl<K: std::hash::Hash + Eq, P> PeerMap<K, P> {
         }
     }
 
-    /// Inserts or replaces.
-    pub(crate) fn insert(&mut self, key: K, peer: P) {
+    /// Inserts or replaces, with one lookup. Returns whether `key` was
+    /// already present (and its peer replaced).
+    pub(crate) fn insert(&mut self, key: K, peer: P) -> bool {
         match self {
             Self::Small(v) => {
                 if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
                     slot.1 = peer;
-                } else if v.len() < SMALL_MAX {
+                    return true;
+                }
+                if v.len() < SMALL_MAX {
                     if v.len() == v.capacity() {
                         // 1, 2, 4, 8: no room reserved that a small swarm
                         // does not use.
@@ -93,10 +89,9 @@ impl<K: std::hash::Hash + Eq, P> PeerMap<K, P> {
                     map.insert(key, peer);
                     *self = Self::Large(Box::new(map));
                 }
+                false
             }
-            Self::Large(m) => {
-                m.insert(key, peer);
-            }
+            Self::Large(m) => m.insert(key, peer).is_some(),
         }
     }
 
@@ -167,7 +162,9 @@ mod tests {
             assert_eq!(map.len(), i as usize + 1);
         }
         assert!(matches!(map, PeerMap::Large(_)));
-        map.insert(3, 99);
+        assert!(map.insert(3, 99));
+        assert!(!map.insert(100, 1));
+        assert_eq!(map.swap_remove(&100), Some(1));
         assert_eq!(map.get(&3), Some(&99));
         assert_eq!(map.len(), 20);
         for i in 0..18 {

@@ -104,34 +104,28 @@ impl<P: SwarmPeer, K: std::hash::Hash + Eq + Clone> Swarm<P, K> {
     ///
     /// Returns the status the peer had before, if it was present.
     pub fn upsert(&mut self, peer_id: K, peer: P, status: PeerStatus) -> Option<PeerStatus> {
-        // The common case, a re-announce with the same standing, updates in
-        // place: a swap_remove plus insert would rehash and move entries.
-        let same_map = match status {
-            PeerStatus::Seeding => Some(&mut self.seeders),
-            PeerStatus::Leeching => Some(&mut self.leechers),
-            PeerStatus::Stopped => None,
+        let (same, other, other_status) = match status {
+            PeerStatus::Seeding => (&mut self.seeders, &mut self.leechers, PeerStatus::Leeching),
+            PeerStatus::Leeching => (&mut self.leechers, &mut self.seeders, PeerStatus::Seeding),
+            PeerStatus::Stopped => {
+                return if self.seeders.swap_remove(&peer_id).is_some() {
+                    Some(PeerStatus::Seeding)
+                } else if self.leechers.swap_remove(&peer_id).is_some() {
+                    Some(PeerStatus::Leeching)
+                } else {
+                    None
+                };
+            }
         };
-        if let Some(slot) = same_map.and_then(|map| map.get_mut(&peer_id)) {
-            *slot = peer;
-            return Some(status);
-        }
-        let previous = if self.seeders.swap_remove(&peer_id).is_some() {
-            Some(PeerStatus::Seeding)
-        } else if self.leechers.swap_remove(&peer_id).is_some() {
-            Some(PeerStatus::Leeching)
+        // One lookup for the common case, a re-announce with the same
+        // standing (updated in place); one more for a new or moving peer.
+        if same.insert(peer_id.clone(), peer) {
+            Some(status)
+        } else if other.swap_remove(&peer_id).is_some() {
+            Some(other_status)
         } else {
             None
-        };
-        match status {
-            PeerStatus::Seeding => {
-                self.seeders.insert(peer_id, peer);
-            }
-            PeerStatus::Leeching => {
-                self.leechers.insert(peer_id, peer);
-            }
-            PeerStatus::Stopped => {}
         }
-        previous
     }
 
     /// Removes a peer; returns it if it was present.
@@ -294,10 +288,15 @@ mod tests {
         let s = swarm(3, 4);
         for max in 0..10 {
             for me in 0..8u8 {
-                let got = select(&s, id(me), false, max);
+                let got = select(&s, id(me), me < 3, max);
                 assert!(!got.contains(&id(me)));
-                let in_swarm = me < 7;
-                let candidates = 7 - usize::from(in_swarm);
+                // Seeders (0..3) get the four leechers; the others all
+                // peers but themselves.
+                let candidates = match me {
+                    0..3 => 4,
+                    3..7 => 6,
+                    _ => 7,
+                };
                 assert_eq!(got.len(), max.min(candidates), "max {max} me {me}");
                 let unique: HashSet<_> = got.iter().collect();
                 assert_eq!(unique.len(), got.len());
