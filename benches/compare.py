@@ -1,23 +1,46 @@
 #!/usr/bin/env python3
-"""Side-by-side throughput: our tracker against the original aquatic.
+"""Side-by-side throughput: our tracker against the original aquatic and opentracker.
 
 One tracker at a time, pinned to core 0 with one worker; the original
 aquatic's own load tester pinned to core 1 for DURATION seconds; trackers
-alternate A B A B. Per run: responses/s (from the load tester), the
-tracker's CPU time over the load (utime+stime from /proc/PID/stat),
-responses per tracker CPU-second (the fair figure when one load-generator
-core cannot saturate the tracker) and peak RSS (VmHWM).
+alternate (ours, aquatic, opentracker per round). Per run: responses/s
+(from the load tester), the tracker's CPU time over the load (utime+stime
+from /proc/PID/stat), responses per tracker CPU-second (the fair figure
+when one load-generator core cannot saturate the tracker) and peak RSS
+(VmHWM). "of which errors/s": error responses and unreadable ones, counted
+in responses/s by the load testers; an opentracker run with over 1% of
+them is refused.
 
 Usage:
-  python3 benches/compare.py [--protocols udp,http,ws] [--duration 20] [--rounds 2]
-                             [--ours target/release/aquatic] [--peers DIR]
+  python3 benches/compare.py [--protocols udp,http,ws] [--trackers ours,aquatic,opentracker]
+                             [--duration 20] [--rounds 2] [--ours target/release/aquatic] [--peers DIR]
 
 The peers (aquatic_udp/http/ws 0.9 and their load testers) are installed
-into DIR/bin with `cargo install` when missing (default: benches/.peers).
+into DIR/bin with `cargo install` when missing (default: benches/.peers);
+opentracker and wrk with apt-get (Debian's packages; on a systemd host the
+opentracker package also enables a service on port 6969).
+
+opentracker is Debian's build, which serves only info hashes listed in its
+whitelist. aquatic_udp_load_test draws its info hashes from a fixed seed,
+so the whitelist holds exactly those (load_test_info_hashes); an info hash
+outside it shows up as unreadable responses and refuses the run.
+opentracker runs with its event loop only (no UDP worker threads), as
+nobody in a chroot when started as root. Not configurable, compiled in:
+the announce interval it hands out (30 min +- 3, against 120 s for the
+others), peer timeout 45 min, numwant capped at 200 (the load testers ask
+for 30, the cap never binds).
+
+HTTP: aquatic_http_load_test relies on keep-alive and opentracker closes
+every connection after its reply, so ours and opentracker are compared in
+a second table under wrk (benches/wrk_announce.lua, 1 thread, 128
+connections) with announce paths shaped like aquatic_http_load_test's
+(wrk_paths). wrk reconnects after each close; opentracker's figure
+therefore includes one TCP connection per request, ours does not.
 """
 
 import argparse
 import os
+import random
 import re
 import shutil
 import signal
@@ -26,12 +49,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from urllib.parse import quote_from_bytes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = ["aquatic_udp", "aquatic_udp_load_test", "aquatic_http", "aquatic_http_load_test",
          "aquatic_ws", "aquatic_ws_load_test"]
+TRACKERS = ["ours", "aquatic", "opentracker"]
+UDP_TORRENTS = 100_000
+HTTP_TORRENTS = 10_000  # aquatic_http_load_test's default
+WRK_CONNECTIONS = 128  # aquatic_http_load_test's default
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+U64 = (1 << 64) - 1
 
 
 def free_port():
@@ -49,6 +78,74 @@ def ensure_peers(directory):
         # Not --locked: aquatic_udp 0.9.0's lock file pins a metrics crate
         # that no longer builds on current rustc.
         subprocess.run(["cargo", "install", "--root", directory, *missing], check=True)
+
+
+def ensure_debian_packages(packages):
+    missing = [p for p in packages if not shutil.which(p)]
+    if missing:
+        print(f"installing {' '.join(missing)} with apt-get (Debian packages, once)", flush=True)
+        subprocess.run(["apt-get", "install", "-y", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def load_test_info_hashes(count):
+    """The info hashes aquatic_udp_load_test 0.9 announces and scrapes.
+
+    InfoHashDist::new: SmallRng::seed_from_u64(0xc3aa8be617b3acce), then 20
+    rng.gen::<u8>() per hash. rand 0.8's SmallRng on 64-bit is
+    Xoshiro256PlusPlus, seeded by rand_core 0.6's default seed_from_u64
+    (SmallRng does not forward to Xoshiro's SplitMix64 one): PCG32 output
+    fills the 32-byte seed, read as four little-endian u64. A u8 sample is
+    next_u32() truncated, and next_u32() is the upper half of next_u64().
+    """
+    state, words = 0xc3aa8be617b3acce, []
+    for _ in range(8):
+        state = (state * 6364136223846793005 + 11634580027462260723) & U64
+        xorshifted = (((state >> 18) ^ state) >> 27) & 0xFFFFFFFF
+        rot = state >> 59
+        words.append(((xorshifted >> rot) | (xorshifted << (32 - rot))) & 0xFFFFFFFF)
+    s = [words[i] | words[i + 1] << 32 for i in range(0, 8, 2)]
+
+    def next_u64():
+        total = (s[0] + s[3]) & U64
+        result = (((total << 23) | (total >> 41)) + s[0]) & U64
+        t = (s[1] << 17) & U64
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = ((s[3] << 45) | (s[3] >> 19)) & U64
+        return result
+
+    return [bytes((next_u64() >> 32) & 0xFF for _ in range(20)) for _ in range(count)]
+
+
+def opentracker_root(work, hashes):
+    """Directory opentracker chroots into (when started as root, then as nobody), holding its whitelist."""
+    root = os.path.join(work, "opentracker")
+    os.mkdir(root)
+    os.chmod(root, 0o755)
+    whitelist = os.path.join(root, "whitelist.txt")
+    with open(whitelist, "w") as f:
+        f.writelines(h.hex() + "\n" for h in hashes)
+    os.chmod(whitelist, 0o644)
+    return root
+
+
+def wrk_paths(hashes, path, count=100_000):
+    """Announce paths like aquatic_http_load_test's: the info hash index from
+    Gamma(0.2, 100) over HTTP_TORRENTS hashes (mostly the first), a quarter
+    of the peers seeding, random peer id and port; numwant=30 as in the UDP runs."""
+    rng = random.Random(0)
+    with open(path, "w") as f:
+        for _ in range(count):
+            p = rng.gammavariate(0.2, 100.0)
+            index = int(max(0.0, (min(p, 101.0) - 1.0) / 100.0) * (HTTP_TORRENTS - 1))
+            left = "event=completed&left=0" if rng.random() < 0.25 else "event=started&left=50"
+            f.write(f"/announce?info_hash={quote_from_bytes(hashes[index], safe='')}"
+                    f"&peer_id={quote_from_bytes(rng.randbytes(20), safe='')}&port={rng.randrange(65536)}"
+                    f"&uploaded=0&downloaded=0&numwant=30&compact=1&{left}\n")
 
 
 def cpu_seconds(pid):
@@ -146,7 +243,7 @@ def load_config(protocol, binary, port, duration):
     text = printed_config(binary)
     values = {("", "server_address"): f'"127.0.0.1:{port}"', ("", "duration"): str(duration)}
     if protocol == "udp":
-        values.update({("", "workers"): "1", ("requests", "number_of_torrents"): "100000",
+        values.update({("", "workers"): "1", ("requests", "number_of_torrents"): str(UDP_TORRENTS),
                        ("requests", "number_of_peers"): "200000",
                        ("requests", "announce_peers_wanted"): "30"})
     elif protocol == "http":
@@ -156,25 +253,40 @@ def load_config(protocol, binary, port, duration):
     return set_keys(text, values)
 
 
-def run_one(name, command, protocol, port, load_binary, load_cfg, duration, work):
+def responses_per_second(name, load, duration):
+    """The load tester's (or wrk's) figure, and how many of those per second
+    were error responses or unreadable (aquatic_udp_load_test cannot parse
+    opentracker's refusal of an info hash outside its whitelist)."""
+    match = re.search(r"Average responses per second: ([0-9.]+)|Requests/sec:\s+([0-9.]+)", load.stdout)
+    if not match:
+        raise RuntimeError(f"{name}: no figure from the load tester:\n{load.stdout[-1500:]}{load.stderr[-1500:]}")
+    rps = float(match.group(1) or match.group(2))
+    errors = [float(x) for x in re.findall(r"(?:Error|Failure) responses:\s+([0-9.]+)", load.stdout)]
+    failures = re.search(r"^failures: (\d+)$", load.stdout, re.M)
+    bad = (sum(errors) / len(errors) if errors else 0.0) + (
+        load.stderr.count("Received invalid response") + (int(failures.group(1)) if failures else 0)) / duration
+    return rps, bad
+
+
+def run_one(name, command, kind, port, load_command, duration, work):
     log = open(os.path.join(work, f"{name}.log"), "w")
-    env = dict(os.environ)
-    tracker = subprocess.Popen(["taskset", "-c", "0", *command], stdout=log, stderr=log, env=env)
+    tracker = subprocess.Popen(["taskset", "-c", "0", *command], stdout=log, stderr=log)
     try:
-        wait_for_port(port, protocol)
+        wait_for_port(port, kind)
         time.sleep(0.5)
         cpu_before = cpu_seconds(tracker.pid)
-        load = subprocess.run(["taskset", "-c", "1", load_binary, "-c", load_cfg],
-                              capture_output=True, text=True, timeout=duration + 60)
+        load = subprocess.run(["taskset", "-c", "1", *load_command], capture_output=True, text=True,
+                              timeout=duration + 60)
         cpu = cpu_seconds(tracker.pid) - cpu_before
         rss = peak_rss_mib(tracker.pid)
-        match = re.search(r"Average responses per second: ([0-9.]+)", load.stdout)
-        if not match:
-            raise RuntimeError(f"{name}: no figure from the load tester:\n{load.stdout[-1500:]}{load.stderr[-1500:]}")
-        rps = float(match.group(1))
+        rps, errors = responses_per_second(name, load, duration)
         if tracker.poll() is not None:
             raise RuntimeError(f"{name} exited during the run")
-        return {"rps": rps, "cpu": cpu, "per_cpu": rps * duration / cpu if cpu > 0 else 0.0, "rss": rss}
+        if name == "opentracker" and errors > 0.01 * rps:
+            raise RuntimeError(f"opentracker: {errors:,.0f} of {rps:,.0f} responses/s were errors or unreadable "
+                               "(info hashes outside its whitelist?)")
+        return {"rps": rps, "errors": errors, "cpu": cpu, "per_cpu": rps * duration / cpu if cpu > 0 else 0.0,
+                "rss": rss}
     finally:
         tracker.send_signal(signal.SIGTERM)
         try:
@@ -183,47 +295,94 @@ def run_one(name, command, protocol, port, load_binary, load_cfg, duration, work
             tracker.kill()
 
 
+def tracker_command(name, protocol, port, args, work, ot_root):
+    if name == "opentracker":
+        return ["opentracker", "-i", "127.0.0.1", "-P" if protocol == "udp" else "-p", str(port),
+                "-d", ot_root, "-w", "whitelist.txt"]
+    binary = args.ours if name == "ours" else os.path.join(args.peers, "bin", f"aquatic_{protocol}")
+    cfg = os.path.join(work, f"{name}-{protocol}.toml")
+    with open(cfg, "w") as f:
+        f.write(ours_config(protocol, port, work) if name == "ours" else peer_config(protocol, binary, port, work))
+    return [binary, "-c", cfg]
+
+
+def print_table_header(ratio_against):
+    ratios = "".join(f" ours / {other} (per CPU-s) |" for other in ratio_against)
+    print("| protocol | round | tracker | responses/s | of which errors/s | tracker CPU s | responses per CPU-second "
+          "| peak RSS MiB |" + ratios)
+    print("|---" * (8 + len(ratio_against)) + "|", flush=True)
+
+
+def print_round(label, round_, results, ratio_against):
+    for name, r in results.items():
+        cells = [label, str(round_), name, f"{r['rps']:,.0f}", f"{r['errors']:,.0f}", f"{r['cpu']:.1f}",
+                 f"{r['per_cpu']:,.0f}", f"{r['rss']:.0f}"]
+        for other in ratio_against:
+            ratio = name == "ours" and other in results and results[other]["per_cpu"]
+            cells.append(f"{r['per_cpu'] / results[other]['per_cpu']:.2f}" if ratio else "")
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocols", default="udp,http,ws")
+    parser.add_argument("--trackers", default=",".join(TRACKERS),
+                        help="opentracker takes part in udp, and in http under wrk")
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ours", default=os.path.join(ROOT, "target/release/aquatic"))
     parser.add_argument("--peers", default=os.path.join(HERE, ".peers"))
     args = parser.parse_args()
+    protocols = args.protocols.split(",")
+    trackers = [t for t in TRACKERS if t in args.trackers.split(",")]
+    with_opentracker = "opentracker" in trackers and ("udp" in protocols or "http" in protocols)
 
     ensure_peers(args.peers)
+    if with_opentracker:
+        ensure_debian_packages(["opentracker", "wrk"] if "http" in protocols else ["opentracker"])
     if not os.path.exists(args.ours):
         subprocess.run(["cargo", "build", "--release", "-p", "aquatic"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="aquatic-bench-")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem", "-subj", "/CN=example.com",
                     "-addext", "subjectAltName=DNS:example.com"], check=True, capture_output=True)
+    ot_root = None
+    if with_opentracker:
+        hashes = load_test_info_hashes(UDP_TORRENTS)
+        ot_root = opentracker_root(work, hashes)
+        wrk_paths(hashes, os.path.join(work, "wrk-paths.txt"))
     bin_dir = os.path.join(args.peers, "bin")
+    ratio_against = [t for t in trackers if t == "aquatic" or t == "opentracker" and "udp" in protocols]
     print(f"# {args.duration} s per run, {args.rounds} rounds, tracker on core 0, load tester on core 1")
-    print("| protocol | round | tracker | responses/s | tracker CPU s | responses per CPU-second | peak RSS MiB | ours / aquatic (per CPU-s) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for protocol in args.protocols.split(","):
-        peer = os.path.join(bin_dir, f"aquatic_{protocol}")
+    print_table_header(ratio_against)
+    for protocol in protocols:
         load_binary = os.path.join(bin_dir, f"aquatic_{protocol}_load_test")
+        names = [t for t in trackers if t != "opentracker" or protocol == "udp"]
         for round_ in range(1, args.rounds + 1):
             results = {}
-            for name in ["ours", "aquatic"]:
+            for name in names:
                 port = free_port()
-                cfg = os.path.join(work, f"{name}-{protocol}.toml")
-                with open(cfg, "w") as f:
-                    f.write(ours_config(protocol, port, work) if name == "ours"
-                            else peer_config(protocol, peer, port, work))
                 load_cfg = os.path.join(work, f"load-{protocol}.toml")
                 with open(load_cfg, "w") as f:
                     f.write(load_config(protocol, load_binary, port, args.duration))
-                command = [args.ours, "-c", cfg] if name == "ours" else [peer, "-c", cfg]
-                results[name] = run_one(name, command, protocol, port, load_binary, load_cfg, args.duration, work)
-            ratio = results["ours"]["per_cpu"] / results["aquatic"]["per_cpu"] if results["aquatic"]["per_cpu"] else 0
-            for name in ["ours", "aquatic"]:
-                r = results[name]
-                shown = f"{ratio:.2f}" if name == "ours" else ""
-                print(f"| {protocol} | {round_} | {name} | {r['rps']:,.0f} | {r['cpu']:.1f} | {r['per_cpu']:,.0f} | {r['rss']:.0f} | {shown} |", flush=True)
+                results[name] = run_one(name, tracker_command(name, protocol, port, args, work, ot_root), protocol,
+                                        port, [load_binary, "-c", load_cfg], args.duration, work)
+            print_round(protocol, round_, results, ratio_against)
+
+    if "http" in protocols and with_opentracker:
+        names = [t for t in trackers if t != "aquatic"]
+        print(f"\n# http under wrk (1 thread, {WRK_CONNECTIONS} connections), ours against opentracker")
+        print_table_header(["opentracker"])
+        for round_ in range(1, args.rounds + 1):
+            results = {}
+            for name in names:
+                port = free_port()
+                wrk = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{args.duration}s",
+                       "-s", os.path.join(HERE, "wrk_announce.lua"), f"http://127.0.0.1:{port}",
+                       "--", os.path.join(work, "wrk-paths.txt")]
+                results[name] = run_one(name, tracker_command(name, "http", port, args, work, ot_root), "http",
+                                        port, wrk, args.duration, work)
+            print_round("http (wrk)", round_, results, ["opentracker"])
     shutil.rmtree(work, ignore_errors=True)
 
 
