@@ -17,7 +17,7 @@ use aquatic_common::{
     InfoHash, PeerId,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use rand::{rngs::SmallRng, SeedableRng};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 fn udp(c: &mut Criterion) {
     use aquatic_udp_protocol::*;
@@ -109,7 +109,42 @@ fn ws(c: &mut Criterion) {
     use aquatic_ws_protocol::*;
     let message = r#"{"action":"announce","info_hash":"aaaaaaaaaaaaaaaaaaaa","peer_id":"-WW0105-abcdefghijkl","numwant":5,"uploaded":0,"downloaded":0,"left":1234,"event":"started","offers":[{"offer":{"type":"offer","sdp":"v=0\r\no=- 123 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"},"offer_id":"bbbbbbbbbbbbbbbbbbbb"}]}"#;
     c.bench_function("ws/parse announce with one offer", |b| {
-        b.iter(|| InMessage::parse(black_box(message.as_bytes())).is_ok())
+        b.iter(|| InMessage::parse_text(black_box(message)).is_ok())
+    });
+    // As webtorrent sends them: ids of random bytes (half of them above
+    // U+007F, some escaped) and ten offers, as aquatic_ws_load_test does.
+    // Many different messages, so that branch predictors cannot learn one.
+    let mut rng = SmallRng::seed_from_u64(3);
+    let sdp = r#"{"type":"offer","sdp":"v=0\r\no=- 123 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}"#;
+    let random_texts: Vec<String> = (0..256)
+        .map(|_| {
+            let announce = InMessage::Announce(AnnounceRequest {
+                info_hash: InfoHash(rng.gen()),
+                peer_id: PeerId(rng.gen()),
+                event: AnnounceEvent::Update,
+                bytes_left: Some(0),
+                numwant: Some(10),
+                offers: Some(
+                    (0..10)
+                        .map(|_| AnnounceOffer {
+                            offer_id: OfferId(rng.gen()),
+                            offer: serde_json::value::RawValue::from_string(sdp.to_owned())
+                                .expect("raw"),
+                        })
+                        .collect(),
+                ),
+                answer: None,
+                to_peer_id: None,
+                offer_id: None,
+            });
+            let mut written = Vec::new();
+            announce.write(&mut written).expect("write");
+            String::from_utf8(written).expect("utf-8")
+        })
+        .collect();
+    let mut next = random_texts.iter().cycle();
+    c.bench_function("ws/parse announce with ten offers, random ids", |b| {
+        b.iter(|| InMessage::parse_text(black_box(next.next().map_or("", String::as_str))).is_ok())
     });
     let offer =
         serde_json::value::RawValue::from_string(r#"{"type":"offer","sdp":"v=0\r\n"}"#.to_owned())

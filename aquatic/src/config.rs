@@ -267,6 +267,8 @@ pub struct WsConfig {
     pub max_frame_bytes: usize,
     /// Most offers relayed per announce.
     pub max_offers: usize,
+    /// Peers (torrent and peer id pairs) one connection may announce.
+    pub max_peers_per_connection: usize,
     /// Messages queued for one connection.
     pub outgoing_queue: usize,
     /// Time to complete the handshake.
@@ -289,6 +291,7 @@ impl Default for WsConfig {
             max_message_bytes: 65536,
             max_frame_bytes: 65536,
             max_offers: 10,
+            max_peers_per_connection: 1024,
             outgoing_queue: 64,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 60,
@@ -439,8 +442,12 @@ impl Config {
         {
             return invalid("ws.tls_certificate_path and ws.tls_private_key_path go together: set both or neither");
         }
-        if w.max_connections_per_worker == 0 || w.outgoing_queue == 0 || w.max_offers == 0 {
-            return invalid("ws.max_connections_per_worker, ws.outgoing_queue and ws.max_offers must be at least 1");
+        if w.max_connections_per_worker == 0
+            || w.outgoing_queue == 0
+            || w.max_offers == 0
+            || w.max_peers_per_connection == 0
+        {
+            return invalid("ws.max_connections_per_worker, ws.outgoing_queue, ws.max_offers and ws.max_peers_per_connection must be at least 1");
         }
         if w.max_message_bytes < 1024 || w.max_frame_bytes < 1024 {
             return invalid("ws.max_message_bytes and ws.max_frame_bytes must be at least 1024");

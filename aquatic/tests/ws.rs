@@ -401,3 +401,29 @@ fn one_connection_may_hold_several_peers_of_one_torrent() {
     });
     assert!(gone.is_some(), "both peers of the closed connection leave");
 }
+
+#[test]
+fn a_connection_may_announce_only_so_many_peers() {
+    let config = with_ws(&base_config(), "max_peers_per_connection = 2\n");
+    let tracker = Tracker::start("ws-peer-cap", &config);
+    let mut client = connect(ws_v4(&tracker));
+    let hashes: Vec<[u8; 20]> = (0..3)
+        .map(|i| hash_on_shard(i % 2, 2, 80 + i as u8))
+        .collect();
+    assert_eq!(client.announce(announce(hashes[0], 1)), (0, 1));
+    assert_eq!(client.announce(announce(hashes[1], 1)), (0, 1));
+    client.send(InMessage::Announce(announce(hashes[2], 1)));
+    match client.recv() {
+        OwnedOutMessage::Error { failure_reason, .. } => {
+            assert_eq!(failure_reason, "too many torrents on one connection")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Peers it holds may still re-announce, and a stopped one frees a slot.
+    assert_eq!(client.announce(announce(hashes[1], 1)), (0, 1));
+    let mut stop = announce(hashes[0], 1);
+    stop.event = AnnounceEvent::Stopped;
+    assert_eq!(client.announce(stop), (0, 0));
+    assert_eq!(client.announce(announce(hashes[2], 1)), (0, 1));
+    assert_eq!(client.leechers(hashes[2]), 1);
+}

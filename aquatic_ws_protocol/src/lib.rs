@@ -201,9 +201,20 @@ fn count(n: f64) -> u64 {
 }
 
 impl InMessage {
-    /// Parses one client text frame.
+    /// Parses one client message from bytes (checked to be UTF-8).
     pub fn parse(bytes: &[u8]) -> Result<InMessage, ParseError> {
-        let wire: WireIn = serde_json::from_slice(bytes)?;
+        Self::from_wire(serde_json::from_slice(bytes)?)
+    }
+
+    /// Parses one client text frame. A WebSocket library has already
+    /// checked that a text frame is UTF-8, so this skips a second check
+    /// (with binary strings full of non-ASCII characters, UTF-8 checks
+    /// were a fifth of the tracker's CPU time).
+    pub fn parse_text(text: &str) -> Result<InMessage, ParseError> {
+        Self::from_wire(serde_json::from_str(text)?)
+    }
+
+    fn from_wire(wire: WireIn) -> Result<InMessage, ParseError> {
         match wire.action.ok_or(ParseError::MissingAction)? {
             Action::Announce => {
                 let Some(OneOrMany::One(info_hash)) = wire.info_hash else {

@@ -310,6 +310,10 @@ proptest! {
 
     #[test]
     fn parse_never_panics_on_near_json(text in r#"\{"action":"(announce|scrape)","info_hash":[\["a-z\\u00ff,]{0,50}\]?[,"a-z:0-9\{\}\[\]]{0,80}\}"#) {
-        let _ = InMessage::parse(text.as_bytes());
+        // Bytes and text (what a WebSocket text frame gives) parse alike.
+        prop_assert_eq!(
+            format!("{:?}", InMessage::parse(text.as_bytes())),
+            format!("{:?}", InMessage::parse_text(&text))
+        );
     }
 }

@@ -40,9 +40,6 @@ use crate::{
     swarm::{ConnectionRef, WsAnnounce, WsAnswer, WsOutgoing},
 };
 
-/// Peers (torrent and peer id) one connection may hold: browsers share one
-/// connection per tracker among their torrents, but not thousands of them.
-const MAX_PEERS_PER_CONNECTION: usize = 1024;
 /// Bytes read from a connection at a time.
 const READ_BUFFER: usize = 4096;
 /// Time to write one message to a client.
@@ -218,7 +215,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             out.clear();
                             continue;
                         }
-                        handle_text(ex, &mut registration, text.as_bytes(), &mut out).await
+                        handle_text(ex, &mut registration, &text, &mut out).await
                     }
                     Message::Binary(_) => {
                         ex.stats.bad_requests[WS].bump();
@@ -285,10 +282,10 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
 async fn handle_text(
     ex: &Executor,
     registration: &mut Registration<'_>,
-    bytes: &[u8],
+    text: &str,
     out: &mut Vec<u8>,
 ) -> bool {
-    match InMessage::parse(bytes) {
+    match InMessage::parse_text(text) {
         Ok(InMessage::Announce(request)) => {
             ex.stats.ws_announce.bump();
             announce(ex, registration, request, out)
@@ -327,7 +324,8 @@ fn announce(
     let key = (info_hash, request.peer_id);
     if stopped {
         announced.remove(&key);
-    } else if announced.len() >= MAX_PEERS_PER_CONNECTION && !announced.contains(&key) {
+    } else if announced.len() >= ex.config.ws.max_peers_per_connection && !announced.contains(&key)
+    {
         ex.stats.bad_requests[WS].bump();
         return write_error(
             out,
