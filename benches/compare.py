@@ -9,10 +9,15 @@ from /proc/PID/stat), responses per tracker CPU-second (the fair figure
 when one load-generator core cannot saturate the tracker) and peak RSS
 (VmHWM). "of which errors/s": error responses and unreadable ones, counted
 in responses/s by the load testers; an opentracker run with over 1% of
-them is refused.
+them is refused. The ratio columns divide each row's responses per
+CPU-second by aquatic's (or opentracker's) in the same round.
+
+"null" (UDP only) is aquatic/examples/udp_null_responder.rs: no tracker
+work at all, batched system calls. Its figure is the ceiling the kernel
+leaves any tracker on this machine.
 
 Usage:
-  python3 benches/compare.py [--protocols udp,http,ws] [--trackers ours,aquatic,opentracker]
+  python3 benches/compare.py [--protocols udp,http,ws] [--trackers ours,aquatic,opentracker,null]
                              [--duration 20] [--rounds 2] [--ours target/release/aquatic] [--peers DIR]
 
 The peers (aquatic_udp/http/ws 0.9 and their load testers) are installed
@@ -55,11 +60,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = ["aquatic_udp", "aquatic_udp_load_test", "aquatic_http", "aquatic_http_load_test",
          "aquatic_ws", "aquatic_ws_load_test"]
-TRACKERS = ["ours", "aquatic", "opentracker"]
+TRACKERS = ["ours", "aquatic", "opentracker", "null"]
 UDP_TORRENTS = 100_000
 HTTP_TORRENTS = 10_000  # aquatic_http_load_test's default
 WRK_CONNECTIONS = 128  # aquatic_http_load_test's default
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NULL_RESPONDER = os.path.join(ROOT, "target/release/examples/udp_null_responder")
 U64 = (1 << 64) - 1
 
 
@@ -299,6 +305,8 @@ def run_one(name, command, kind, port, load_command, duration, work):
 
 
 def tracker_command(name, protocol, port, args, work, ot_root):
+    if name == "null":
+        return [NULL_RESPONDER, f"127.0.0.1:{port}"]
     if name == "opentracker":
         return ["opentracker", "-i", "127.0.0.1", "-P" if protocol == "udp" else "-p", str(port),
                 "-d", ot_root, "-w", "whitelist.txt"]
@@ -310,7 +318,7 @@ def tracker_command(name, protocol, port, args, work, ot_root):
 
 
 def print_table_header(ratio_against):
-    ratios = "".join(f" ours / {other} (per CPU-s) |" for other in ratio_against)
+    ratios = "".join(f" this / {other} (per CPU-s) |" for other in ratio_against)
     print("| protocol | round | tracker | responses/s | of which errors/s | tracker CPU s | responses per CPU-second "
           "| peak RSS MiB |" + ratios)
     print("|---" * (8 + len(ratio_against)) + "|", flush=True)
@@ -321,7 +329,7 @@ def print_round(label, round_, results, ratio_against):
         cells = [label, str(round_), name, f"{r['rps']:,.0f}", f"{r['errors']:,.0f}", f"{r['cpu']:.1f}",
                  f"{r['per_cpu']:,.0f}", f"{r['rss']:.0f}"]
         for other in ratio_against:
-            ratio = name == "ours" and other in results and results[other]["per_cpu"]
+            ratio = name != other and other in results and results[other]["per_cpu"]
             cells.append(f"{r['per_cpu'] / results[other]['per_cpu']:.2f}" if ratio else "")
         print("| " + " | ".join(cells) + " |", flush=True)
 
@@ -330,7 +338,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocols", default="udp,http,ws")
     parser.add_argument("--trackers", default=",".join(TRACKERS),
-                        help="opentracker takes part in udp, and in http under wrk")
+                        help="opentracker takes part in udp, and in http under wrk; null only in udp")
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ours", default=os.path.join(ROOT, "target/release/aquatic"))
@@ -345,6 +353,9 @@ def main():
         ensure_debian_packages(["opentracker", "wrk"] if "http" in protocols else ["opentracker"])
     if not os.path.exists(args.ours):
         subprocess.run(["cargo", "build", "--release", "-p", "aquatic"], cwd=ROOT, check=True)
+    if "null" in trackers and "udp" in protocols:
+        subprocess.run(["cargo", "build", "--release", "-p", "aquatic", "--example", "udp_null_responder"],
+                       cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="aquatic-bench-")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem", "-subj", "/CN=example.com",
@@ -360,7 +371,7 @@ def main():
     print_table_header(ratio_against)
     for protocol in protocols:
         load_binary = os.path.join(bin_dir, f"aquatic_{protocol}_load_test")
-        names = [t for t in trackers if t != "opentracker" or protocol == "udp"]
+        names = [t for t in trackers if t not in ("opentracker", "null") or protocol == "udp"]
         for round_ in range(1, args.rounds + 1):
             results = {}
             for name in names:
@@ -373,7 +384,7 @@ def main():
             print_round(protocol, round_, results, ratio_against)
 
     if "http" in protocols and with_opentracker:
-        names = [t for t in trackers if t != "aquatic"]
+        names = [t for t in trackers if t in ("ours", "opentracker")]
         print(f"\n# http under wrk (1 thread, {WRK_CONNECTIONS} connections), ours against opentracker")
         print_table_header(["opentracker"])
         for round_ in range(1, args.rounds + 1):
