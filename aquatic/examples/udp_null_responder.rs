@@ -123,12 +123,7 @@ fn main() {
         while sent < replies {
             // SAFETY: as for recvmmsg; the addresses are still in `addrs`.
             let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    out_hdr[sent..].as_mut_ptr(),
-                    (replies - sent) as u32,
-                    0,
-                )
+                libc::sendmmsg(fd, out_hdr[sent..].as_mut_ptr(), (replies - sent) as u32, 0)
             };
             if n <= 0 {
                 break;

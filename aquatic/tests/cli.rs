@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{binary, scratch_dir};
+use common::{assert_parses_to_defaults, binary, scratch_dir};
 
 #[test]
 fn unknown_config_key_is_named_and_fatal() {
@@ -33,22 +33,7 @@ fn printed_default_config_parses_back() {
     let dir = scratch_dir("cli-print");
     let path = dir.join("printed.toml");
     std::fs::write(&path, &printed).expect("write");
-    let parsed = binary()
-        .arg("-c")
-        .arg(&path)
-        .arg("--print-parsed-config")
-        .output()
-        .expect("run");
-    assert!(
-        parsed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&parsed.stderr)
-    );
-    let defaults = binary().arg("--print-parsed-config").output().expect("run");
-    assert_eq!(
-        parsed.stdout, defaults.stdout,
-        "-p output parses to the defaults"
-    );
+    assert_parses_to_defaults(&path);
 }
 
 #[test]

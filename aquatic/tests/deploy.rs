@@ -6,7 +6,10 @@ mod common;
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use aquatic_udp_protocol::{AnnounceEvent, OwnedResponse};
-use common::{base_config, binary, scratch_dir, udp_client::Client as UdpClient, Tracker};
+use common::{
+    assert_parses_to_defaults, base_config, binary, scratch_dir, udp_client::Client as UdpClient,
+    Tracker,
+};
 
 fn deploy(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -102,19 +105,7 @@ fn sample_config_parses() {
     );
 
     // It parses (this flag prints and exits) to the built-in defaults.
-    let parsed = binary()
-        .arg("-c")
-        .arg(deploy("config.toml"))
-        .arg("--print-parsed-config")
-        .output()
-        .expect("run");
-    assert!(
-        parsed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&parsed.stderr)
-    );
-    let defaults = binary().arg("--print-parsed-config").output().expect("run");
-    assert_eq!(parsed.stdout, defaults.stdout);
+    assert_parses_to_defaults(&deploy("config.toml"));
 
     // And it runs: on free ports and without pinning (tests share the
     // machine), otherwise as shipped.

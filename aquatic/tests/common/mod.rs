@@ -47,6 +47,29 @@ pub fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_aquatic"))
 }
 
+/// Asserts that the config file at `path` parses to exactly the built-in
+/// defaults (what `--print-parsed-config` prints).
+pub fn assert_parses_to_defaults(path: &std::path::Path) {
+    let parsed = binary()
+        .arg("-c")
+        .arg(path)
+        .arg("--print-parsed-config")
+        .output()
+        .expect("run");
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let defaults = binary().arg("--print-parsed-config").output().expect("run");
+    assert_eq!(
+        parsed.stdout,
+        defaults.stdout,
+        "{} parses to the defaults",
+        path.display()
+    );
+}
+
 /// Config text every test starts from: two workers, port 0 everywhere,
 /// quiet logs, no CPU pinning (tests may run in parallel).
 pub fn base_config() -> String {
