@@ -160,12 +160,17 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def peak_rss_mib(pid):
+def status_mib(pid, field):
+    """A memory figure of /proc/PID/status (VmRSS:, VmHWM:, ...) in MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mib(pid):
+    return status_mib(pid, "VmHWM:")
 
 
 def set_keys(text, values):
@@ -277,6 +282,15 @@ def responses_per_second(name, load, duration):
     return rps, bad
 
 
+def stop(tracker):
+    """SIGTERM, and SIGKILL if the tracker has not exited within 10 s."""
+    tracker.send_signal(signal.SIGTERM)
+    try:
+        tracker.wait(10)
+    except subprocess.TimeoutExpired:
+        tracker.kill()
+
+
 def run_one(name, command, kind, port, load_command, duration, work):
     log = open(os.path.join(work, f"{name}.log"), "w")
     tracker = subprocess.Popen(["taskset", "-c", "0", *command], stdout=log, stderr=log)
@@ -297,11 +311,7 @@ def run_one(name, command, kind, port, load_command, duration, work):
         return {"rps": rps, "errors": errors, "cpu": cpu, "per_cpu": rps * duration / cpu if cpu > 0 else 0.0,
                 "rss": rss}
     finally:
-        tracker.send_signal(signal.SIGTERM)
-        try:
-            tracker.wait(10)
-        except subprocess.TimeoutExpired:
-            tracker.kill()
+        stop(tracker)
 
 
 def tracker_command(name, protocol, port, args, work, ot_root):

@@ -16,7 +16,6 @@ Usage: python3 benches/memory.py [--protocol udp|http] [--duration 10]
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,14 +25,6 @@ import compare
 
 PEER_TIMEOUT = 10
 CLEANING = 2
-
-
-def rss_mib(pid, field="VmRSS:"):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def config(protocol, name, binary, port, work):
@@ -59,25 +50,21 @@ def measure(protocol, name, binary, load_binary, duration, work):
     try:
         compare.wait_for_port(port, protocol)
         time.sleep(1)
-        before = rss_mib(tracker.pid)
+        before = compare.status_mib(tracker.pid, "VmRSS:")
         print(f"{name}: loading for {duration} s", file=sys.stderr, flush=True)
         subprocess.run(["taskset", "-c", "1", load_binary, "-c", load_cfg], capture_output=True, check=True,
                        timeout=duration + 60)
-        peak = rss_mib(tracker.pid, "VmHWM:")
+        peak = compare.peak_rss_mib(tracker.pid)
         stopped = time.time()
         after = []
         for intervals in (1, 2, 4):
             time.sleep(max(0.0, stopped + PEER_TIMEOUT + intervals * CLEANING - time.time()))
-            after.append(rss_mib(tracker.pid))
+            after.append(compare.status_mib(tracker.pid, "VmRSS:"))
         if tracker.poll() is not None:
             raise RuntimeError(f"{name} exited during the run")
         return before, peak, after
     finally:
-        tracker.send_signal(signal.SIGTERM)
-        try:
-            tracker.wait(10)
-        except subprocess.TimeoutExpired:
-            tracker.kill()
+        compare.stop(tracker)
 
 
 def main():

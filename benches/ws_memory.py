@@ -17,7 +17,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,30 +24,16 @@ import time
 
 import websockets
 
+import compare
+
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/aquatic"
 CONNECTIONS = int(sys.argv[2]) if len(sys.argv) > 2 else 4000
 TORRENTS_PER_CONN = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 CLEANING = 2
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def binary_string(b):
     return "".join(chr(x) for x in b)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 async def peer(url, i, hashes, opened, release):
@@ -128,7 +113,7 @@ def write_peer_config(path, port):
 
 
 def main():
-    port = free_port()
+    port = compare.free_port()
     work = tempfile.mkdtemp(prefix="aquatic-wsmem-")
     config = os.path.join(work, "config.toml")
     if os.path.basename(BINARY) == "aquatic_ws":
@@ -145,16 +130,16 @@ def main():
     pid = proc.pid
     url = f"ws://127.0.0.1:{port}/announce"
     hashes = [binary_string(os.urandom(20)) for _ in range(CONNECTIONS * TORRENTS_PER_CONN // 4)]
-    before = rss_kib(pid)
-    print(f"before load:           {before / 1024:8.1f} MiB")
+    before = compare.status_mib(pid, "VmRSS:")
+    print(f"before load:           {before:8.1f} MiB")
 
     async def run():
         started = time.time()
         release, tasks, n = await load(url, hashes)
-        peak = rss_kib(pid)
+        peak = compare.status_mib(pid, "VmRSS:")
         print(
             f"peak ({n} connections, {n * TORRENTS_PER_CONN} announces, {len(hashes)} torrents, "
-            f"{time.time() - started:.0f} s): {peak / 1024:8.1f} MiB"
+            f"{time.time() - started:.0f} s): {peak:8.1f} MiB"
         )
         release.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -166,11 +151,10 @@ def main():
     for intervals in (1, 2, 4):
         time.sleep(intervals * CLEANING - waited)
         waited = intervals * CLEANING
-        samples.append(rss_kib(pid))
-        print(f"{intervals} cleaning interval(s) after closing: {samples[-1] / 1024:8.1f} MiB")
-    proc.terminate()
-    proc.wait(10)
-    returned = (peak - samples[-1]) / max(1, peak - before)
+        samples.append(compare.status_mib(pid, "VmRSS:"))
+        print(f"{intervals} cleaning interval(s) after closing: {samples[-1]:8.1f} MiB")
+    compare.stop(proc)
+    returned = (peak - samples[-1]) / max(0.001, peak - before)
     print(f"returned to the OS: {returned * 100:.0f}% of what the load took")
 
 
