@@ -8,12 +8,10 @@
 
 use indexmap::IndexMap;
 
+use crate::swarm::is_sparse;
+
 /// Peers kept in a plain vector before switching to a hash map.
 const SMALL_MAX: usize = 8;
-/// Shrink once capacity is this many times the length or more.
-const SHRINK_RATIO: usize = 4;
-/// Maps this small are never shrunk: the work is not worth the bytes.
-const SHRINK_MIN_CAPACITY: usize = 64;
 
 type LargeMap<K, P> = IndexMap<K, P, hashbrown::DefaultHashBuilder>;
 
@@ -140,9 +138,7 @@ impl<K: std::hash::Hash + Eq, P> PeerMap<K, P> {
                 if m.len() <= SMALL_MAX / 2 {
                     let v: Vec<(K, P)> = m.drain(..).collect();
                     *self = Self::Small(v);
-                } else if m.capacity() >= SHRINK_MIN_CAPACITY
-                    && m.capacity() >= m.len() * SHRINK_RATIO
-                {
+                } else if is_sparse(m.len(), m.capacity()) {
                     m.shrink_to_fit();
                 }
             }

@@ -214,6 +214,12 @@ impl<P: SwarmPeer, K: std::hash::Hash + Eq + Clone> Swarm<P, K> {
     }
 }
 
+/// Whether a map of `capacity` slots holding `len` entries is worth
+/// shrinking: the one rule for torrent maps and swarm sides alike.
+pub(crate) fn is_sparse(len: usize, capacity: usize) -> bool {
+    capacity >= SHRINK_MIN_CAPACITY && capacity >= len * SHRINK_RATIO
+}
+
 /// Shrinks any hashbrown map whose length fell far below its capacity.
 ///
 /// Shards call this on their torrent maps after cleaning, so that memory
@@ -223,7 +229,7 @@ where
     K: Eq + std::hash::Hash,
     S: std::hash::BuildHasher,
 {
-    if map.capacity() >= SHRINK_MIN_CAPACITY && map.capacity() >= map.len() * SHRINK_RATIO {
+    if is_sparse(map.len(), map.capacity()) {
         map.shrink_to_fit();
     }
 }
