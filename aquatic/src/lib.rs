@@ -1,28 +1,38 @@
 //! aquatic: one process serving every BitTorrent tracker protocol.
 //!
 //! ```text
-//!   cli ──> config ──> server (main thread: sockets, signals, panic policy)
-//!                         │
-//!          ┌──────────────┼──────────────┐   one glommio executor per core
-//!     executor 0     executor 1  ...  executor N-1
-//!     net/udp.rs     net/udp.rs        (own SO_REUSEPORT socket each)
-//!     swarm shard 0  swarm shard 1     (torrents with shard_of(hash) == i)
-//!          └──── routing: channel mesh, ShardMessage ────┘
+//!   cli ──> config ──> server (composition root: sockets, executors, signals, panic policy)
+//!                        │  one glommio executor per core
+//!                        └─ executor i (wires the parts below, runs the timers)
+//!                             └─ net/{udp,http,ws}   socket tasks: bytes <-> protocol types
+//!                                  └─ router         the mesh: typed requests and replies,
+//!                                     │              one deadline per request, outbox
+//!                                     └─ host        ShardHost: synchronous
+//!                                          │         handle(now, request) -> effects
+//!                                          └─ swarm/ tracker rules, once: validation, access
+//!                                                    list, peer selection, cleaning, counts
 //! ```
 //!
 //! A request whose torrent lives on the executor that received it is
-//! answered inline; otherwise it travels to the owner, which answers (UDP
-//! from its own socket, same local address). Dependencies point one way:
-//! `net -> routing -> swarm -> protocol crates / aquatic_common`; glommio
-//! appears only in `net/`, `executor.rs` and `server.rs`.
+//! answered inline; otherwise the router sends it to the owner
+//! (`shard_of(info_hash)`), which answers (UDP from its own socket, same
+//! local address). Dependencies point one way, down the picture; a test
+//! (`tests/module_graph.rs`) fails on any import cycle among these modules.
+//! glommio appears only in `net/`, `router`, `executor`, `server` and
+//! `timing`; `host` and `swarm/` are plain synchronous code.
 #![warn(unreachable_pub)]
 
 pub mod cli;
 pub mod config;
 pub mod executor;
+#[cfg(feature = "test-hooks")]
+pub mod hooks;
+pub mod host;
 pub mod metrics;
-mod net;
+pub mod net;
 pub mod notify;
-pub mod routing;
+pub mod reload;
+pub mod router;
 pub mod server;
 pub mod swarm;
+pub mod timing;

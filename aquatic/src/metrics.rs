@@ -83,8 +83,17 @@ pub struct ExecutorStats {
     pub access_denied: [Counter; 3],
     /// Requests by protocol and client IP family (IPv4, IPv6).
     pub requests_by_family: [[Counter; 2]; 3],
-    /// Messages to other executors dropped because their channel was full.
+    /// Messages to other executors lost: a lossy message met a full
+    /// channel, or an outbox overflowed.
     pub mesh_dropped: Counter,
+    /// Sends refused because the destination's channel was full (or it had
+    /// too many requests outstanding); each was handled at once.
+    pub mesh_full: Counter,
+    /// Requests whose answer did not come before the deadline (one per
+    /// request or fan-out, however many parts were missing).
+    pub mesh_deadlines: Counter,
+    /// Answers that arrived after their request had given up.
+    pub mesh_late_replies: Counter,
 }
 
 /// `name{labels} value`: one sample of a metric, before the executor label.
@@ -173,6 +182,21 @@ impl ExecutorStats {
                 "errors",
                 vec![proto("mesh"), kind("message_dropped")],
                 self.mesh_dropped.get(),
+            ),
+            (
+                "errors",
+                vec![proto("mesh"), kind("channel_full")],
+                self.mesh_full.get(),
+            ),
+            (
+                "errors",
+                vec![proto("mesh"), kind("reply_timeout")],
+                self.mesh_deadlines.get(),
+            ),
+            (
+                "errors",
+                vec![proto("mesh"), kind("late_reply")],
+                self.mesh_late_replies.get(),
             ),
             (
                 "ws_connections_opened",

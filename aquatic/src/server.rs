@@ -27,9 +27,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     config::Config,
-    executor::{self, ExecutorSetup, Reloadable},
+    executor::{self, ExecutorSetup, ExecutorSockets, Shared},
     metrics::MetricsHub,
     notify::{monotonic_usec, notify},
+    reload::Reloadable,
 };
 
 /// How long executors may take to start before start-up is declared failed.
@@ -390,32 +391,37 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .context("cannot start the signal thread")?;
     }
 
-    let start = ServerStartInstant::new();
-    let validator =
-        ConnectionIdValidator::new(Duration::from_secs(config.udp.connection_id_max_age_secs));
+    let shared = Shared {
+        config: config.clone(),
+        start: ServerStartInstant::new(),
+        validator: ConnectionIdValidator::new(Duration::from_secs(
+            config.udp.connection_id_max_age_secs,
+        )),
+        access_list: access_list.clone(),
+        http_tls: http_tls.clone(),
+        ws_tls: ws_tls.clone(),
+        metrics: config.metrics.enabled.then(|| metrics.clone()),
+        shutdown: Arc::new(AtomicBool::new(false)),
+    };
+    let shutdown = shared.shutdown.clone();
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
-    let shutdown = Arc::new(AtomicBool::new(false));
     let listeners = udp_sockets
         .into_iter()
         .zip(http_listeners)
         .zip(ws_listeners);
-    for (i, ((udp_socket, http_listener), ws_listener)) in listeners.enumerate() {
+    for (i, ((udp, http), ws)) in listeners.enumerate() {
+        let ready = {
+            let events = events.clone();
+            Box::new(move || {
+                let _ = events.send(Event::Ready(i));
+            })
+        };
         let setup = ExecutorSetup {
-            thread_index: i,
             shards: workers,
-            config: config.clone(),
-            start,
-            validator: validator.clone(),
-            udp_socket,
-            http_listener,
             mesh: mesh.clone(),
-            access_list: access_list.clone(),
-            http_tls: http_tls.clone(),
-            ws_listener,
-            ws_tls: ws_tls.clone(),
-            metrics: config.metrics.enabled.then(|| metrics.clone()),
-            shutdown: shutdown.clone(),
-            events: events.clone(),
+            sockets: ExecutorSockets { udp, http, ws },
+            shared: shared.clone(),
+            ready,
         };
         let placement = if config.runtime.pin_cpus {
             Placement::Fixed(config.runtime.first_core + i)

@@ -6,6 +6,9 @@
 //!  aquatic_common ──────────────────┘
 //!    ids          InfoHash, PeerId: the 20-byte wire identities
 //!    shard        ShardId and shard_of(info_hash): which executor owns a torrent
+//!                 (first 4 bytes, big endian, mod N: computable by a kernel BPF program)
+//!    outcome      what a shard answers: selected peers, counts, scrape figures;
+//!                 each protocol crate converts them into its wire types
 //!    swarm        Swarm<P>: seeders and leechers of one torrent, random peer
 //!                 selection, expiry and shrinking — written once for UDP, HTTP and WS
 //!    time         a coarse, monotonic seconds-since-start clock and ValidUntil
@@ -22,6 +25,7 @@
 pub mod access_list;
 pub mod connection_id;
 mod ids;
+pub mod outcome;
 mod peer_map;
 pub mod shard;
 pub mod swarm;
@@ -29,4 +33,5 @@ pub mod time;
 pub mod tls;
 
 pub use ids::{InfoHash, InvalidHex, PeerId};
+pub use outcome::{AnnounceOutcome, PeerCounts, ScrapeStats, SelectedPeer, SelectedPeers};
 pub use shard::{shard_of, ShardId};

@@ -13,7 +13,7 @@
 
 use rand::Rng;
 
-use crate::{peer_map::PeerMap, time::SecondsSinceStart, time::ValidUntil, PeerId};
+use crate::{peer_map::PeerMap, time::SecondsSinceStart, time::ValidUntil, PeerCounts, PeerId};
 
 /// What a swarm needs to know about any kind of peer.
 pub trait SwarmPeer: Clone {
@@ -198,14 +198,25 @@ impl<P: SwarmPeer, K: std::hash::Hash + Eq + Clone> Swarm<P, K> {
     }
 
     /// Removes peers that expired before `now` and shrinks sparse maps.
-    /// Returns how many peers were removed.
-    pub fn clean(&mut self, now: SecondsSinceStart) -> usize {
-        let before = self.seeders.len() + self.leechers.len();
+    /// Returns how many seeders and leechers were removed.
+    pub fn clean(&mut self, now: SecondsSinceStart) -> PeerCounts {
+        let before = (self.seeders.len(), self.leechers.len());
         self.seeders.retain(|_, p| p.valid_until().valid_at(now));
         self.leechers.retain(|_, p| p.valid_until().valid_at(now));
         self.seeders.shrink_if_sparse();
         self.leechers.shrink_if_sparse();
-        before - (self.seeders.len() + self.leechers.len())
+        PeerCounts {
+            seeders: before.0 - self.seeders.len(),
+            leechers: before.1 - self.leechers.len(),
+        }
+    }
+
+    /// Seeders and leechers, as counts.
+    pub fn counts(&self) -> PeerCounts {
+        PeerCounts {
+            seeders: self.seeders.len(),
+            leechers: self.leechers.len(),
+        }
     }
 
     /// Slots allocated in both maps (for metrics and memory tests).
@@ -343,10 +354,10 @@ mod tests {
             s.upsert(id(i), P(if i < 190 { 5 } else { 50 }), PeerStatus::Leeching);
         }
         let cap = s.capacity();
-        assert_eq!(s.clean(SecondsSinceStart(10)), 190);
+        assert_eq!(s.clean(SecondsSinceStart(10)).leechers, 190);
         assert_eq!(s.leechers(), 10);
         assert!(s.capacity() < cap);
-        assert_eq!(s.clean(SecondsSinceStart(10)), 0);
+        assert_eq!(s.clean(SecondsSinceStart(10)), PeerCounts::default());
     }
 
     proptest::proptest! {

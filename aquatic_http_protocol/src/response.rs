@@ -8,16 +8,11 @@ use aquatic_common::{InfoHash, PeerId};
 
 use crate::bencode::write_bytes;
 
-/// A peer handed out in an announce response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ResponsePeer<A> {
-    /// Written in non-compact responses unless the client sent `no_peer_id=1`.
-    pub peer_id: PeerId,
-    /// [`Ipv4Addr`] or [`Ipv6Addr`].
-    pub ip_address: A,
-    /// The peer's listening port.
-    pub port: u16,
-}
+/// A peer handed out in an announce response: the shard's own
+/// [`SelectedPeer`](aquatic_common::SelectedPeer), written as it is (its
+/// `peer_id` appears in non-compact responses unless the client sent
+/// `no_peer_id=1`).
+pub type ResponsePeer<A> = aquatic_common::SelectedPeer<A>;
 
 /// The answer to an announce.
 ///
@@ -55,6 +50,16 @@ pub struct ScrapeStatistics {
     pub downloaded: usize,
     /// Leechers.
     pub incomplete: usize,
+}
+
+impl From<aquatic_common::ScrapeStats> for ScrapeStatistics {
+    fn from(s: aquatic_common::ScrapeStats) -> Self {
+        Self {
+            complete: s.seeders,
+            downloaded: s.completed as usize,
+            incomplete: s.leechers,
+        }
+    }
 }
 
 /// The answer to a scrape: a `files` dictionary keyed by raw info hash.

@@ -76,7 +76,7 @@ impl<'a> InfoHashes<'a> {
     }
 
     /// The hashes in request order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = InfoHash> + 'a {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = InfoHash> + Clone + 'a {
         self.bytes.chunks_exact(20).map(|chunk| {
             let mut hash = [0u8; 20];
             hash.copy_from_slice(chunk);

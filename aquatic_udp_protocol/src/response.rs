@@ -27,6 +27,30 @@ pub struct TorrentScrapeStatistics {
     pub leechers: i32,
 }
 
+impl<A> From<aquatic_common::SelectedPeer<A>> for ResponsePeer<A> {
+    fn from(p: aquatic_common::SelectedPeer<A>) -> Self {
+        Self {
+            ip_address: p.ip_address,
+            port: p.port,
+        }
+    }
+}
+
+/// A count as BEP 15's signed 32-bit field, saturating.
+fn wire_count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+impl From<aquatic_common::ScrapeStats> for TorrentScrapeStatistics {
+    fn from(s: aquatic_common::ScrapeStats) -> Self {
+        Self {
+            seeders: wire_count(s.seeders),
+            completed: i32::try_from(s.completed).unwrap_or(i32::MAX),
+            leechers: wire_count(s.leechers),
+        }
+    }
+}
+
 /// Answer to a connect request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectResponse {
@@ -49,6 +73,24 @@ pub struct AnnounceResponse<'a, A> {
     pub seeders: i32,
     /// Peers for the client.
     pub peers: &'a [ResponsePeer<A>],
+}
+
+impl<'a, A> AnnounceResponse<'a, A> {
+    /// The response to an announce the shard answered with `outcome`.
+    pub fn new(
+        transaction_id: TransactionId,
+        announce_interval: u32,
+        outcome: &aquatic_common::AnnounceOutcome,
+        peers: &'a [ResponsePeer<A>],
+    ) -> Self {
+        Self {
+            transaction_id,
+            announce_interval: i32::try_from(announce_interval).unwrap_or(i32::MAX),
+            leechers: wire_count(outcome.leechers),
+            seeders: wire_count(outcome.seeders),
+            peers,
+        }
+    }
 }
 
 /// Answer to a scrape, in the order of the request's hashes.

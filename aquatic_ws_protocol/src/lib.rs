@@ -379,6 +379,16 @@ pub struct ScrapeStatistics {
     pub downloaded: usize,
 }
 
+impl From<aquatic_common::ScrapeStats> for ScrapeStatistics {
+    fn from(s: aquatic_common::ScrapeStats) -> Self {
+        Self {
+            complete: s.seeders,
+            incomplete: s.leechers,
+            downloaded: s.completed as usize,
+        }
+    }
+}
+
 /// Figures for every torrent asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct ScrapeResponse<'a> {
@@ -392,7 +402,7 @@ pub struct ErrorResponse<'a> {
     /// Why.
     pub failure_reason: &'a str,
     /// The action refused, if known.
-    pub action: Option<&'static str>,
+    pub action: Option<&'a str>,
     /// The torrent, if known.
     pub info_hash: Option<InfoHash>,
 }
@@ -452,7 +462,7 @@ impl OutMessage<'_> {
             #[serde(rename = "failure reason")]
             failure_reason: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
-            action: Option<&'static str>,
+            action: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             info_hash: Option<Bin20>,
         }
@@ -553,6 +563,46 @@ pub enum OwnedOutMessage {
 }
 
 impl OwnedOutMessage {
+    /// The message in its borrowed form, for [`OutMessage::write`]: a
+    /// server that keeps messages (queued for a connection) writes them so.
+    pub fn as_out_message(&self) -> OutMessage<'_> {
+        match self {
+            Self::AnnounceResponse(r) => OutMessage::AnnounceResponse(*r),
+            Self::Offer {
+                info_hash,
+                peer_id,
+                offer_id,
+                offer,
+            } => OutMessage::Offer(OfferMessage {
+                info_hash: *info_hash,
+                peer_id: *peer_id,
+                offer_id: *offer_id,
+                offer,
+            }),
+            Self::Answer {
+                info_hash,
+                peer_id,
+                offer_id,
+                answer,
+            } => OutMessage::Answer(AnswerMessage {
+                info_hash: *info_hash,
+                peer_id: *peer_id,
+                offer_id: *offer_id,
+                answer,
+            }),
+            Self::ScrapeResponse { files } => OutMessage::ScrapeResponse(ScrapeResponse { files }),
+            Self::Error {
+                failure_reason,
+                action,
+                info_hash,
+            } => OutMessage::Error(ErrorResponse {
+                failure_reason,
+                action: action.as_deref(),
+                info_hash: *info_hash,
+            }),
+        }
+    }
+
     /// Parses one server text frame.
     pub fn parse(bytes: &[u8]) -> Result<OwnedOutMessage, ParseError> {
         #[derive(Deserialize)]

@@ -1,9 +1,10 @@
-//! The UDP tracker task of one executor (BEP 15).
+//! The UDP tracker task of one executor (BEP 15): bytes in, bytes out.
 //!
 //! One wake-up of the task handles a whole batch: glommio's receive returns
 //! the first datagram, a non-blocking `recvmmsg` drains the rest, every
-//! request is answered synchronously (local shard inline, other shards over
-//! the mesh), and the answers leave with one `sendmmsg`.
+//! request goes to the router (answered inline when this executor owns the
+//! torrent, forwarded to the owner otherwise, which answers from its own
+//! socket), and the answers leave with one `sendmmsg`.
 //!
 //! Nothing here replies to an unverified source with more bytes than it
 //! sent: connect responses are as long as connect requests and error
@@ -17,21 +18,21 @@ use std::{
     rc::Rc,
 };
 
-use aquatic_common::{connection_id::ConnectionIdValidator, time::SecondsSinceStart};
+use aquatic_common::{
+    connection_id::ConnectionIdValidator, time::SecondsSinceStart, AnnounceOutcome, ScrapeStats,
+    SelectedPeers,
+};
 use aquatic_udp_protocol::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, ConnectResponse, ConnectionId, ErrorResponse,
-    Request, Response, ResponsePeer, ScrapeRequest, ScrapeResponse, TorrentScrapeStatistics,
-    TransactionId,
+    AnnounceResponse, ConnectResponse, ConnectionId, ErrorResponse, Request, Response,
+    ResponsePeer, ScrapeRequest, ScrapeResponse, TorrentScrapeStatistics, TransactionId,
 };
 use glommio::net::UdpSocket;
 
-use super::udp_batch::DatagramBatch;
+use super::{spawn_request_task, udp_batch::DatagramBatch};
 use crate::{
-    config::Config,
-    executor::{spawn, Executor},
-    metrics::{family, UDP},
-    routing::{ShardMessage, SwarmKind},
-    swarm::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, ScrapeStats},
+    metrics::{family, ExecutorStats, UDP},
+    router::{RouteError, Router, UdpAnswers},
+    swarm::{AnnounceInput, Refusal, SwarmKind},
 };
 
 /// Datagrams per recvmmsg / sendmmsg.
@@ -41,46 +42,123 @@ const MAX_BATCHES_PER_WAKE: usize = 16;
 /// Largest request accepted: a full scrape plus BEP 41 options fit easily.
 const MAX_REQUEST: usize = 2048;
 
+/// What a UDP endpoint needs from the configuration.
+pub struct UdpSettings {
+    /// Lifetime and key of connection ids.
+    pub validator: ConnectionIdValidator,
+    /// The interval told to clients.
+    pub announce_interval: u32,
+    /// Most hashes in one scrape.
+    pub max_scrape_torrents: usize,
+    /// Most peers in one response.
+    pub max_numwant: usize,
+}
+
 /// The UDP side of one executor: its socket and what it needs to answer.
-pub(crate) struct UdpEndpoint {
+pub struct UdpEndpoint {
     socket: UdpSocket,
-    validator: ConnectionIdValidator,
+    settings: UdpSettings,
+    router: Rc<Router>,
+    stats: Rc<ExecutorStats>,
     response_slot: usize,
     scratch: RefCell<Scratch>,
 }
 
-/// Buffers reused across requests so that answering allocates nothing.
+/// The wire forms of the shard's results, reused across requests so that
+/// answering allocates nothing.
 #[derive(Default)]
-struct Scratch {
-    v4: Vec<BtPeerOut<Ipv4Addr>>,
-    v6: Vec<BtPeerOut<Ipv6Addr>>,
+struct WireBuffers {
     peers_v4: Vec<ResponsePeer<Ipv4Addr>>,
     peers_v6: Vec<ResponsePeer<Ipv6Addr>>,
-    scrape_stats: Vec<TorrentScrapeStatistics>,
+    scrape: Vec<TorrentScrapeStatistics>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    selected: SelectedPeers,
+    stats: Vec<ScrapeStats>,
+    wire: WireBuffers,
 }
 
 impl UdpEndpoint {
-    pub(crate) fn new(
+    /// The endpoint around a socket bound by the main thread.
+    pub fn new(
         socket: socket2::Socket,
-        validator: ConnectionIdValidator,
-        config: &Config,
+        settings: UdpSettings,
+        router: Rc<Router>,
+        stats: Rc<ExecutorStats>,
     ) -> Self {
-        let tracker = &config.tracker;
         // An IPv6 peer takes 18 bytes; a scraped torrent 12.
-        let response_slot = (20 + 18 * tracker.max_numwant)
-            .max(8 + 12 * tracker.max_scrape_torrents)
+        let response_slot = (20 + 18 * settings.max_numwant)
+            .max(8 + 12 * settings.max_scrape_torrents)
             .max(MAX_REQUEST);
         Self {
             socket: UdpSocket::from(socket),
-            validator,
+            settings,
+            router,
+            stats,
             response_slot,
             scratch: RefCell::default(),
         }
     }
+
+    /// Where announces forwarded from other executors are answered: one per
+    /// mesh-receiving task, with its own batch.
+    pub fn forwarded_answers(self: &Rc<Self>) -> ForwardedAnswers {
+        ForwardedAnswers {
+            batch: DatagramBatch::new(BATCH, self.response_slot),
+            wire: WireBuffers::default(),
+            endpoint: self.clone(),
+        }
+    }
+}
+
+/// Answers to announces other executors forwarded here, queued for one
+/// `sendmmsg`.
+pub struct ForwardedAnswers {
+    endpoint: Rc<UdpEndpoint>,
+    batch: DatagramBatch,
+    wire: WireBuffers,
+}
+
+impl ForwardedAnswers {
+    /// No room for another answer.
+    pub fn is_full(&self) -> bool {
+        self.batch.is_full()
+    }
+
+    /// Sends what is queued.
+    pub async fn flush(&mut self) {
+        if self.batch.len() > 0 {
+            flush(&self.endpoint, &mut self.batch).await;
+        }
+    }
+}
+
+impl UdpAnswers for ForwardedAnswers {
+    fn answer_announce(
+        &mut self,
+        client: SocketAddr,
+        transaction_id: TransactionId,
+        outcome: &AnnounceOutcome,
+        peers: &SelectedPeers,
+    ) {
+        let interval = self.endpoint.settings.announce_interval;
+        queue_announce(
+            &mut self.batch,
+            &mut self.wire,
+            client,
+            transaction_id,
+            interval,
+            outcome,
+            peers,
+        );
+        self.endpoint.stats.udp_responses.bump();
+    }
 }
 
 /// Receives, answers and sends, batch by batch, forever.
-pub(crate) async fn run(ex: Rc<Executor>, udp: Rc<UdpEndpoint>) {
+pub async fn run(udp: Rc<UdpEndpoint>) {
     let fd = udp.socket.as_raw_fd();
     let mut incoming = DatagramBatch::new(BATCH, MAX_REQUEST);
     let mut outgoing = DatagramBatch::new(BATCH, udp.response_slot);
@@ -93,8 +171,8 @@ pub(crate) async fn run(ex: Rc<Executor>, udp: Rc<UdpEndpoint>) {
                 continue;
             }
         };
-        let mut now = ex.now();
-        handle_datagram(&ex, &udp, now, &first[..n], src, &mut outgoing);
+        let mut now = udp.router.now();
+        handle_datagram(&udp, now, &first[..n], src, &mut outgoing);
         // Bounded, so that a sustained flood of full batches cannot starve
         // this executor's other tasks (HTTP, WS, mesh, timers).
         for _ in 0..MAX_BATCHES_PER_WAKE {
@@ -110,13 +188,13 @@ pub(crate) async fn run(ex: Rc<Executor>, udp: Rc<UdpEndpoint>) {
                     flush(&udp, &mut outgoing).await;
                 }
                 if let Some((bytes, src)) = incoming.get(i) {
-                    handle_datagram(&ex, &udp, now, bytes, src, &mut outgoing);
+                    handle_datagram(&udp, now, bytes, src, &mut outgoing);
                 }
             }
             if got < BATCH {
                 break;
             }
-            now = ex.now();
+            now = udp.router.now();
         }
         flush(&udp, &mut outgoing).await;
         glommio::yield_if_needed().await;
@@ -150,7 +228,6 @@ async fn flush(udp: &UdpEndpoint, batch: &mut DatagramBatch) {
 }
 
 fn handle_datagram(
-    ex: &Rc<Executor>,
     udp: &Rc<UdpEndpoint>,
     now: SecondsSinceStart,
     bytes: &[u8],
@@ -158,16 +235,19 @@ fn handle_datagram(
     out: &mut DatagramBatch,
 ) {
     #[cfg(feature = "test-hooks")]
-    if bytes == crate::executor::TEST_PANIC_TRIGGER {
-        panic!("test hook: panic requested on executor {}", ex.id.0);
+    if crate::hooks::udp_datagram(bytes, udp.router.id()) {
+        return;
     }
     let ip = src.ip().to_canonical();
-    let stats = &ex.stats;
+    let stats = &udp.stats;
     stats.requests_by_family[UDP][family(ip)].bump();
-    match Request::parse(bytes, ex.config.tracker.max_scrape_torrents) {
+    let error = |out: &mut DatagramBatch, transaction_id, message: &str| {
+        queue_error(out, src, transaction_id, message, bytes.len());
+    };
+    match Request::parse(bytes, udp.settings.max_scrape_torrents) {
         Ok(Request::Connect(req)) => {
             stats.udp_connect.bump();
-            let id = udp.validator.create(ip, now);
+            let id = udp.settings.validator.create(ip, now);
             let response = Response::Connect(ConnectResponse {
                 transaction_id: req.transaction_id,
                 connection_id: ConnectionId(i64::from_be_bytes(id)),
@@ -178,53 +258,43 @@ fn handle_datagram(
             stats.udp_announce.bump();
             if !connection_valid(udp, req.connection_id, ip, now) {
                 stats.udp_invalid_connection_id.bump();
-                queue_error(
-                    out,
-                    src,
-                    req.transaction_id,
-                    "invalid connection id",
-                    bytes.len(),
-                );
-                return;
+                return error(out, req.transaction_id, "invalid connection id");
             }
-            if !ex.access_list_allows(&req.info_hash) {
-                stats.access_denied[UDP].bump();
-                queue_error(
-                    out,
-                    src,
-                    req.transaction_id,
-                    "info hash not allowed",
-                    bytes.len(),
-                );
-                return;
+            let input = AnnounceInput::udp(&req, ip);
+            let mut scratch = udp.scratch.borrow_mut();
+            let Scratch { selected, wire, .. } = &mut *scratch;
+            match udp
+                .router
+                .announce_udp(input, src, req.transaction_id, selected)
+            {
+                Ok(Some(outcome)) => {
+                    let interval = udp.settings.announce_interval;
+                    let tid = req.transaction_id;
+                    queue_announce(out, wire, src, tid, interval, &outcome, selected);
+                    stats.udp_responses.bump();
+                }
+                // The owner answers from its own socket.
+                Ok(None) => {}
+                Err(err) => {
+                    count_refusal(stats, err);
+                    error(out, req.transaction_id, err.failure_reason());
+                }
             }
-            announce(ex, udp, &req, ip, src, out);
         }
         Ok(Request::Scrape(req)) => {
             stats.udp_scrape.bump();
             if !connection_valid(udp, req.connection_id, ip, now) {
                 stats.udp_invalid_connection_id.bump();
-                queue_error(
-                    out,
-                    src,
-                    req.transaction_id,
-                    "invalid connection id",
-                    bytes.len(),
-                );
-                return;
+                return error(out, req.transaction_id, "invalid connection id");
             }
-            if !req.info_hashes.iter().all(|h| ex.access_list_allows(&h)) {
-                stats.access_denied[UDP].bump();
-                queue_error(
-                    out,
-                    src,
-                    req.transaction_id,
-                    "info hash not allowed",
-                    bytes.len(),
-                );
-                return;
+            match udp.router.check_scrape(req.info_hashes.iter()) {
+                Ok(true) => scrape_here(udp, &req, src, out),
+                Ok(false) => scrape_across_shards(udp, &req, src),
+                Err(refusal) => {
+                    count_refusal(stats, RouteError::Refused(refusal));
+                    error(out, req.transaction_id, refusal.failure_reason());
+                }
             }
-            scrape(ex, udp, &req, src, out);
         }
         Err(err) => {
             stats.bad_requests[UDP].bump();
@@ -232,9 +302,18 @@ fn handle_datagram(
             // Only a datagram long enough to carry a transaction id gets a
             // reply, and then one no longer than itself.
             if let Some(tid) = err.transaction_id() {
-                queue_error(out, src, tid, err.message(), bytes.len());
+                error(out, tid, err.message());
             }
         }
+    }
+}
+
+fn count_refusal(stats: &ExecutorStats, err: RouteError) {
+    match err {
+        RouteError::Refused(Refusal::NotAllowed) => stats.access_denied[UDP].bump(),
+        RouteError::Refused(_) => stats.bad_requests[UDP].bump(),
+        // Counted by the router as a full mesh channel.
+        _ => {}
     }
 }
 
@@ -244,200 +323,100 @@ fn connection_valid(
     ip: IpAddr,
     now: SecondsSinceStart,
 ) -> bool {
-    udp.validator.is_valid(id.0.to_be_bytes(), ip, now)
+    udp.settings.validator.is_valid(id.0.to_be_bytes(), ip, now)
 }
 
-fn to_bt_announce(ex: &Executor, req: &AnnounceRequest, ip: IpAddr) -> BtAnnounce {
-    BtAnnounce {
-        info_hash: req.info_hash,
-        peer_id: req.peer_id,
-        // The ip field of the request is ignored: honouring it would let
-        // anyone point a swarm at a third party.
-        ip,
-        port: req.port,
-        stopped: req.event == AnnounceEvent::Stopped,
-        completed: req.event == AnnounceEvent::Completed,
-        bytes_left: Some(req.bytes_left.max(0) as u64),
-        numwant: ex
-            .config
-            .tracker
-            .numwant(usize::try_from(req.peers_wanted).ok().filter(|&n| n > 0)),
-    }
-}
-
-fn announce(
-    ex: &Executor,
-    udp: &UdpEndpoint,
-    req: &AnnounceRequest,
-    ip: IpAddr,
-    src: SocketAddr,
+/// Queues the announce response for the shard's answer: the one place the
+/// shard's peers become UDP wire peers.
+fn queue_announce(
     out: &mut DatagramBatch,
-) {
-    let request = to_bt_announce(ex, req, ip);
-    let owner = ex.owner(&req.info_hash);
-    if owner == ex.id {
-        answer_announce(ex, udp, req.transaction_id, &request, |response| {
-            queue(out, src, response, usize::MAX);
-        });
-    } else {
-        ex.send_to_shard(
-            owner,
-            ShardMessage::UdpAnnounce {
-                client: src,
-                transaction_id: req.transaction_id.0,
-                request,
-            },
-        );
-    }
-}
-
-/// Runs an announce on this executor's shard and hands the response to `send`.
-fn answer_announce(
-    ex: &Executor,
-    udp: &UdpEndpoint,
-    transaction_id: TransactionId,
-    request: &BtAnnounce,
-    send: impl FnOnce(&Response<'_>),
-) {
-    let mut scratch = udp.scratch.borrow_mut();
-    let Scratch {
-        v4,
-        v6,
-        peers_v4,
-        peers_v6,
-        ..
-    } = &mut *scratch;
-    let outcome: BtAnnounceOutcome = ex.announce_local(request, v4, v6);
-    let interval = ex.config.tracker.announce_interval_secs as i32;
-    let leechers = outcome.leechers.min(i32::MAX as usize) as i32;
-    let seeders = outcome.seeders.min(i32::MAX as usize) as i32;
-    let response = match request.ip {
-        IpAddr::V4(_) => {
-            peers_v4.clear();
-            peers_v4.extend(v4.iter().map(|p| ResponsePeer {
-                ip_address: p.ip,
-                port: p.port,
-            }));
-            Response::AnnounceIpv4(AnnounceResponse {
-                transaction_id,
-                announce_interval: interval,
-                leechers,
-                seeders,
-                peers: peers_v4,
-            })
-        }
-        IpAddr::V6(_) => {
-            peers_v6.clear();
-            peers_v6.extend(v6.iter().map(|p| ResponsePeer {
-                ip_address: p.ip,
-                port: p.port,
-            }));
-            Response::AnnounceIpv6(AnnounceResponse {
-                transaction_id,
-                announce_interval: interval,
-                leechers,
-                seeders,
-                peers: peers_v6,
-            })
-        }
-    };
-    ex.stats.udp_responses.bump();
-    send(&response);
-}
-
-/// Answers a UDP announce that another executor forwarded to this shard.
-pub(crate) async fn answer_forwarded_announce(
-    ex: &Executor,
-    udp: &UdpEndpoint,
+    wire: &mut WireBuffers,
     client: SocketAddr,
-    transaction_id: i32,
-    request: &BtAnnounce,
+    transaction_id: TransactionId,
+    interval: u32,
+    outcome: &AnnounceOutcome,
+    peers: &SelectedPeers,
 ) {
-    let mut buf = Vec::new();
-    answer_announce(
-        ex,
-        udp,
-        TransactionId(transaction_id),
-        request,
-        |response| {
-            buf = write_response(response, udp.response_slot, usize::MAX);
-        },
-    );
-    send_one(udp, &buf, client).await;
+    let response = if client.ip().to_canonical().is_ipv4() {
+        wire.peers_v4.clear();
+        wire.peers_v4
+            .extend(peers.v4.iter().map(|&p| ResponsePeer::from(p)));
+        let peers = &wire.peers_v4;
+        Response::AnnounceIpv4(AnnounceResponse::new(
+            transaction_id,
+            interval,
+            outcome,
+            peers,
+        ))
+    } else {
+        wire.peers_v6.clear();
+        wire.peers_v6
+            .extend(peers.v6.iter().map(|&p| ResponsePeer::from(p)));
+        let peers = &wire.peers_v6;
+        Response::AnnounceIpv6(AnnounceResponse::new(
+            transaction_id,
+            interval,
+            outcome,
+            peers,
+        ))
+    };
+    queue(out, client, &response, usize::MAX);
 }
 
-fn to_wire(s: ScrapeStats) -> TorrentScrapeStatistics {
-    TorrentScrapeStatistics {
-        seeders: s.seeders.min(i32::MAX as usize) as i32,
-        completed: s.completed.min(i32::MAX as u32) as i32,
-        leechers: s.leechers.min(i32::MAX as usize) as i32,
-    }
-}
-
-fn scrape(
-    ex: &Rc<Executor>,
-    udp: &Rc<UdpEndpoint>,
+fn scrape_here(
+    udp: &UdpEndpoint,
     req: &ScrapeRequest<'_>,
     src: SocketAddr,
     out: &mut DatagramBatch,
 ) {
-    let transaction_id = req.transaction_id;
-    if req.info_hashes.iter().all(|hash| ex.owner(&hash) == ex.id) {
-        let mut scratch = udp.scratch.borrow_mut();
-        let stats = &mut scratch.scrape_stats;
-        stats.clear();
-        {
-            let shard = ex.shard.borrow();
-            stats.extend(
-                req.info_hashes
-                    .iter()
-                    .map(|hash| to_wire(shard.scrape(&hash))),
-            );
-        }
-        let response = Response::Scrape(ScrapeResponse {
-            transaction_id,
-            torrent_stats: stats,
-        });
-        ex.stats.udp_responses.bump();
-        queue(out, src, &response, usize::MAX);
-        return;
-    }
-    // Hashes on other shards: a task gathers the parts and answers, so the
-    // batch loop does not wait.
-    let hashes: Vec<_> = req.info_hashes.iter().collect();
-    let (ex, udp) = (ex.clone(), udp.clone());
-    let queue = ex.requests_queue;
-    spawn(queue, async move {
-        let stats: Vec<_> = ex
-            .scrape(SwarmKind::Bt, &hashes)
-            .await
-            .into_iter()
-            .map(to_wire)
-            .collect();
-        let response = Response::Scrape(ScrapeResponse {
-            transaction_id,
-            torrent_stats: &stats,
-        });
-        let buf = write_response(&response, udp.response_slot, usize::MAX);
-        ex.stats.udp_responses.bump();
-        send_one(&udp, &buf, src).await;
+    let mut scratch = udp.scratch.borrow_mut();
+    let Scratch { stats, wire, .. } = &mut *scratch;
+    stats.clear();
+    udp.router
+        .scrape_here(SwarmKind::Bt, req.info_hashes.iter(), stats);
+    wire.scrape.clear();
+    wire.scrape
+        .extend(stats.iter().map(|&s| TorrentScrapeStatistics::from(s)));
+    let response = Response::Scrape(ScrapeResponse {
+        transaction_id: req.transaction_id,
+        torrent_stats: &wire.scrape,
     });
+    udp.stats.udp_responses.bump();
+    queue(out, src, &response, usize::MAX);
 }
 
-async fn send_one(udp: &UdpEndpoint, bytes: &[u8], dst: SocketAddr) {
-    if bytes.is_empty() {
-        return;
-    }
-    if let Err(err) = udp.socket.send_to(bytes, dst).await {
-        log::debug!("udp send to {dst} failed: {err}");
-    }
-}
-
-fn write_response(response: &Response<'_>, slot: usize, limit: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; slot];
-    let n = write_into(response, &mut buf, limit).unwrap_or(0);
-    buf.truncate(n);
-    buf
+/// Hashes on other shards: a task gathers the parts and answers, so the
+/// batch loop does not wait.
+fn scrape_across_shards(udp: &Rc<UdpEndpoint>, req: &ScrapeRequest<'_>, src: SocketAddr) {
+    let hashes: Vec<_> = req.info_hashes.iter().collect();
+    let transaction_id = req.transaction_id;
+    let request_len = 16 + 20 * hashes.len();
+    let udp = udp.clone();
+    spawn_request_task(async move {
+        let parts = udp.router.scrape_checked(SwarmKind::Bt, &hashes).await;
+        let mut batch = DatagramBatch::new(1, udp.response_slot);
+        // A UDP scrape answers every hash by position: with a part
+        // missing, a clear failure is more honest than zeros.
+        match parts.into_iter().collect::<Option<Vec<_>>>() {
+            Some(stats) => {
+                let stats: Vec<_> = stats
+                    .into_iter()
+                    .map(TorrentScrapeStatistics::from)
+                    .collect();
+                let response = Response::Scrape(ScrapeResponse {
+                    transaction_id,
+                    torrent_stats: &stats,
+                });
+                queue(&mut batch, src, &response, usize::MAX);
+                udp.stats.udp_responses.bump();
+            }
+            None => {
+                let reason = RouteError::NoReply.failure_reason();
+                queue_error(&mut batch, src, transaction_id, reason, request_len);
+            }
+        }
+        flush(&udp, &mut batch).await;
+    });
 }
 
 fn write_into(response: &Response<'_>, buf: &mut [u8], limit: usize) -> Option<usize> {

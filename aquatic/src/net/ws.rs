@@ -16,28 +16,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aquatic_common::{InfoHash, PeerId};
+use aquatic_common::InfoHash;
 use aquatic_ws_protocol::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, AnswerMessage, ErrorResponse, InMessage,
-    OfferMessage, OutMessage, ScrapeRequest, ScrapeResponse, ScrapeStatistics,
+    ErrorResponse, InMessage, OutMessage, OwnedOutMessage, ScrapeRequest, ScrapeResponse,
 };
 use async_tungstenite::{
     tungstenite::{self, protocol::WebSocketConfig, Message},
     WebSocketStream,
 };
 use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
-use glommio::{
-    channels::local_channel::{self, LocalReceiver},
-    timer::sleep,
-};
-use hashbrown::HashSet;
+use glommio::{channels::local_channel::LocalReceiver, timer::sleep};
 
-use super::{accept_loop, within, Listener, OpenConnection};
+use super::{Listener, OpenConnection};
 use crate::{
-    executor::{Executor, LocalCopy},
-    metrics::{family, WS},
-    routing::SwarmKind,
-    swarm::{ConnectionRef, WsAnnounce, WsAnswer, WsOutgoing},
+    config::WsConfig,
+    metrics::{family, ExecutorStats, WS},
+    reload::LocalCopy,
+    router::Router,
+    swarm::{ConnectionPeers, ConnectionRef, Refusal, SwarmKind},
+    timing::within,
 };
 
 /// Bytes read from a connection at a time.
@@ -46,48 +43,59 @@ const READ_BUFFER: usize = 4096;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The WebSocket side of one executor.
-pub(crate) struct WsEndpoint {
+pub struct WsEndpoint {
     listener: Listener,
     tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
+    config: WsConfig,
+    router: Rc<Router>,
+    stats: Rc<ExecutorStats>,
     next_connection: Cell<u64>,
 }
 
 impl WsEndpoint {
-    pub(crate) fn new(
+    /// The endpoint around a listener bound by the main thread.
+    pub fn new(
         listener: socket2::Socket,
         tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
+        config: &crate::config::Config,
+        router: Rc<Router>,
+        stats: Rc<ExecutorStats>,
     ) -> Self {
         Self {
             listener: Listener::new(listener),
             tls,
+            config: config.ws.clone(),
+            router,
+            stats,
             next_connection: Cell::new(0),
         }
+    }
+
+    /// The listener (to stop accepting, and to count open connections).
+    pub fn listener(&self) -> &Listener {
+        &self.listener
     }
 }
 
 /// Accepts connections forever, one task each.
-pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
-    let max = ex.config.ws.max_connections_per_worker;
-    let refused = |ex: &Executor| ex.stats.ws_connections_refused.bump();
-    accept_loop(
-        &ex,
-        &endpoint.listener,
-        "ws",
-        max,
-        refused,
-        |stream, open| {
-            ex.stats.ws_connections_opened.bump();
+pub async fn run(endpoint: Rc<WsEndpoint>) {
+    let max = endpoint.config.max_connections_per_worker;
+    let refused = || endpoint.stats.ws_connections_refused.bump();
+    endpoint
+        .listener
+        .accept_loop("ws", max, refused, |stream, open| {
+            endpoint.stats.ws_connections_opened.bump();
             let id = endpoint.next_connection.get();
             endpoint.next_connection.set(id.wrapping_add(1));
             let connection = ConnectionRef {
-                executor: ex.id,
+                executor: endpoint.router.id(),
                 connection: id,
             };
             let tls = endpoint.tls.as_ref().map(|t| t.get());
-            let ex = ex.clone();
+            let endpoint = endpoint.clone();
             let ip_family = stream.peer_addr().map_or(0, |a| family(a.ip()));
             async move {
-                let config = &ex.config.ws;
+                let config = &endpoint.config;
                 let handshake_timeout = Duration::from_secs(config.handshake_timeout_secs);
                 // tungstenite's default 128 KiB read buffer per connection
                 // would dominate memory; tracker messages are small.
@@ -101,7 +109,7 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
                         let handshake =
                             async_tungstenite::accept_async_with_config(stream, Some(ws_config));
                         if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
-                            serve(&ex, ws, connection, ip_family, open).await;
+                            serve(&endpoint, ws, connection, ip_family, open).await;
                         }
                     }
                     Some(tls) => {
@@ -114,64 +122,57 @@ pub(crate) async fn run(ex: Rc<Executor>, endpoint: Rc<WsEndpoint>) {
                                 .await
                         };
                         if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
-                            serve(&ex, ws, connection, ip_family, open).await;
+                            serve(&endpoint, ws, connection, ip_family, open).await;
                         }
                     }
                 }
             }
-        },
-    )
-    .await;
+        })
+        .await;
 }
 
 /// Everything a connection's peers are, so they can leave when it closes.
 struct Registration<'a> {
-    ex: &'a Executor,
+    router: &'a Router,
     connection: ConnectionRef,
-    announced: HashSet<(InfoHash, PeerId)>,
+    peers: ConnectionPeers,
     _open: OpenConnection,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.ex.ws_open.set(self.ex.ws_open.get().saturating_sub(1));
-        self.ex
-            .ws_connections
-            .borrow_mut()
-            .remove(&self.connection.connection);
-        let peers: Vec<_> = self.announced.drain().collect();
+        self.router.ws_unregister(self.connection.connection);
+        let peers = self.peers.take();
         if !peers.is_empty() {
-            self.ex.ws_closed(self.connection, peers);
+            self.router.ws_closed(self.connection, peers);
         }
     }
 }
 
 enum Event {
     Incoming(Option<Result<Message, tungstenite::Error>>),
-    Outgoing(Option<WsOutgoing>),
+    Outgoing(Option<OwnedOutMessage>),
     Tick,
 }
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    ex: &Executor,
+    endpoint: &WsEndpoint,
     mut ws: WebSocketStream<S>,
     connection: ConnectionRef,
     ip_family: usize,
     open: OpenConnection,
 ) {
-    let (sender, queue): (_, LocalReceiver<WsOutgoing>) =
-        local_channel::new_bounded(ex.config.ws.outgoing_queue);
-    ex.ws_connections
-        .borrow_mut()
-        .insert(connection.connection, sender);
-    ex.ws_open.set(ex.ws_open.get() + 1);
+    let router = &*endpoint.router;
+    let stats = &endpoint.stats;
+    let queue: LocalReceiver<OwnedOutMessage> =
+        router.ws_register(connection.connection, endpoint.config.outgoing_queue);
     let mut registration = Registration {
-        ex,
+        router,
         connection,
-        announced: HashSet::new(),
+        peers: ConnectionPeers::default(),
         _open: open,
     };
-    let idle = Duration::from_secs(ex.config.ws.idle_timeout_secs);
+    let idle = Duration::from_secs(endpoint.config.idle_timeout_secs);
     let mut last_heard = Instant::now();
     let mut pinged = false;
     let mut out = Vec::with_capacity(512);
@@ -197,29 +198,24 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 pinged = false;
                 match message {
                     Message::Text(text) => {
-                        ex.stats.requests_by_family[WS][ip_family].bump();
+                        stats.requests_by_family[WS][ip_family].bump();
                         #[cfg(feature = "test-hooks")]
-                        if text.as_bytes() == crate::executor::TEST_PANIC_TRIGGER {
-                            panic!("test hook: panic requested in a ws connection task");
-                        }
-                        // Lets tests place connections on different executors.
-                        #[cfg(feature = "test-hooks")]
-                        if text.as_bytes() == b"aquatic-test-hook:executor" {
-                            out.clear();
-                            out.extend(format!("{{\"test_hook_executor\":{}}}", ex.id.0).bytes());
-                            let _ = send(
-                                &mut ws,
-                                Message::Text(String::from_utf8_lossy(&out).into_owned().into()),
-                            )
-                            .await;
-                            out.clear();
+                        if let Some(answer) = crate::hooks::ws_text(&text, router.id()) {
+                            let _ = send(&mut ws, Message::Text(answer.into())).await;
                             continue;
                         }
-                        handle_text(ex, &mut registration, &text, &mut out).await
+                        handle_text(endpoint, &mut registration, &text, &mut out).await
                     }
                     Message::Binary(_) => {
-                        ex.stats.bad_requests[WS].bump();
-                        write_error(&mut out, "binary messages are not supported", None, None)
+                        stats.bad_requests[WS].bump();
+                        write(
+                            &mut out,
+                            &OutMessage::Error(ErrorResponse {
+                                failure_reason: "binary messages are not supported",
+                                action: None,
+                                info_hash: None,
+                            }),
+                        )
                     }
                     Message::Close(_) => break,
                     // tungstenite answers pings itself; pongs only prove life.
@@ -229,14 +225,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Event::Incoming(Some(Err(err))) => {
                 log::debug!("ws connection {}: {err}", connection.connection);
                 if matches!(err, tungstenite::Error::Capacity(_)) {
-                    ex.stats.bad_requests[WS].bump();
+                    stats.bad_requests[WS].bump();
                 }
                 break;
             }
             Event::Incoming(None) => break,
-            Event::Outgoing(Some(message)) => {
-                write_outgoing(&message, ex.config.ws.announce_interval_secs, &mut out)
-            }
+            Event::Outgoing(Some(message)) => write(&mut out, &message.as_out_message()),
             Event::Outgoing(None) => break,
             Event::Tick => {
                 if last_heard.elapsed() >= 2 * idle {
@@ -257,7 +251,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             // serde_json writes UTF-8; the fallback never runs.
             let text = String::from_utf8(bytes)
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            ex.stats.ws_messages_out.bump();
+            stats.ws_messages_out.bump();
             if !send(&mut ws, Message::Text(text.into())).await {
                 break;
             }
@@ -280,164 +274,75 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Handles one client message; true if `out` holds a reply to send.
 async fn handle_text(
-    ex: &Executor,
+    endpoint: &WsEndpoint,
     registration: &mut Registration<'_>,
     text: &str,
     out: &mut Vec<u8>,
 ) -> bool {
+    let stats = &endpoint.stats;
     match InMessage::parse_text(text) {
         Ok(InMessage::Announce(request)) => {
-            ex.stats.ws_announce.bump();
-            announce(ex, registration, request, out)
+            stats.ws_announce.bump();
+            let info_hash = request.info_hash;
+            let connection = registration.connection;
+            let peers = &mut registration.peers;
+            match endpoint.router.ws_announce(request, connection, peers) {
+                // The response comes back through the queue, from the
+                // owning shard.
+                Ok(()) => false,
+                Err(refusal) => {
+                    count_refusal(stats, refusal);
+                    write_error(out, refusal, Some("announce"), Some(info_hash))
+                }
+            }
         }
         Ok(InMessage::Scrape(request)) => {
-            ex.stats.ws_scrape.bump();
-            scrape(ex, request, out).await
+            stats.ws_scrape.bump();
+            scrape(endpoint, request, out).await
         }
         Err(err) => {
-            ex.stats.bad_requests[WS].bump();
-            write_error(out, err.failure_reason(), None, None)
+            stats.bad_requests[WS].bump();
+            write(
+                out,
+                &OutMessage::Error(ErrorResponse {
+                    failure_reason: err.failure_reason(),
+                    action: None,
+                    info_hash: None,
+                }),
+            )
         }
     }
 }
 
-fn announce(
-    ex: &Executor,
-    registration: &mut Registration<'_>,
-    request: AnnounceRequest,
-    out: &mut Vec<u8>,
-) -> bool {
-    let info_hash = request.info_hash;
-    if !ex.access_list_allows(&info_hash) {
-        ex.stats.access_denied[WS].bump();
-        return write_error(
-            out,
-            "info hash not allowed",
-            Some("announce"),
-            Some(info_hash),
-        );
+fn count_refusal(stats: &ExecutorStats, refusal: Refusal) {
+    match refusal {
+        Refusal::NotAllowed => stats.access_denied[WS].bump(),
+        // A full scrape is a habit of some clients, not a bad request.
+        Refusal::FullScrape => {}
+        _ => stats.bad_requests[WS].bump(),
     }
-    let stopped = request.event == AnnounceEvent::Stopped;
-    let announced = &mut registration.announced;
-    // The JavaScript client shares one socket among all its torrents and
-    // clients, so one connection may hold several peers, even in one torrent.
-    let key = (info_hash, request.peer_id);
-    if stopped {
-        announced.remove(&key);
-    } else if announced.len() >= ex.config.ws.max_peers_per_connection && !announced.contains(&key)
-    {
-        ex.stats.bad_requests[WS].bump();
-        return write_error(
-            out,
-            "too many torrents on one connection",
-            Some("announce"),
-            Some(info_hash),
-        );
-    } else if request.answer.is_none() {
-        announced.insert(key);
-    }
-    let max_offers = ex.config.ws.max_offers;
-    let numwant = request.numwant.unwrap_or(max_offers).min(max_offers);
-    let answer = match (request.answer, request.to_peer_id, request.offer_id) {
-        (Some(answer), Some(to_peer_id), Some(offer_id)) => Some(WsAnswer {
-            to_peer_id,
-            offer_id,
-            answer,
-        }),
-        _ => None,
-    };
-    let offers = request
-        .offers
-        .unwrap_or_default()
-        .into_iter()
-        .take(numwant)
-        .map(|o| (o.offer_id, o.offer))
-        .collect();
-    ex.ws_announce(WsAnnounce {
-        info_hash,
-        peer_id: request.peer_id,
-        connection: registration.connection,
-        stopped,
-        completed: request.event == AnnounceEvent::Completed,
-        bytes_left: request.bytes_left,
-        offers,
-        numwant,
-        answer,
-    });
-    // The response comes back through the queue, from the owning shard.
-    false
 }
 
-async fn scrape(ex: &Executor, request: ScrapeRequest, out: &mut Vec<u8>) -> bool {
+async fn scrape(endpoint: &WsEndpoint, request: ScrapeRequest, out: &mut Vec<u8>) -> bool {
     let hashes = request.info_hashes;
-    if hashes.is_empty() {
-        return write_error(out, "full scrapes are not supported", Some("scrape"), None);
-    }
-    if hashes.len() > ex.config.tracker.max_scrape_torrents {
-        ex.stats.bad_requests[WS].bump();
-        return write_error(out, "too many info hashes", Some("scrape"), None);
-    }
-    if !hashes.iter().all(|h| ex.access_list_allows(h)) {
-        ex.stats.access_denied[WS].bump();
-        return write_error(out, "info hash not allowed", Some("scrape"), None);
-    }
-    let stats = ex.scrape(SwarmKind::Ws, &hashes).await;
-    let files: Vec<_> = hashes
-        .iter()
-        .zip(stats)
-        .map(|(hash, s)| {
-            (
-                *hash,
-                ScrapeStatistics {
-                    complete: s.seeders,
-                    incomplete: s.leechers,
-                    downloaded: s.completed as usize,
-                },
+    match endpoint.router.scrape(SwarmKind::Ws, &hashes).await {
+        Ok(parts) => {
+            // What arrived; a shard that did not answer in time is left out.
+            let files: Vec<_> = hashes
+                .iter()
+                .zip(parts)
+                .filter_map(|(hash, s)| Some((*hash, s?.into())))
+                .collect();
+            write(
+                out,
+                &OutMessage::ScrapeResponse(ScrapeResponse { files: &files }),
             )
-        })
-        .collect();
-    write(
-        out,
-        &OutMessage::ScrapeResponse(ScrapeResponse { files: &files }),
-    )
-}
-
-fn write_outgoing(message: &WsOutgoing, announce_interval: u32, out: &mut Vec<u8>) -> bool {
-    let message = match message {
-        WsOutgoing::AnnounceResponse {
-            info_hash,
-            complete,
-            incomplete,
-        } => OutMessage::AnnounceResponse(AnnounceResponse {
-            info_hash: *info_hash,
-            complete: *complete,
-            incomplete: *incomplete,
-            announce_interval,
-        }),
-        WsOutgoing::Offer {
-            info_hash,
-            peer_id,
-            offer_id,
-            offer,
-        } => OutMessage::Offer(OfferMessage {
-            info_hash: *info_hash,
-            peer_id: *peer_id,
-            offer_id: *offer_id,
-            offer,
-        }),
-        WsOutgoing::Answer {
-            info_hash,
-            peer_id,
-            offer_id,
-            answer,
-        } => OutMessage::Answer(AnswerMessage {
-            info_hash: *info_hash,
-            peer_id: *peer_id,
-            offer_id: *offer_id,
-            answer,
-        }),
-    };
-    write(out, &message)
+        }
+        Err(refusal) => {
+            count_refusal(&endpoint.stats, refusal);
+            write_error(out, refusal, Some("scrape"), None)
+        }
+    }
 }
 
 fn write(out: &mut Vec<u8>, message: &OutMessage<'_>) -> bool {
@@ -453,14 +358,14 @@ fn write(out: &mut Vec<u8>, message: &OutMessage<'_>) -> bool {
 
 fn write_error(
     out: &mut Vec<u8>,
-    reason: &str,
+    refusal: Refusal,
     action: Option<&'static str>,
     info_hash: Option<InfoHash>,
 ) -> bool {
     write(
         out,
         &OutMessage::Error(ErrorResponse {
-            failure_reason: reason,
+            failure_reason: refusal.failure_reason(),
             action,
             info_hash,
         }),

@@ -5,12 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aquatic_common::{
     swarm::{shrink_map_if_sparse, PeerStatus, Swarm, SwarmPeer},
     time::{SecondsSinceStart, ValidUntil},
-    InfoHash, PeerId,
+    AnnounceOutcome, InfoHash, PeerCounts, PeerId, ScrapeStats, SelectedPeer, SelectedPeers,
 };
 use hashbrown::HashMap;
 use rand::Rng;
-
-use crate::config::TrackerConfig;
 
 /// A peer as the swarm stores it: where to reach it and until when.
 #[derive(Clone, Copy, Debug)]
@@ -24,17 +22,6 @@ impl<A: Copy> SwarmPeer for BtPeer<A> {
     fn valid_until(&self) -> ValidUntil {
         self.valid_until
     }
-}
-
-/// A peer handed out in an announce response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BtPeerOut<A> {
-    /// The peer's id (HTTP non-compact responses carry it).
-    pub peer_id: PeerId,
-    /// Its address.
-    pub ip: A,
-    /// Its port.
-    pub port: u16,
 }
 
 /// Who a UDP or HTTP peer is: its id *and* its address. A stopped event or
@@ -66,19 +53,19 @@ impl Torrent {
         self.v4.is_empty() && self.v6.as_ref().is_none_or(|s| s.is_empty())
     }
 
-    fn seeders(&self) -> usize {
-        self.v4.seeders() + self.v6.as_ref().map_or(0, |s| s.seeders())
-    }
-
-    fn leechers(&self) -> usize {
-        self.v4.leechers() + self.v6.as_ref().map_or(0, |s| s.leechers())
+    fn counts(&self) -> PeerCounts {
+        let mut counts = self.v4.counts();
+        if let Some(v6) = &self.v6 {
+            counts += v6.counts();
+        }
+        counts
     }
 
     fn v6_mut(&mut self) -> &mut V6Swarm {
         self.v6.get_or_insert_with(Box::default)
     }
 
-    fn clean(&mut self, now: SecondsSinceStart) -> usize {
+    fn clean(&mut self, now: SecondsSinceStart) -> PeerCounts {
         let mut removed = self.v4.clean(now);
         if let Some(v6) = &mut self.v6 {
             removed += v6.clean(now);
@@ -90,7 +77,9 @@ impl Torrent {
     }
 }
 
-/// An announce, with the protocol details already taken off.
+/// A UDP or HTTP announce the tracker's rules accepted
+/// ([`Rules::bt_announce`](super::rules::Rules::bt_announce)): the only kind the
+/// shard applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BtAnnounce {
     /// The torrent.
@@ -111,26 +100,6 @@ pub struct BtAnnounce {
     pub numwant: usize,
 }
 
-/// Counts in an announce response; the peers go into the caller's vectors.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BtAnnounceOutcome {
-    /// Seeders of the torrent (both IP families).
-    pub seeders: usize,
-    /// Leechers of the torrent (both IP families).
-    pub leechers: usize,
-}
-
-/// Scrape figures of one torrent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ScrapeStats {
-    /// Peers with the whole torrent.
-    pub seeders: usize,
-    /// Peers still downloading.
-    pub leechers: usize,
-    /// Completed downloads seen.
-    pub completed: u32,
-}
-
 /// What one cleaning pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CleanReport {
@@ -144,78 +113,78 @@ pub struct CleanReport {
 #[derive(Default)]
 pub struct BtShard {
     torrents: HashMap<InfoHash, Torrent>,
+    /// Seeders and leechers over all torrents, kept as peers change.
+    counts: PeerCounts,
 }
 
 impl BtShard {
     /// Applies an announce and chooses peers for the reply: IPv4 requesters
-    /// get IPv4 peers in `out_v4`, IPv6 requesters IPv6 peers in `out_v6`.
-    /// The vectors are cleared first.
+    /// get IPv4 peers in `out.v4`, IPv6 requesters IPv6 peers in `out.v6`.
+    /// `out` is cleared first.
     pub fn announce<R: Rng + ?Sized>(
         &mut self,
-        config: &TrackerConfig,
+        peer_timeout: std::time::Duration,
         now: SecondsSinceStart,
         rng: &mut R,
         request: &BtAnnounce,
-        out_v4: &mut Vec<BtPeerOut<Ipv4Addr>>,
-        out_v6: &mut Vec<BtPeerOut<Ipv6Addr>>,
-    ) -> BtAnnounceOutcome {
-        out_v4.clear();
-        out_v6.clear();
+        out: &mut SelectedPeers,
+    ) -> AnnounceOutcome {
+        out.clear();
         let status =
             PeerStatus::from_announce(request.stopped, request.completed, request.bytes_left);
         if status == PeerStatus::Stopped && !self.torrents.contains_key(&request.info_hash) {
             // Never create a torrent just to record that a peer left it.
-            return BtAnnounceOutcome::default();
+            return AnnounceOutcome::default();
         }
         let torrent = self.torrents.entry(request.info_hash).or_default();
-        let valid_until = ValidUntil::after(now, config.peer_timeout());
+        let valid_until = ValidUntil::after(now, peer_timeout);
+        // One generic arm for both families: the IPv4 and IPv6 swarms
+        // differ only in their address type.
         let previous = match request.ip {
             IpAddr::V4(ip) => announce_in(
                 &mut torrent.v4,
                 rng,
                 request,
                 status,
-                BtPeer {
-                    ip,
-                    port: request.port,
-                    valid_until,
-                },
-                out_v4,
+                ip,
+                valid_until,
+                &mut out.v4,
             ),
             IpAddr::V6(ip) => announce_in(
                 torrent.v6_mut(),
                 rng,
                 request,
                 status,
-                BtPeer {
-                    ip,
-                    port: request.port,
-                    valid_until,
-                },
-                out_v6,
+                ip,
+                valid_until,
+                &mut out.v6,
             ),
         };
+        self.counts.change(previous, Some(status));
         if request.completed && previous != Some(PeerStatus::Seeding) {
             torrent.completed = torrent.completed.saturating_add(1);
         }
-        let outcome = BtAnnounceOutcome {
-            seeders: torrent.seeders(),
-            leechers: torrent.leechers(),
-        };
+        let counts = torrent.counts();
         if torrent.is_empty() {
             self.torrents.remove(&request.info_hash);
         }
-        outcome
+        AnnounceOutcome {
+            seeders: counts.seeders,
+            leechers: counts.leechers,
+        }
     }
 
     /// Scrape figures for one torrent (zeros when unknown).
     pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {
         self.torrents
             .get(info_hash)
-            .map_or_else(ScrapeStats::default, |t| ScrapeStats {
-                seeders: t.seeders(),
-                leechers: t.leechers(),
-                completed: t.completed,
+            .map_or_else(ScrapeStats::default, |t| {
+                let counts = t.counts();
+                ScrapeStats {
+                    seeders: counts.seeders,
+                    leechers: counts.leechers,
+                    completed: t.completed,
+                }
             })
     }
 
@@ -224,10 +193,13 @@ impl BtShard {
     pub fn clean(&mut self, now: SecondsSinceStart) -> CleanReport {
         let mut report = CleanReport::default();
         let before = self.torrents.len();
+        let mut removed = PeerCounts::default();
         self.torrents.retain(|_, t| {
-            report.peers_removed += t.clean(now);
+            removed += t.clean(now);
             !t.is_empty()
         });
+        self.counts.remove(removed);
+        report.peers_removed = removed.seeders + removed.leechers;
         report.torrents_removed = before - self.torrents.len();
         shrink_map_if_sparse(&mut self.torrents);
         report
@@ -238,11 +210,9 @@ impl BtShard {
         self.torrents.len()
     }
 
-    /// (seeders, leechers) over all torrents. Walks the map: for metrics, not the request path.
-    pub fn peer_counts(&self) -> (usize, usize) {
-        self.torrents
-            .values()
-            .fold((0, 0), |(s, l), t| (s + t.seeders(), l + t.leechers()))
+    /// Seeders and leechers over all torrents (kept as peers change: O(1)).
+    pub fn peer_counts(&self) -> PeerCounts {
+        self.counts
     }
 
     /// Slots allocated in the torrent map.
@@ -256,13 +226,19 @@ fn announce_in<A: Copy + Eq + std::hash::Hash, R: Rng + ?Sized>(
     rng: &mut R,
     request: &BtAnnounce,
     status: PeerStatus,
-    peer: BtPeer<A>,
-    out: &mut Vec<BtPeerOut<A>>,
+    ip: A,
+    valid_until: ValidUntil,
+    out: &mut Vec<SelectedPeer<A>>,
 ) -> Option<PeerStatus> {
+    let peer = BtPeer {
+        ip,
+        port: request.port,
+        valid_until,
+    };
     let key = BtPeerKey {
         peer_id: request.peer_id,
-        ip: peer.ip,
-        port: peer.port,
+        ip,
+        port: request.port,
     };
     let previous = swarm.upsert(key, peer, status);
     if status != PeerStatus::Stopped {
@@ -272,9 +248,9 @@ fn announce_in<A: Copy + Eq + std::hash::Hash, R: Rng + ?Sized>(
             status == PeerStatus::Seeding,
             request.numwant,
             |key, p| {
-                out.push(BtPeerOut {
+                out.push(SelectedPeer {
                     peer_id: key.peer_id,
-                    ip: p.ip,
+                    ip_address: p.ip,
                     port: p.port,
                 })
             },
@@ -303,30 +279,27 @@ mod tests {
 
     struct Fixture {
         shard: BtShard,
-        config: TrackerConfig,
+        peer_timeout: std::time::Duration,
         rng: SmallRng,
-        v4: Vec<BtPeerOut<Ipv4Addr>>,
-        v6: Vec<BtPeerOut<Ipv6Addr>>,
+        out: SelectedPeers,
     }
 
     impl Fixture {
         fn new() -> Self {
             Self {
                 shard: BtShard::default(),
-                config: TrackerConfig::default(),
+                peer_timeout: std::time::Duration::from_secs(3600),
                 rng: SmallRng::seed_from_u64(3),
-                v4: vec![],
-                v6: vec![],
+                out: SelectedPeers::default(),
             }
         }
-        fn run(&mut self, now: u32, req: &BtAnnounce) -> BtAnnounceOutcome {
+        fn run(&mut self, now: u32, req: &BtAnnounce) -> AnnounceOutcome {
             self.shard.announce(
-                &self.config,
+                self.peer_timeout,
                 SecondsSinceStart(now),
                 &mut self.rng,
                 req,
-                &mut self.v4,
-                &mut self.v6,
+                &mut self.out,
             )
         }
     }
@@ -342,17 +315,17 @@ mod tests {
         let out = f.run(0, &announce(3, V4, 10));
         assert_eq!(
             out,
-            BtAnnounceOutcome {
+            AnnounceOutcome {
                 seeders: 1,
                 leechers: 2
             }
         );
-        assert_eq!(f.v4.len(), 1);
-        assert_eq!(f.v4[0].peer_id, PeerId([1; 20]));
-        assert!(f.v6.is_empty());
+        assert_eq!(f.out.v4.len(), 1);
+        assert_eq!(f.out.v4[0].peer_id, PeerId([1; 20]));
+        assert!(f.out.v6.is_empty());
         f.run(0, &announce(4, V6, 10));
-        assert_eq!(f.v6.len(), 1);
-        assert_eq!(f.v6[0].port, 1002);
+        assert_eq!(f.out.v6.len(), 1);
+        assert_eq!(f.out.v6[0].port, 1002);
     }
 
     #[test]
@@ -405,7 +378,7 @@ mod tests {
     #[test]
     fn clean_expires_peers_and_torrents() {
         let mut f = Fixture::new();
-        f.config.peer_timeout_secs = 10;
+        f.peer_timeout = std::time::Duration::from_secs(10);
         f.run(0, &announce(1, V4, 10));
         f.run(5, &announce(2, V4, 10));
         assert_eq!(
@@ -424,12 +397,50 @@ mod tests {
             }
         );
         assert_eq!(f.shard.torrents(), 0);
+        assert_eq!(f.shard.peer_counts(), PeerCounts::default());
+    }
+
+    #[test]
+    fn counts_are_kept_as_peers_change() {
+        let mut f = Fixture::new();
+        f.peer_timeout = std::time::Duration::from_secs(10);
+        f.run(0, &announce(1, V4, 10));
+        f.run(0, &announce(2, V6, 0));
+        f.run(5, &announce(3, V4, 10));
+        let mut moved = announce(1, V4, 0);
+        moved.completed = true;
+        f.run(5, &moved);
+        assert_eq!(
+            f.shard.peer_counts(),
+            PeerCounts {
+                seeders: 2,
+                leechers: 1
+            }
+        );
+        f.shard.clean(SecondsSinceStart(12));
+        assert_eq!(
+            f.shard.peer_counts(),
+            PeerCounts {
+                seeders: 1,
+                leechers: 1
+            }
+        );
+        let mut stop = announce(3, V4, 10);
+        stop.stopped = true;
+        f.run(12, &stop);
+        assert_eq!(
+            f.shard.peer_counts(),
+            PeerCounts {
+                seeders: 1,
+                leechers: 0
+            }
+        );
     }
 
     #[test]
     fn torrent_map_shrinks_after_traffic_drops() {
         let mut f = Fixture::new();
-        f.config.peer_timeout_secs = 1;
+        f.peer_timeout = std::time::Duration::from_secs(1);
         for i in 0..5000u32 {
             let mut a = announce(1, V4, 1);
             a.info_hash.0[..4].copy_from_slice(&i.to_be_bytes());

@@ -1,13 +1,34 @@
-//! The synchronous shard: the torrents one executor owns.
+//! The tracker's rules and swarms: everything a request does to the
+//! torrents, synchronous and deterministic.
+//!
+//! ```text
+//!   wire request ──> rules.rs (Rules): access list, port, left, numwant,
+//!                    scrape size, per-connection peer cap ──> Refusal?
+//!                         │ validated BtAnnounce / WsAnnounce
+//!                         v
+//!   bt.rs  BtShard: UDP and HTTP peers of a torrent in one swarm per family
+//!   ws.rs  WsShard: WebTorrent peers, offers and answers to relay
+//! ```
 //!
 //! Everything here is plain data and functions of `(now, rng, request)`:
-//! no sockets, no `.await`, no channels. The glommio tasks in `net/` and
-//! `server.rs` hand requests in and send the outcomes out. UDP and HTTP
-//! announces land in the same [`BtShard`], so clients of either protocol
-//! see each other's peers.
+//! no sockets, no `.await`, no channels, no glommio. The shard host above
+//! feeds requests in; what comes out are protocol-neutral results
+//! (`aquatic_common::{AnnounceOutcome, SelectedPeers, ScrapeStats}`) or the
+//! WebTorrent protocol's own messages.
 
 mod bt;
+mod rules;
 mod ws;
 
-pub use bt::{BtAnnounce, BtAnnounceOutcome, BtPeerOut, BtShard, CleanReport, ScrapeStats};
-pub use ws::{ConnectionRef, WsAnnounce, WsAnswer, WsOutgoing, WsShard};
+pub use bt::{BtAnnounce, BtShard, CleanReport};
+pub use rules::{AnnounceInput, ConnectionPeers, Limits, Refusal, Rules};
+pub use ws::{ConnectionRef, WsAnnounce, WsAnswer, WsShard, WsTiming};
+
+/// Which swarms a scrape reads: BitTorrent (UDP and HTTP) or WebTorrent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwarmKind {
+    /// UDP and HTTP peers.
+    Bt,
+    /// WebSocket peers.
+    Ws,
+}

@@ -2,21 +2,23 @@
 //!
 //! A WebTorrent peer is not an address but a WebSocket connection, which
 //! lives on whichever executor accepted it. The swarm records that
-//! connection ([`ConnectionRef`]); offers and answers are handed to a
-//! `deliver` callback with the connection they are for, and the executor
-//! routes them there, locally or over the mesh.
+//! connection ([`ConnectionRef`]); offers, answers and announce responses
+//! are handed to a `deliver` callback as the protocol crate's own
+//! [`OwnedOutMessage`], with the connection they are for, and the router
+//! takes them there, locally or over the mesh.
+
+use std::time::Duration;
 
 use aquatic_common::{
     swarm::{shrink_map_if_sparse, PeerStatus, Swarm, SwarmPeer},
     time::{SecondsSinceStart, ValidUntil},
-    InfoHash, PeerId, ShardId,
+    InfoHash, PeerCounts, PeerId, ScrapeStats, ShardId,
 };
-use aquatic_ws_protocol::{OfferId, RtcPayload};
+use aquatic_ws_protocol::{AnnounceResponse, OfferId, OwnedOutMessage, RtcPayload};
 use hashbrown::HashMap;
 use rand::Rng;
 
-use super::{CleanReport, ScrapeStats};
-use crate::config::TrackerConfig;
+use super::bt::CleanReport;
 
 /// Names one WebSocket connection in the whole process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -50,7 +52,8 @@ pub struct WsAnswer {
     pub answer: RtcPayload,
 }
 
-/// A WebTorrent announce, with the JSON taken off.
+/// A WebTorrent announce the tracker's rules accepted
+/// ([`Rules::ws_announce`](super::rules::Rules::ws_announce)).
 #[derive(Debug)]
 pub struct WsAnnounce {
     /// The torrent.
@@ -73,42 +76,6 @@ pub struct WsAnnounce {
     pub answer: Option<WsAnswer>,
 }
 
-/// What a shard sends to a WebSocket connection.
-#[derive(Debug)]
-pub enum WsOutgoing {
-    /// Counts for the announcing peer.
-    AnnounceResponse {
-        /// The torrent.
-        info_hash: InfoHash,
-        /// Seeders.
-        complete: usize,
-        /// Leechers.
-        incomplete: usize,
-    },
-    /// Another peer's offer.
-    Offer {
-        /// The torrent.
-        info_hash: InfoHash,
-        /// The peer that made the offer.
-        peer_id: PeerId,
-        /// The offer's id.
-        offer_id: OfferId,
-        /// The SDP offer, verbatim.
-        offer: RtcPayload,
-    },
-    /// The answer to an offer this connection's peer made.
-    Answer {
-        /// The torrent.
-        info_hash: InfoHash,
-        /// The peer that answered.
-        peer_id: PeerId,
-        /// The offer answered.
-        offer_id: OfferId,
-        /// The SDP answer, verbatim.
-        answer: RtcPayload,
-    },
-}
-
 #[derive(Default)]
 struct Torrent {
     peers: Swarm<WsPeer>,
@@ -119,6 +86,17 @@ struct Torrent {
 #[derive(Default)]
 pub struct WsShard {
     torrents: HashMap<InfoHash, Torrent>,
+    /// Seeders and leechers over all torrents, kept as peers change.
+    counts: PeerCounts,
+}
+
+/// How long WebTorrent peers live and what interval they are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WsTiming {
+    /// Peers silent this long expire.
+    pub peer_timeout: Duration,
+    /// The interval in announce responses.
+    pub announce_interval: u32,
 }
 
 impl WsShard {
@@ -127,11 +105,11 @@ impl WsShard {
     /// announcer's own response.
     pub fn announce<R: Rng + ?Sized>(
         &mut self,
-        config: &TrackerConfig,
+        timing: WsTiming,
         now: SecondsSinceStart,
         rng: &mut R,
         request: WsAnnounce,
-        mut deliver: impl FnMut(ConnectionRef, WsOutgoing),
+        mut deliver: impl FnMut(ConnectionRef, OwnedOutMessage),
     ) {
         let WsAnnounce {
             info_hash,
@@ -144,7 +122,15 @@ impl WsShard {
             numwant,
             answer,
         } = request;
-        let valid_until = ValidUntil::after(now, config.peer_timeout());
+        let valid_until = ValidUntil::after(now, timing.peer_timeout);
+        let response = |info_hash, counts: PeerCounts| {
+            OwnedOutMessage::AnnounceResponse(AnnounceResponse {
+                info_hash,
+                complete: counts.seeders,
+                incomplete: counts.leechers,
+                announce_interval: timing.announce_interval,
+            })
+        };
         if let Some(answer) = answer {
             // An answer is a relay, not an announce: the JavaScript client
             // sends it without `left` or `event`, so it must not change the
@@ -164,7 +150,7 @@ impl WsShard {
             if let Some((to, _)) = torrent.peers.get(&answer.to_peer_id) {
                 deliver(
                     to.connection,
-                    WsOutgoing::Answer {
+                    OwnedOutMessage::Answer {
                         info_hash,
                         peer_id,
                         offer_id: answer.offer_id,
@@ -177,14 +163,7 @@ impl WsShard {
 
         let status = PeerStatus::from_announce(stopped, completed, bytes_left);
         if status == PeerStatus::Stopped && !self.torrents.contains_key(&info_hash) {
-            deliver(
-                connection,
-                WsOutgoing::AnnounceResponse {
-                    info_hash,
-                    complete: 0,
-                    incomplete: 0,
-                },
-            );
+            deliver(connection, response(info_hash, PeerCounts::default()));
             return;
         }
         let torrent = self.torrents.entry(info_hash).or_default();
@@ -193,6 +172,7 @@ impl WsShard {
             valid_until,
         };
         let previous = torrent.peers.upsert(peer_id, peer, status);
+        self.counts.change(previous, Some(status));
         if completed && previous != Some(PeerStatus::Seeding) {
             torrent.completed = torrent.completed.saturating_add(1);
         }
@@ -208,7 +188,7 @@ impl WsShard {
                     if let Some((offer_id, offer)) = offers.next() {
                         deliver(
                             other.connection,
-                            WsOutgoing::Offer {
+                            OwnedOutMessage::Offer {
                                 info_hash,
                                 peer_id,
                                 offer_id,
@@ -219,14 +199,7 @@ impl WsShard {
                 },
             );
         }
-        deliver(
-            connection,
-            WsOutgoing::AnnounceResponse {
-                info_hash,
-                complete: torrent.peers.seeders(),
-                incomplete: torrent.peers.leechers(),
-            },
-        );
+        deliver(connection, response(info_hash, torrent.peers.counts()));
         if torrent.peers.is_empty() {
             self.torrents.remove(&info_hash);
         }
@@ -243,12 +216,13 @@ impl WsShard {
         let Some(torrent) = self.torrents.get_mut(info_hash) else {
             return;
         };
-        if torrent
+        if let Some(status) = torrent
             .peers
             .get(peer_id)
-            .is_some_and(|(p, _)| p.connection == connection)
+            .and_then(|(p, status)| (p.connection == connection).then_some(status))
         {
             torrent.peers.remove(peer_id);
+            self.counts.change(Some(status), None);
             if torrent.peers.is_empty() {
                 self.torrents.remove(info_hash);
             }
@@ -270,10 +244,13 @@ impl WsShard {
     pub fn clean(&mut self, now: SecondsSinceStart) -> CleanReport {
         let mut report = CleanReport::default();
         let before = self.torrents.len();
+        let mut removed = PeerCounts::default();
         self.torrents.retain(|_, t| {
-            report.peers_removed += t.peers.clean(now);
+            removed += t.peers.clean(now);
             !t.peers.is_empty()
         });
+        self.counts.remove(removed);
+        report.peers_removed = removed.seeders + removed.leechers;
         report.torrents_removed = before - self.torrents.len();
         shrink_map_if_sparse(&mut self.torrents);
         report
@@ -284,11 +261,9 @@ impl WsShard {
         self.torrents.len()
     }
 
-    /// Seeders and leechers over all torrents.
-    pub fn peer_counts(&self) -> (usize, usize) {
-        self.torrents.values().fold((0, 0), |(s, l), t| {
-            (s + t.peers.seeders(), l + t.peers.leechers())
-        })
+    /// Seeders and leechers over all torrents (kept as peers change: O(1)).
+    pub fn peer_counts(&self) -> PeerCounts {
+        self.counts
     }
 
     /// Capacity of the torrent map (to watch it shrink).
@@ -329,18 +304,18 @@ mod tests {
         }
     }
 
-    type Delivered = Vec<(ConnectionRef, WsOutgoing)>;
+    type Delivered = Vec<(ConnectionRef, OwnedOutMessage)>;
 
     fn run(shard: &mut WsShard, request: WsAnnounce) -> Delivered {
         let mut out = Vec::new();
         let mut rng = SmallRng::seed_from_u64(1);
-        shard.announce(
-            &TrackerConfig::default(),
-            SecondsSinceStart(0),
-            &mut rng,
-            request,
-            |c, m| out.push((c, m)),
-        );
+        let timing = WsTiming {
+            peer_timeout: Duration::from_secs(3600),
+            announce_interval: 120,
+        };
+        shard.announce(timing, SecondsSinceStart(0), &mut rng, request, |c, m| {
+            out.push((c, m))
+        });
         out
     }
 
@@ -352,7 +327,7 @@ mod tests {
         assert_eq!(first.len(), 1);
         assert!(matches!(
             first[0].1,
-            WsOutgoing::AnnounceResponse { incomplete: 1, .. }
+            OwnedOutMessage::AnnounceResponse(AnnounceResponse { incomplete: 1, .. })
         ));
 
         let second = run(&mut shard, announce(2, vec![offer(7), offer(8)]));
@@ -361,7 +336,7 @@ mod tests {
         match &second[0] {
             (
                 to,
-                WsOutgoing::Offer {
+                OwnedOutMessage::Offer {
                     peer_id,
                     offer_id,
                     offer,
@@ -376,7 +351,7 @@ mod tests {
             other => panic!("expected an offer, got {other:?}"),
         }
         assert!(
-            matches!(second[1], (c, WsOutgoing::AnnounceResponse { incomplete: 2, .. }) if c == conn(2))
+            matches!(second[1], (c, OwnedOutMessage::AnnounceResponse(AnnounceResponse { incomplete: 2, .. })) if c == conn(2))
         );
 
         let mut answer = announce(1, Vec::new());
@@ -389,7 +364,7 @@ mod tests {
         let relayed = run(&mut shard, answer);
         assert_eq!(relayed.len(), 1, "an answer gets no announce response");
         assert!(
-            matches!(&relayed[0], (c, WsOutgoing::Answer { peer_id, .. }) if *c == conn(2) && *peer_id == PeerId([1; 20]))
+            matches!(&relayed[0], (c, OwnedOutMessage::Answer { peer_id, .. }) if *c == conn(2) && *peer_id == PeerId([1; 20]))
         );
         assert_eq!(shard.scrape(&InfoHash([1; 20])).leechers, 2);
     }
@@ -406,6 +381,7 @@ mod tests {
         assert_eq!(shard.scrape(&hash).leechers, 1);
         shard.disconnect(&hash, &PeerId([2; 20]), conn(2));
         assert_eq!(shard.torrents(), 0, "empty torrents go at once");
+        assert_eq!(shard.peer_counts(), PeerCounts::default());
     }
 
     #[test]
@@ -419,7 +395,7 @@ mod tests {
         let out = run(&mut shard, request);
         let offers = out
             .iter()
-            .filter(|(_, m)| matches!(m, WsOutgoing::Offer { .. }))
+            .filter(|(_, m)| matches!(m, OwnedOutMessage::Offer { .. }))
             .count();
         assert_eq!(offers, 2);
     }

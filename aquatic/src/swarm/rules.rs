@@ -1,0 +1,368 @@
+//! The tracker's rules for requests, once for every protocol.
+//!
+//! A socket adapter turns its wire request into one of the neutral inputs
+//! here ([`AnnounceInput`] for UDP and HTTP, a WebTorrent
+//! [`AnnounceRequest`](aquatic_ws_protocol::AnnounceRequest), a list of
+//! info hashes for a scrape) and [`Rules`] decides: a validated request the
+//! shard may apply, or a [`Refusal`] whose text the client gets. The access
+//! list, the port, `left`, numwant, scrape sizes and the per-connection
+//! peer cap are checked here and nowhere else.
+
+use std::{net::IpAddr, sync::Arc};
+
+use aquatic_common::{access_list::AccessList, InfoHash, PeerId};
+use hashbrown::HashSet;
+
+use super::{
+    bt::BtAnnounce,
+    ws::{ConnectionRef, WsAnnounce, WsAnswer},
+};
+
+/// Why a request is refused. The display text is the failure reason the
+/// client reads; it is part of the wire protocol and never changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The access list does not let the info hash (or one of a scrape's
+    /// hashes) through.
+    #[error("info hash not allowed")]
+    NotAllowed,
+    /// A BitTorrent announce for port 0: nobody could connect to the peer.
+    #[error("invalid port")]
+    InvalidPort,
+    /// A WebSocket connection already announced as many peers as allowed.
+    #[error("too many torrents on one connection")]
+    TooManyPeersOnConnection,
+    /// A scrape for more torrents than allowed.
+    #[error("too many info hashes")]
+    TooManyInfoHashes,
+    /// A scrape for no torrent at all (a "full scrape").
+    #[error("full scrapes are not supported")]
+    FullScrape,
+}
+
+impl Refusal {
+    /// The text the client gets.
+    pub fn failure_reason(self) -> &'static str {
+        match self {
+            Self::NotAllowed => "info hash not allowed",
+            Self::InvalidPort => "invalid port",
+            Self::TooManyPeersOnConnection => "too many torrents on one connection",
+            Self::TooManyInfoHashes => "too many info hashes",
+            Self::FullScrape => "full scrapes are not supported",
+        }
+    }
+}
+
+/// A UDP or HTTP announce as the protocol crates parse it, before the
+/// tracker's rules: the adapters fill it from the wire and nothing else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnnounceInput {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// The announcing peer.
+    pub peer_id: PeerId,
+    /// The source address, canonical. Any address inside the request is
+    /// ignored: honouring it would let anyone point a swarm at a third party.
+    pub ip: IpAddr,
+    /// The port the peer says it listens on.
+    pub port: u16,
+    /// The `stopped` event.
+    pub stopped: bool,
+    /// The `completed` event.
+    pub completed: bool,
+    /// `left` as sent: UDP's is signed, HTTP's may be absent.
+    pub bytes_left: Option<i64>,
+    /// Peers wanted, if the client said (UDP's -1 and 0 mean "not said").
+    pub numwant: Option<usize>,
+}
+
+impl AnnounceInput {
+    /// A BEP 15 announce from `ip`.
+    pub fn udp(request: &aquatic_udp_protocol::AnnounceRequest, ip: IpAddr) -> Self {
+        use aquatic_udp_protocol::AnnounceEvent;
+        Self {
+            info_hash: request.info_hash,
+            peer_id: request.peer_id,
+            ip,
+            port: request.port,
+            stopped: request.event == AnnounceEvent::Stopped,
+            completed: request.event == AnnounceEvent::Completed,
+            bytes_left: Some(request.bytes_left),
+            numwant: usize::try_from(request.peers_wanted)
+                .ok()
+                .filter(|&n| n > 0),
+        }
+    }
+
+    /// A BEP 3 announce from `ip`.
+    pub fn http(request: &aquatic_http_protocol::AnnounceRequest, ip: IpAddr) -> Self {
+        use aquatic_http_protocol::AnnounceEvent;
+        Self {
+            info_hash: request.info_hash,
+            peer_id: request.peer_id,
+            ip,
+            port: request.port,
+            stopped: request.event == AnnounceEvent::Stopped,
+            completed: request.event == AnnounceEvent::Completed,
+            bytes_left: request
+                .bytes_left
+                .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            numwant: request.numwant,
+        }
+    }
+}
+
+/// The limits the rules apply, taken from the configuration once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Peers returned when the client does not say.
+    pub default_numwant: usize,
+    /// Most peers returned.
+    pub max_numwant: usize,
+    /// Most info hashes in one scrape.
+    pub max_scrape_torrents: usize,
+    /// Most offers relayed for one WebTorrent announce.
+    pub max_offers: usize,
+    /// Most (torrent, peer id) pairs one WebSocket connection may announce.
+    pub max_peers_per_connection: usize,
+}
+
+impl Limits {
+    /// The limits of a validated configuration.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            default_numwant: config.tracker.default_numwant,
+            max_numwant: config.tracker.max_numwant,
+            max_scrape_torrents: config.tracker.max_scrape_torrents,
+            max_offers: config.ws.max_offers,
+            max_peers_per_connection: config.ws.max_peers_per_connection,
+        }
+    }
+}
+
+/// The rules one executor applies: its limits and its copy of the access
+/// list (replaced when the list is reloaded).
+pub struct Rules {
+    limits: Limits,
+    access_list: Arc<AccessList>,
+}
+
+impl Rules {
+    /// Rules with `limits` and `access_list`.
+    pub fn new(limits: Limits, access_list: Arc<AccessList>) -> Self {
+        Self {
+            limits,
+            access_list,
+        }
+    }
+
+    /// Takes a reloaded access list.
+    pub fn set_access_list(&mut self, access_list: Arc<AccessList>) {
+        self.access_list = access_list;
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn allowed(&self, info_hash: &InfoHash) -> Result<(), Refusal> {
+        if self.access_list.allows(info_hash) {
+            Ok(())
+        } else {
+            Err(Refusal::NotAllowed)
+        }
+    }
+
+    /// Validates a UDP or HTTP announce.
+    ///
+    /// A negative `left` (BEP 15's field is signed) says nothing true about
+    /// the peer, so it counts as unknown: a leecher, unless `completed`.
+    pub fn bt_announce(&self, input: AnnounceInput) -> Result<BtAnnounce, Refusal> {
+        self.allowed(&input.info_hash)?;
+        if input.port == 0 {
+            return Err(Refusal::InvalidPort);
+        }
+        Ok(BtAnnounce {
+            info_hash: input.info_hash,
+            peer_id: input.peer_id,
+            ip: input.ip,
+            port: input.port,
+            stopped: input.stopped,
+            completed: input.completed,
+            bytes_left: input.bytes_left.and_then(|n| u64::try_from(n).ok()),
+            numwant: input
+                .numwant
+                .unwrap_or(self.limits.default_numwant)
+                .min(self.limits.max_numwant),
+        })
+    }
+
+    /// Validates a scrape of `info_hashes` (any protocol).
+    pub fn scrape(
+        &self,
+        info_hashes: impl ExactSizeIterator<Item = InfoHash>,
+    ) -> Result<(), Refusal> {
+        if info_hashes.len() == 0 {
+            return Err(Refusal::FullScrape);
+        }
+        if info_hashes.len() > self.limits.max_scrape_torrents {
+            return Err(Refusal::TooManyInfoHashes);
+        }
+        for hash in info_hashes {
+            self.allowed(&hash)?;
+        }
+        Ok(())
+    }
+
+    /// Validates a WebTorrent announce arriving on `connection`, and
+    /// records it in the connection's `peers` so that they leave their
+    /// swarms when it closes.
+    pub fn ws_announce(
+        &self,
+        request: aquatic_ws_protocol::AnnounceRequest,
+        connection: ConnectionRef,
+        peers: &mut ConnectionPeers,
+    ) -> Result<WsAnnounce, Refusal> {
+        use aquatic_ws_protocol::AnnounceEvent;
+        let info_hash = request.info_hash;
+        self.allowed(&info_hash)?;
+        let stopped = request.event == AnnounceEvent::Stopped;
+        // The JavaScript client shares one socket among all its torrents
+        // and clients, so one connection may hold several peers, even in
+        // one torrent.
+        let key = (info_hash, request.peer_id);
+        if stopped {
+            peers.announced.remove(&key);
+        } else if peers.announced.len() >= self.limits.max_peers_per_connection
+            && !peers.announced.contains(&key)
+        {
+            return Err(Refusal::TooManyPeersOnConnection);
+        } else if request.answer.is_none() {
+            peers.announced.insert(key);
+        }
+        let max_offers = self.limits.max_offers;
+        let numwant = request.numwant.unwrap_or(max_offers).min(max_offers);
+        let answer = match (request.answer, request.to_peer_id, request.offer_id) {
+            (Some(answer), Some(to_peer_id), Some(offer_id)) => Some(WsAnswer {
+                to_peer_id,
+                offer_id,
+                answer,
+            }),
+            _ => None,
+        };
+        let offers = request
+            .offers
+            .unwrap_or_default()
+            .into_iter()
+            .take(numwant)
+            .map(|o| (o.offer_id, o.offer))
+            .collect();
+        Ok(WsAnnounce {
+            info_hash,
+            peer_id: request.peer_id,
+            connection,
+            stopped,
+            completed: request.event == AnnounceEvent::Completed,
+            bytes_left: request.bytes_left,
+            offers,
+            numwant,
+            answer,
+        })
+    }
+}
+
+/// The peers one WebSocket connection announced, so that they can leave
+/// every swarm when it closes.
+#[derive(Debug, Default)]
+pub struct ConnectionPeers {
+    announced: HashSet<(InfoHash, PeerId)>,
+}
+
+impl ConnectionPeers {
+    /// Every (torrent, peer id) pair announced and not stopped, emptying
+    /// the record.
+    pub fn take(&mut self) -> Vec<(InfoHash, PeerId)> {
+        self.announced.drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aquatic_common::access_list::AccessListMode;
+
+    fn rules(list: &str, mode: AccessListMode) -> Rules {
+        let limits = Limits::from_config(&crate::config::Config::default());
+        let list = AccessList::parse(mode, list).expect("list");
+        Rules::new(limits, Arc::new(list))
+    }
+
+    fn input() -> AnnounceInput {
+        AnnounceInput {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([2; 20]),
+            ip: IpAddr::from([127, 0, 0, 1]),
+            port: 6881,
+            stopped: false,
+            completed: false,
+            bytes_left: Some(10),
+            numwant: None,
+        }
+    }
+
+    #[test]
+    fn announces_are_validated_once_for_every_protocol() {
+        let r = rules("", AccessListMode::Off);
+        let ok = r.bt_announce(input()).expect("valid");
+        assert_eq!((ok.numwant, ok.bytes_left), (50, Some(10)));
+        let port0 = AnnounceInput { port: 0, ..input() };
+        assert_eq!(r.bt_announce(port0), Err(Refusal::InvalidPort));
+        let negative = AnnounceInput {
+            bytes_left: Some(-1),
+            ..input()
+        };
+        assert_eq!(r.bt_announce(negative).expect("valid").bytes_left, None);
+        let greedy = AnnounceInput {
+            numwant: Some(usize::MAX),
+            ..input()
+        };
+        assert_eq!(r.bt_announce(greedy).expect("valid").numwant, 100);
+    }
+
+    #[test]
+    fn access_list_applies_to_announces_and_every_scraped_hash() {
+        let allowed = "0101010101010101010101010101010101010101\n";
+        let r = rules(allowed, AccessListMode::Allow);
+        assert!(r.bt_announce(input()).is_ok());
+        let other = AnnounceInput {
+            info_hash: InfoHash([9; 20]),
+            ..input()
+        };
+        assert_eq!(r.bt_announce(other), Err(Refusal::NotAllowed));
+        assert!(r.scrape([InfoHash([1; 20])].into_iter()).is_ok());
+        assert_eq!(
+            r.scrape([InfoHash([1; 20]), InfoHash([9; 20])].into_iter()),
+            Err(Refusal::NotAllowed)
+        );
+        assert_eq!(r.scrape(std::iter::empty()), Err(Refusal::FullScrape));
+        assert_eq!(
+            r.scrape(vec![InfoHash([1; 20]); 71].into_iter()),
+            Err(Refusal::TooManyInfoHashes)
+        );
+    }
+
+    #[test]
+    fn refusal_texts_are_the_wire_texts() {
+        for r in [
+            Refusal::NotAllowed,
+            Refusal::InvalidPort,
+            Refusal::TooManyPeersOnConnection,
+            Refusal::TooManyInfoHashes,
+            Refusal::FullScrape,
+        ] {
+            assert_eq!(r.to_string(), r.failure_reason());
+        }
+    }
+}
