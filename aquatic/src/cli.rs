@@ -1,8 +1,8 @@
-//! Command line: flags in, a validated [`Config`] (or a printout) out.
+//! Command line: flags in, a [`ValidConfig`] (or a printout) out.
 
 use std::{path::PathBuf, process::ExitCode};
 
-use crate::config::{Config, DEFAULT_CONFIG_TOML};
+use crate::config::{Config, ValidConfig, DEFAULT_CONFIG_TOML};
 
 const HELP: &str = "\
 aquatic: a BitTorrent tracker for UDP (BEP 15), HTTP(S) and WebTorrent
@@ -68,10 +68,12 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Action, String> {
     })
 }
 
-fn load(path: Option<PathBuf>) -> Result<Config, String> {
+/// The file's configuration, or the defaults. An invalid file's message
+/// lists every problem, one `path: key: reason` line each.
+fn load(path: Option<PathBuf>) -> Result<ValidConfig, String> {
     match path {
         Some(path) => Config::load(&path).map_err(|e| e.to_string()),
-        None => Ok(Config::default()),
+        None => Ok(ValidConfig::default()),
     }
 }
 
@@ -125,7 +127,8 @@ pub fn main() -> ExitCode {
     {
         eprintln!("aquatic: cannot start logging: {err}");
     }
-    match crate::server::run(config) {
+    // server::run still takes a plain Config; it will take the ValidConfig.
+    match crate::server::run(config.into_inner()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{err:#}");

@@ -3,9 +3,19 @@
 //! `default_config.toml` is both the source of every default and the
 //! commented text `--print-config` prints; a test checks that it parses to
 //! exactly `Config::default()`, so the two cannot drift apart.
+//!
+//! [`Config`] is the raw serde tree, exactly as the file spells it.
+//! [`Config::validate`] checks what serde cannot (every number has a lower
+//! and an upper bound, some keys go together) and collects every problem
+//! at once, each with its dotted key, so an operator fixes a file in one
+//! pass. What comes out is a [`ValidConfig`], the only thing the runtime
+//! should take: it can be made by validation alone, and it reads like a
+//! `Config` through `Deref`.
 
 use std::{
+    fmt,
     net::SocketAddr,
+    ops::{Deref, RangeInclusive},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -18,6 +28,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("default_config.toml");
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
@@ -35,9 +46,118 @@ pub enum ConfigError {
         /// toml's message, which names the key and the line.
         message: String,
     },
-    /// The values parse but do not make sense together.
-    #[error("invalid config: {0}")]
-    Invalid(String),
+    /// The values parse, but some are out of range or do not go together.
+    /// Displayed as a summary line, then one `path: key: reason` line per
+    /// problem.
+    #[error("invalid config file {}{}", .path.display(), problem_lines(.path, .problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found, table by table in the order of
+        /// `default_config.toml`; never empty.
+        problems: Vec<Problem>,
+    },
+}
+
+/// The summary's tail and one line per problem, each prefixed by the file
+/// (as compilers do), so every line can be read or grepped on its own.
+fn problem_lines(path: &Path, problems: &[Problem]) -> String {
+    let plural = if problems.len() == 1 { "" } else { "s" };
+    let mut text = format!(" ({} problem{plural}):", problems.len());
+    for problem in problems {
+        text.push_str(&format!("\n{}: {problem}", path.display()));
+    }
+    text
+}
+
+/// One thing wrong with a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key it concerns, as in the file: `"tracker.max_numwant"`.
+    /// A problem of several keys together names them all, comma-separated.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: Reason,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// What is wrong with a key's value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Below the smallest value that works.
+    #[error("must be at least {min}")]
+    TooSmall {
+        /// The smallest value accepted.
+        min: u64,
+    },
+    /// Above the largest value accepted: beyond it a value is a typo or
+    /// would not fit what it sizes (a datagram, a buffer, a timer).
+    #[error("must be at most {max}")]
+    TooLarge {
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// Larger than another key that caps it.
+    #[error("must not be larger than {other}")]
+    Exceeds {
+        /// The capping key.
+        other: &'static str,
+    },
+    /// Empty while its partner is set; the two are set both or neither.
+    #[error("is empty but {other} is set: set both or neither")]
+    GoTogether {
+        /// The partner key, which is set.
+        other: &'static str,
+    },
+    /// Empty, but another key is not `"off"` and so needs it
+    /// (`access_list.path` when `access_list.mode` is allow or deny).
+    #[error("must be set when {needed_by} is not \"off\"")]
+    Missing {
+        /// The key whose value needs this one.
+        needed_by: &'static str,
+    },
+    /// Every protocol is disabled: there would be nothing to serve.
+    #[error("all false: nothing to serve, enable at least one")]
+    NothingEnabled,
+}
+
+/// A [`Config`] that passed [`Config::validate`]: what the runtime takes.
+///
+/// Only validation makes one (the defaults included), so holding one means
+/// every value is in range. It reads like a `Config` through `Deref` and
+/// serializes as one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct ValidConfig(Config);
+
+impl ValidConfig {
+    /// The configuration, for code that still takes a plain `Config`.
+    pub fn into_inner(self) -> Config {
+        self.0
+    }
+}
+
+impl Deref for ValidConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl Default for ValidConfig {
+    /// The built-in defaults, which are valid (a test checks it).
+    fn default() -> Self {
+        Config::default()
+            .validate()
+            .expect("the built-in defaults are valid")
+    }
 }
 
 /// Log verbosity.
@@ -148,32 +268,119 @@ pub struct UdpConfig {
     pub connection_id_max_age_secs: u64,
 }
 
-/// The HTTP(S) tracker.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Serve HTTP at all.
-    pub enabled: bool,
-    /// Address of every executor's SO_REUSEPORT listener.
-    pub address: SocketAddr,
-    /// IPV6_V6ONLY on an IPv6 address.
-    pub only_ipv6: bool,
-    /// PEM certificate chain; empty with the key: plain HTTP.
-    pub tls_certificate_path: PathBuf,
-    /// PEM private key.
-    pub tls_private_key_path: PathBuf,
-    /// Open connections per executor.
-    pub max_connections_per_worker: usize,
-    /// Longest request head.
-    pub max_request_bytes: usize,
-    /// Time to send a whole request.
-    pub request_timeout_secs: u64,
-    /// Idle keep-alive time.
-    pub keep_alive_timeout_secs: u64,
-    /// Header with the client address behind a proxy; empty: none.
-    pub reverse_proxy_ip_header: String,
-    /// Appending proxies in front.
-    pub reverse_proxy_trusted_hops: usize,
+/// Declares the table of a protocol served on a TCP listener (`[http]`,
+/// `[ws]`): the fields every such table has, then the table's own, in one
+/// flat serde struct (not a nested table, and not `#[serde(flatten)]`, which
+/// would defeat `deny_unknown_fields`), so operators' files keep their keys.
+/// It also writes, once for all such tables, `tls()` and the validation of
+/// the shared fields ([`check_listener`]).
+macro_rules! listener_table {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident in $table:literal, serving $proto:literal {
+            $( $(#[$field_attr:meta])* pub $field:ident: $ty:ty, )*
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            #[doc = concat!("Serve ", $proto, " at all.")]
+            pub enabled: bool,
+            /// Address of every executor's SO_REUSEPORT listener.
+            pub address: SocketAddr,
+            /// IPV6_V6ONLY on an IPv6 address.
+            pub only_ipv6: bool,
+            #[doc = concat!("PEM certificate chain; empty with the key: plain ", $proto, ".")]
+            pub tls_certificate_path: PathBuf,
+            /// PEM private key.
+            pub tls_private_key_path: PathBuf,
+            /// Open connections per executor.
+            pub max_connections_per_worker: usize,
+            $( $(#[$field_attr])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// The shared fields' dotted keys in this table.
+            const KEYS: ListenerKeys = ListenerKeys {
+                tls_certificate_path: concat!($table, ".tls_certificate_path"),
+                tls_private_key_path: concat!($table, ".tls_private_key_path"),
+                max_connections_per_worker: concat!($table, ".max_connections_per_worker"),
+            };
+
+            #[doc = concat!("Whether TLS is configured for ", $proto, " (validation ensures the key is set too).")]
+            pub fn tls(&self) -> bool {
+                !self.tls_certificate_path.as_os_str().is_empty()
+            }
+
+            /// Checks the fields every listener table shares.
+            fn check_listener(&self, check: &mut Checker) {
+                check_listener(
+                    check,
+                    &Self::KEYS,
+                    &self.tls_certificate_path,
+                    &self.tls_private_key_path,
+                    self.max_connections_per_worker,
+                );
+            }
+        }
+    };
+}
+
+/// The dotted keys of the fields listener tables share, in one table.
+struct ListenerKeys {
+    tls_certificate_path: &'static str,
+    tls_private_key_path: &'static str,
+    max_connections_per_worker: &'static str,
+}
+
+/// The validation of the fields `listener_table!` declares, written once.
+fn check_listener(
+    check: &mut Checker,
+    keys: &ListenerKeys,
+    certificate: &Path,
+    private_key: &Path,
+    max_connections_per_worker: usize,
+) {
+    match (
+        certificate.as_os_str().is_empty(),
+        private_key.as_os_str().is_empty(),
+    ) {
+        (false, true) => check.push(
+            keys.tls_private_key_path,
+            Reason::GoTogether {
+                other: keys.tls_certificate_path,
+            },
+        ),
+        (true, false) => check.push(
+            keys.tls_certificate_path,
+            Reason::GoTogether {
+                other: keys.tls_private_key_path,
+            },
+        ),
+        _ => {}
+    }
+    check.range(
+        keys.max_connections_per_worker,
+        max_connections_per_worker,
+        1..=1 << 20,
+    );
+}
+
+listener_table! {
+    /// The HTTP(S) tracker: the `[http]` table.
+    pub struct HttpConfig in "http", serving "HTTP" {
+        /// Longest request head.
+        pub max_request_bytes: usize,
+        /// Time to send a whole request.
+        pub request_timeout_secs: u64,
+        /// Idle keep-alive time.
+        pub keep_alive_timeout_secs: u64,
+        /// Header with the client address behind a proxy; empty: none.
+        pub reverse_proxy_ip_header: String,
+        /// Appending proxies in front.
+        pub reverse_proxy_trusted_hops: usize,
+    }
 }
 
 impl Default for HttpConfig {
@@ -191,13 +398,6 @@ impl Default for HttpConfig {
             reverse_proxy_ip_header: String::new(),
             reverse_proxy_trusted_hops: 1,
         }
-    }
-}
-
-impl HttpConfig {
-    /// Whether HTTPS is configured.
-    pub fn tls(&self) -> bool {
-        !self.tls_certificate_path.as_os_str().is_empty()
     }
 }
 
@@ -245,38 +445,26 @@ impl Default for MetricsConfig {
     }
 }
 
-/// The WebTorrent tracker.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WsConfig {
-    /// Serve WebSocket at all.
-    pub enabled: bool,
-    /// Address of every executor's SO_REUSEPORT listener.
-    pub address: SocketAddr,
-    /// IPV6_V6ONLY on an IPv6 address.
-    pub only_ipv6: bool,
-    /// PEM certificate chain; empty with the key: plain WS.
-    pub tls_certificate_path: PathBuf,
-    /// PEM private key.
-    pub tls_private_key_path: PathBuf,
-    /// Open connections per executor.
-    pub max_connections_per_worker: usize,
-    /// Largest message.
-    pub max_message_bytes: usize,
-    /// Largest frame.
-    pub max_frame_bytes: usize,
-    /// Most offers relayed per announce.
-    pub max_offers: usize,
-    /// Peers (torrent and peer id pairs) one connection may announce.
-    pub max_peers_per_connection: usize,
-    /// Messages queued for one connection.
-    pub outgoing_queue: usize,
-    /// Time to complete the handshake.
-    pub handshake_timeout_secs: u64,
-    /// Silence before a ping; twice this closes.
-    pub idle_timeout_secs: u64,
-    /// Interval told to clients.
-    pub announce_interval_secs: u32,
+listener_table! {
+    /// The WebTorrent tracker: the `[ws]` table.
+    pub struct WsConfig in "ws", serving "WebSocket" {
+        /// Largest message.
+        pub max_message_bytes: usize,
+        /// Largest frame.
+        pub max_frame_bytes: usize,
+        /// Most offers relayed per announce.
+        pub max_offers: usize,
+        /// Peers (torrent and peer id pairs) one connection may announce.
+        pub max_peers_per_connection: usize,
+        /// Messages queued for one connection.
+        pub outgoing_queue: usize,
+        /// Time to complete the handshake.
+        pub handshake_timeout_secs: u64,
+        /// Silence before a ping; twice this closes.
+        pub idle_timeout_secs: u64,
+        /// Interval told to clients.
+        pub announce_interval_secs: u32,
+    }
 }
 
 impl Default for WsConfig {
@@ -297,13 +485,6 @@ impl Default for WsConfig {
             idle_timeout_secs: 60,
             announce_interval_secs: 120,
         }
-    }
-}
-
-impl WsConfig {
-    /// Whether WSS is configured.
-    pub fn tls(&self) -> bool {
-        !self.tls_certificate_path.as_os_str().is_empty()
     }
 }
 
@@ -389,18 +570,20 @@ impl TrackerConfig {
 }
 
 impl Config {
-    /// Parses TOML text; `path` only names the source in errors.
-    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+    /// Parses and validates TOML text; `path` only names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<ValidConfig, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        config.validate()?;
-        Ok(config)
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
     }
 
-    /// Reads and parses a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<ValidConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -408,79 +591,45 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
-    /// Checks what serde cannot: ranges and combinations.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let t = &self.tracker;
-        let invalid = |s: &str| Err(ConfigError::Invalid(s.to_owned()));
-        if t.announce_interval_secs == 0 {
-            return invalid("tracker.announce_interval_secs must be at least 1");
-        }
-        if t.peer_timeout_secs == 0 || t.cleaning_interval_secs == 0 {
-            return invalid(
-                "tracker.peer_timeout_secs and cleaning_interval_secs must be at least 1",
-            );
-        }
-        if t.max_scrape_torrents == 0 {
-            return invalid("tracker.max_scrape_torrents must be at least 1");
-        }
-        if self.runtime.mesh_channel_size == 0 || self.runtime.ring_depth == 0 {
-            return invalid("runtime.mesh_channel_size and runtime.ring_depth must be at least 1");
-        }
+    /// Checks what serde cannot, ranges and combinations, and reports every
+    /// problem (never empty on `Err`), table by table in the order of
+    /// `default_config.toml`.
+    ///
+    /// Every number has an upper bound as well as a lower one: generous
+    /// values no deployment needs, past which a value is a typo (a timeout
+    /// in milliseconds, a size in bytes where KiB was meant) or would not
+    /// fit what it sizes. Each bound says why where it is checked.
+    pub fn validate(self) -> Result<ValidConfig, Vec<Problem>> {
+        let mut check = Checker::default();
+        // 1024 executors is past the core count of any machine this runs
+        // on; 0 means one per core.
+        check.range("workers", self.workers, 0..=1024);
+        self.runtime.check(&mut check);
+        self.tracker.check(&mut check);
+        self.udp.check(&mut check);
+        self.http.check(&mut check);
+        self.ws.check(&mut check);
         if self.access_list.mode != AccessListMode::Off
             && self.access_list.path.as_os_str().is_empty()
         {
-            return invalid("access_list.path must be set when access_list.mode is not \"off\"");
+            check.push(
+                "access_list.path",
+                Reason::Missing {
+                    needed_by: "access_list.mode",
+                },
+            );
         }
         if !self.udp.enabled && !self.http.enabled && !self.ws.enabled {
-            return invalid(
-                "nothing to serve: enable at least one protocol (udp.enabled, http.enabled, ws.enabled)",
+            check.push(
+                "udp.enabled, http.enabled, ws.enabled",
+                Reason::NothingEnabled,
             );
         }
-        let w = &self.ws;
-        if w.tls_certificate_path.as_os_str().is_empty()
-            != w.tls_private_key_path.as_os_str().is_empty()
-        {
-            return invalid("ws.tls_certificate_path and ws.tls_private_key_path go together: set both or neither");
+        if check.0.is_empty() {
+            Ok(ValidConfig(self))
+        } else {
+            Err(check.0)
         }
-        if w.max_connections_per_worker == 0
-            || w.outgoing_queue == 0
-            || w.max_offers == 0
-            || w.max_peers_per_connection == 0
-        {
-            return invalid("ws.max_connections_per_worker, ws.outgoing_queue, ws.max_offers and ws.max_peers_per_connection must be at least 1");
-        }
-        if w.max_message_bytes < 1024 || w.max_frame_bytes < 1024 {
-            return invalid("ws.max_message_bytes and ws.max_frame_bytes must be at least 1024");
-        }
-        if w.handshake_timeout_secs == 0
-            || w.idle_timeout_secs == 0
-            || w.announce_interval_secs == 0
-        {
-            return invalid("ws.handshake_timeout_secs, ws.idle_timeout_secs and ws.announce_interval_secs must be at least 1");
-        }
-        let h = &self.http;
-        if h.tls_certificate_path.as_os_str().is_empty()
-            != h.tls_private_key_path.as_os_str().is_empty()
-        {
-            return invalid("http.tls_certificate_path and http.tls_private_key_path go together: set both or neither");
-        }
-        if h.max_request_bytes < 256 || h.max_connections_per_worker == 0 {
-            return invalid("http.max_request_bytes must be at least 256 and http.max_connections_per_worker at least 1");
-        }
-        if h.request_timeout_secs == 0 || h.keep_alive_timeout_secs == 0 {
-            return invalid(
-                "http.request_timeout_secs and http.keep_alive_timeout_secs must be at least 1",
-            );
-        }
-        if h.reverse_proxy_trusted_hops == 0 {
-            return invalid("http.reverse_proxy_trusted_hops must be at least 1");
-        }
-        if t.max_numwant > 3000 {
-            return invalid(
-                "tracker.max_numwant must be at most 3000 (a UDP response must fit a datagram)",
-            );
-        }
-        Ok(())
     }
 
     /// Executors to run: `workers`, or one per available core.
@@ -493,20 +642,244 @@ impl Config {
     }
 }
 
+/// Collects problems: validation never stops at the first.
+#[derive(Default)]
+struct Checker(Vec<Problem>);
+
+impl Checker {
+    fn push(&mut self, key: &'static str, reason: Reason) {
+        self.0.push(Problem { key, reason });
+    }
+
+    /// `value` must lie in `bounds`; a value too large for `u64` is too large.
+    fn range(&mut self, key: &'static str, value: impl TryInto<u64>, bounds: RangeInclusive<u64>) {
+        let value = value.try_into().unwrap_or(u64::MAX);
+        if value < *bounds.start() {
+            self.push(
+                key,
+                Reason::TooSmall {
+                    min: *bounds.start(),
+                },
+            );
+        } else if value > *bounds.end() {
+            self.push(key, Reason::TooLarge { max: *bounds.end() });
+        }
+    }
+}
+
+/// Seconds in a day: the longest timer or interval that still makes sense.
+const DAY_SECS: u64 = 24 * 60 * 60;
+
+/// The most peers one response may carry: a UDP announce response of this
+/// many IPv6 peers (20 + 18 × 3000 bytes) still fits a datagram.
+const MAX_NUMWANT: u64 = 3000;
+
+impl RuntimeConfig {
+    fn check(&self, check: &mut Checker) {
+        // Linux's largest CPU count (NR_CPUS with MAXSMP) is 8192.
+        check.range("runtime.first_core", self.first_core, 0..=8191);
+        // 1 GiB of locked memory per executor.
+        check.range("runtime.io_memory_kib", self.io_memory_kib, 0..=1 << 20);
+        // io_uring refuses more entries (IORING_MAX_ENTRIES); no power of
+        // two needed, the kernel rounds up.
+        check.range("runtime.ring_depth", self.ring_depth, 1..=32768);
+        check.range(
+            "runtime.mesh_channel_size",
+            self.mesh_channel_size,
+            1..=1 << 20,
+        );
+    }
+}
+
+impl TrackerConfig {
+    fn check(&self, check: &mut Checker) {
+        check.range(
+            "tracker.announce_interval_secs",
+            self.announce_interval_secs,
+            1..=DAY_SECS,
+        );
+        check.range(
+            "tracker.peer_timeout_secs",
+            self.peer_timeout_secs,
+            1..=7 * DAY_SECS,
+        );
+        check.range(
+            "tracker.cleaning_interval_secs",
+            self.cleaning_interval_secs,
+            1..=DAY_SECS,
+        );
+        check.range(
+            "tracker.default_numwant",
+            self.default_numwant,
+            0..=MAX_NUMWANT,
+        );
+        check.range("tracker.max_numwant", self.max_numwant, 0..=MAX_NUMWANT);
+        if self.default_numwant > self.max_numwant {
+            check.push(
+                "tracker.default_numwant",
+                Reason::Exceeds {
+                    other: "tracker.max_numwant",
+                },
+            );
+        }
+        // A UDP scrape response of 1000 torrents (8 + 12 × 1000 bytes) fits a
+        // datagram with room to spare (it sizes every UDP send slot), and
+        // a UDP request read into 2048 bytes names at most about 100; the
+        // bound also caps each HTTP and WS scrape.
+        check.range(
+            "tracker.max_scrape_torrents",
+            self.max_scrape_torrents,
+            1..=1000,
+        );
+    }
+}
+
+impl UdpConfig {
+    fn check(&self, check: &mut Checker) {
+        // 1 GiB; the kernel caps it at net.core.rmem_max anyway.
+        check.range(
+            "udp.socket_recv_buffer_size",
+            self.socket_recv_buffer_size,
+            0..=1 << 30,
+        );
+        // BEP 15 has clients reuse an id for a minute; 0 would refuse every
+        // id at once.
+        check.range(
+            "udp.connection_id_max_age_secs",
+            self.connection_id_max_age_secs,
+            1..=3600,
+        );
+    }
+}
+
+impl HttpConfig {
+    fn check(&self, check: &mut Checker) {
+        self.check_listener(check);
+        // 1 MiB of request head is far past any client's.
+        check.range(
+            "http.max_request_bytes",
+            self.max_request_bytes,
+            256..=1 << 20,
+        );
+        check.range(
+            "http.request_timeout_secs",
+            self.request_timeout_secs,
+            1..=DAY_SECS,
+        );
+        check.range(
+            "http.keep_alive_timeout_secs",
+            self.keep_alive_timeout_secs,
+            1..=DAY_SECS,
+        );
+        check.range(
+            "http.reverse_proxy_trusted_hops",
+            self.reverse_proxy_trusted_hops,
+            1..=64,
+        );
+    }
+}
+
+impl WsConfig {
+    fn check(&self, check: &mut Checker) {
+        self.check_listener(check);
+        // 16 MiB; an announce with ten offers is a few KiB.
+        check.range(
+            "ws.max_message_bytes",
+            self.max_message_bytes,
+            1024..=16 << 20,
+        );
+        check.range("ws.max_frame_bytes", self.max_frame_bytes, 1024..=16 << 20);
+        check.range("ws.max_offers", self.max_offers, 1..=100);
+        check.range(
+            "ws.max_peers_per_connection",
+            self.max_peers_per_connection,
+            1..=65536,
+        );
+        check.range("ws.outgoing_queue", self.outgoing_queue, 1..=65536);
+        check.range(
+            "ws.handshake_timeout_secs",
+            self.handshake_timeout_secs,
+            1..=DAY_SECS,
+        );
+        check.range("ws.idle_timeout_secs", self.idle_timeout_secs, 1..=DAY_SECS);
+        check.range(
+            "ws.announce_interval_secs",
+            self.announce_interval_secs,
+            1..=DAY_SECS,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The problems a file has; panics if it has none.
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::from_toml(text, Path::new("x.toml")) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected invalid values, got {other:?}"),
+        }
+    }
+
+    fn keys(problems: &[Problem]) -> Vec<&'static str> {
+        problems.iter().map(|p| p.key).collect()
+    }
+
+    /// The default tree with every integer replaced by `value`, and the
+    /// dotted keys of those integers.
+    fn every_integer_set_to(value: i64) -> (String, Vec<String>) {
+        let mut tree = toml::Value::try_from(Config::default()).expect("serializes");
+        let mut keys = Vec::new();
+        let top = tree.as_table_mut().expect("a table");
+        for (name, item) in top.iter_mut() {
+            match item {
+                toml::Value::Integer(n) => {
+                    *n = value;
+                    keys.push(name.clone());
+                }
+                toml::Value::Table(table) => {
+                    for (field, item) in table.iter_mut() {
+                        if let toml::Value::Integer(n) = item {
+                            *n = value;
+                            keys.push(format!("{name}.{field}"));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        keys.sort();
+        (toml::to_string(&tree).expect("prints"), keys)
+    }
+
     #[test]
     fn embedded_default_is_the_default() {
         let parsed = Config::from_toml(DEFAULT_CONFIG_TOML, Path::new("default")).expect("parses");
-        assert_eq!(parsed, Config::default());
+        assert_eq!(parsed.into_inner(), Config::default());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let valid = Config::default().validate().expect("valid");
+        assert_eq!(*valid, Config::default());
+        assert_eq!(ValidConfig::default(), valid);
+    }
+
+    #[test]
+    fn valid_config_prints_and_parses_back() {
+        // What --print-parsed-config and the config fuzz target rely on.
+        let config =
+            Config::from_toml("[tracker]\nmax_numwant = 3000", Path::new("x")).expect("valid");
+        let printed = toml::to_string(&config).expect("serializes");
+        let again = Config::from_toml(&printed, Path::new("printed")).expect("parses");
+        assert_eq!(again, config);
     }
 
     #[test]
     fn empty_file_is_the_default() {
         assert_eq!(
-            Config::from_toml("", Path::new("x")).expect("parses"),
+            *Config::from_toml("", Path::new("x")).expect("parses"),
             Config::default()
         );
     }
@@ -526,6 +899,159 @@ mod tests {
         );
         assert!(Config::from_toml("[access_list]\nmode = \"allow\"", Path::new("x")).is_err());
         assert!(Config::from_toml("workers = -1", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = "[tracker]\nannounce_interval_secs = 0\n\
+                    [ws]\nmax_offers = 1000\n\
+                    [access_list]\nmode = \"allow\"\n";
+        let err = Config::from_toml(text, Path::new("three.toml")).expect_err("invalid");
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("expected invalid values, got {err:?}");
+        };
+        assert_eq!(
+            problems,
+            &[
+                Problem {
+                    key: "tracker.announce_interval_secs",
+                    reason: Reason::TooSmall { min: 1 },
+                },
+                Problem {
+                    key: "ws.max_offers",
+                    reason: Reason::TooLarge { max: 100 },
+                },
+                Problem {
+                    key: "access_list.path",
+                    reason: Reason::Missing {
+                        needed_by: "access_list.mode"
+                    },
+                },
+            ]
+        );
+        let msg = err.to_string();
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "invalid config file three.toml (3 problems):",
+                "three.toml: tracker.announce_interval_secs: must be at least 1",
+                "three.toml: ws.max_offers: must be at most 100",
+                "three.toml: access_list.path: must be set when access_list.mode is not \"off\"",
+            ],
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn upper_bound_is_inclusive() {
+        assert!(Config::from_toml("[tracker]\nmax_scrape_torrents = 1000", Path::new("x")).is_ok());
+        assert_eq!(
+            problems("[tracker]\nmax_scrape_torrents = 1001"),
+            [Problem {
+                key: "tracker.max_scrape_torrents",
+                reason: Reason::TooLarge { max: 1000 },
+            }]
+        );
+        assert_eq!(
+            problems("[tracker]\nmax_numwant = 3001"),
+            [Problem {
+                key: "tracker.max_numwant",
+                reason: Reason::TooLarge { max: 3000 },
+            }]
+        );
+    }
+
+    #[test]
+    fn every_number_has_an_upper_bound() {
+        // Walks the serialized defaults, so a number added later is covered.
+        let (text, expected) = every_integer_set_to(i64::from(u32::MAX));
+        assert!(
+            expected.len() >= 27,
+            "the walk finds the numbers: {expected:?}"
+        );
+        let found = problems(&text);
+        assert!(
+            found
+                .iter()
+                .all(|p| matches!(p.reason, Reason::TooLarge { .. })),
+            "{found:?}"
+        );
+        let mut found = keys(&found);
+        found.sort_unstable();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn lower_bounds() {
+        let (text, _) = every_integer_set_to(0);
+        let found: Vec<(&str, u64)> = problems(&text)
+            .into_iter()
+            .map(|p| match p.reason {
+                Reason::TooSmall { min } => (p.key, min),
+                other => panic!("{}: {other}", p.key),
+            })
+            .collect();
+        let mut expected = vec![
+            ("runtime.ring_depth", 1),
+            ("runtime.mesh_channel_size", 1),
+            ("tracker.announce_interval_secs", 1),
+            ("tracker.peer_timeout_secs", 1),
+            ("tracker.cleaning_interval_secs", 1),
+            ("tracker.max_scrape_torrents", 1),
+            ("udp.connection_id_max_age_secs", 1),
+            ("http.max_connections_per_worker", 1),
+            ("http.max_request_bytes", 256),
+            ("http.request_timeout_secs", 1),
+            ("http.keep_alive_timeout_secs", 1),
+            ("http.reverse_proxy_trusted_hops", 1),
+            ("ws.max_connections_per_worker", 1),
+            ("ws.max_message_bytes", 1024),
+            ("ws.max_frame_bytes", 1024),
+            ("ws.max_offers", 1),
+            ("ws.max_peers_per_connection", 1),
+            ("ws.outgoing_queue", 1),
+            ("ws.handshake_timeout_secs", 1),
+            ("ws.idle_timeout_secs", 1),
+            ("ws.announce_interval_secs", 1),
+        ];
+        let mut found = found;
+        found.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn combinations() {
+        assert_eq!(
+            problems("[tracker]\ndefault_numwant = 200\nmax_numwant = 100"),
+            [Problem {
+                key: "tracker.default_numwant",
+                reason: Reason::Exceeds {
+                    other: "tracker.max_numwant"
+                },
+            }]
+        );
+        assert_eq!(
+            keys(&problems(
+                "[http]\ntls_certificate_path = \"c.pem\"\n[ws]\ntls_private_key_path = \"k.pem\""
+            )),
+            ["http.tls_private_key_path", "ws.tls_certificate_path"]
+        );
+        assert_eq!(
+            problems("[udp]\nenabled = false\n[http]\nenabled = false\n[ws]\nenabled = false"),
+            [Problem {
+                key: "udp.enabled, http.enabled, ws.enabled",
+                reason: Reason::NothingEnabled,
+            }]
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let both = "[http]\ntls_certificate_path = \"c.pem\"\ntls_private_key_path = \"k.pem\"";
+        let config = Config::from_toml(both, Path::new("x")).expect("valid");
+        assert!(config.http.tls() && !config.ws.tls());
     }
 
     #[test]

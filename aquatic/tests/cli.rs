@@ -22,6 +22,30 @@ fn unknown_config_key_is_named_and_fatal() {
 }
 
 #[test]
+fn every_invalid_value_is_listed_with_the_file() {
+    let dir = scratch_dir("cli-invalid");
+    let path = dir.join("values.toml");
+    std::fs::write(
+        &path,
+        "[tracker]\nmax_numwant = 5000\n[ws]\nmax_offers = 0\n",
+    )
+    .expect("write");
+    let out = binary().arg("-c").arg(&path).output().expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let prefix = format!("{}: ", path.display());
+    for problem in [
+        "tracker.max_numwant: must be at most 3000",
+        "ws.max_offers: must be at least 1",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l == format!("{prefix}{problem}")),
+            "one line per problem, prefixed by the file: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn printed_default_config_parses_back() {
     let out = binary().arg("-p").output().expect("run");
     assert!(out.status.success());
