@@ -128,7 +128,7 @@ pub fn main() -> ExitCode {
         eprintln!("aquatic: cannot start logging: {err}");
     }
     // server::run still takes a plain Config; it will take the ValidConfig.
-    match crate::server::run(config.into_inner()) {
+    match crate::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{err:#}");

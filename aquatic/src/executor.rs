@@ -37,7 +37,7 @@ use glommio::{
 };
 
 use crate::{
-    config::Config,
+    config::ValidConfig,
     host::{ShardHost, SharedHost},
     metrics::{ExecutorStats, MetricsHub, Snapshot},
     net::{
@@ -67,7 +67,7 @@ pub struct ExecutorSockets {
 #[derive(Clone)]
 pub struct Shared {
     /// The validated configuration.
-    pub config: Arc<Config>,
+    pub config: Arc<ValidConfig>,
     /// The clock's zero.
     pub start: ServerStartInstant,
     /// The connection id key.
@@ -302,7 +302,7 @@ async fn receive_mesh(
 async fn clean_periodically(
     router: Rc<Router>,
     host: Rc<SharedHost>,
-    config: Arc<Config>,
+    config: Arc<ValidConfig>,
     shards: usize,
 ) {
     let interval = config.tracker.cleaning_interval();

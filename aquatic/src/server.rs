@@ -26,7 +26,7 @@ use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placeme
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
-    config::Config,
+    config::{Config, ValidConfig},
     executor::{self, ExecutorSetup, ExecutorSockets, Shared},
     metrics::MetricsHub,
     notify::{monotonic_usec, notify},
@@ -299,7 +299,7 @@ where
 }
 
 /// Runs the tracker until SIGTERM or SIGINT.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let workers = config.worker_count();
     raise_memlock(memlock_per_executor(&config) * workers as u64)?;
