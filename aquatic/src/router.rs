@@ -756,3 +756,178 @@ impl Effects for ApplyEffects<'_, '_> {
         self.router.deliver(connection, message);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The router on real glommio executors joined in a real mesh: peer 0
+    //! asks, peer 1 answers, any other peer never reads its channels.
+
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    };
+
+    use aquatic_common::access_list::AccessList;
+    use futures_lite::StreamExt;
+    use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placement};
+
+    use super::*;
+    use crate::{config::Config, host::ShardHost};
+
+    /// What the asking executor saw.
+    struct Seen<T> {
+        result: T,
+        deadlines: u64,
+        mesh_full: u64,
+    }
+
+    fn hash_on(shard: u8) -> InfoHash {
+        let mut hash = InfoHash([9; 20]);
+        hash.0[..4].copy_from_slice(&[0, 0, 0, shard]);
+        hash
+    }
+
+    /// Runs `shards` executors in a mesh of `channel_size`; peer 0 runs
+    /// `ask` on its router and its result comes back.
+    fn with_mesh<T, F, Fut>(
+        shards: usize,
+        channel_size: usize,
+        deadline: Duration,
+        ask: F,
+    ) -> Seen<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Router>) -> Fut + Send + Clone + 'static,
+        Fut: std::future::Future<Output = T>,
+    {
+        let mesh = MeshBuilder::<MeshMessage, _>::full(shards, channel_size);
+        let (result_tx, result_rx) = mpsc::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let start = ServerStartInstant::new();
+        let threads: Vec<_> = (0..shards)
+            .map(|_| {
+                let (mesh, ask, result_tx, done) =
+                    (mesh.clone(), ask.clone(), result_tx.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+                        .io_memory(64 << 10)
+                        .ring_depth(16)
+                        .make()
+                        .expect("executor");
+                    executor.run(async move {
+                        let (senders, mut receivers) = mesh.join().await.expect("join");
+                        let config = Config::default();
+                        let host = ShardHost::from_entropy(&config, Arc::new(AccessList::off()));
+                        let stats = Rc::new(ExecutorStats::default());
+                        let (router, woken) = Router::new(
+                            senders,
+                            shards,
+                            start,
+                            Rc::new(SharedHost::new(host)),
+                            stats.clone(),
+                            channel_size,
+                            deadline,
+                        );
+                        let router = Rc::new(router);
+                        glommio::spawn_local(router.clone().drain_outbox(woken)).detach();
+                        match router.id().0 {
+                            0 => {
+                                // Replies come in on the asker's own channels.
+                                for (_, mut stream) in receivers.streams() {
+                                    let router = router.clone();
+                                    glommio::spawn_local(async move {
+                                        while let Some(message) = stream.next().await {
+                                            router.handle_incoming(message, None);
+                                        }
+                                    })
+                                    .detach();
+                                }
+                                let result = ask(router.clone()).await;
+                                let seen = Seen {
+                                    result,
+                                    deadlines: stats.mesh_deadlines.get(),
+                                    mesh_full: stats.mesh_full.get(),
+                                };
+                                done.store(true, Ordering::Relaxed);
+                                assert!(result_tx.send(seen).is_ok(), "the test waits");
+                            }
+                            1 => {
+                                let mut streams = receivers.streams();
+                                while !done.load(Ordering::Relaxed) {
+                                    for (_, stream) in &mut streams {
+                                        while let Some(Some(message)) =
+                                            futures_lite::future::poll_once(stream.next()).await
+                                        {
+                                            router.handle_incoming(message, None);
+                                        }
+                                    }
+                                    sleep(Duration::from_millis(1)).await;
+                                }
+                            }
+                            _ => {
+                                // Holds its channels open and reads nothing.
+                                while !done.load(Ordering::Relaxed) {
+                                    sleep(Duration::from_millis(5)).await;
+                                }
+                                drop(receivers);
+                            }
+                        }
+                    });
+                })
+            })
+            .collect();
+        let seen = result_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the asker reports");
+        for thread in threads {
+            thread.join().expect("executor thread");
+        }
+        seen
+    }
+
+    #[test]
+    fn a_scrape_over_a_silent_shard_waits_for_one_deadline() {
+        // Two hashes on the answering shard, two on the silent one, one here.
+        let hashes = [hash_on(1), hash_on(2), hash_on(0), hash_on(4), hash_on(5)];
+        let seen = with_mesh(
+            3,
+            16,
+            Duration::from_millis(300),
+            move |router| async move { router.scrape(SwarmKind::Bt, &hashes).await },
+        );
+        let parts = seen.result.expect("valid scrape");
+        let answered: Vec<bool> = parts.iter().map(Option::is_some).collect();
+        // shard_of: 1 -> 1, 2 -> 2, 0 -> 0, 4 -> 1, 5 -> 2.
+        assert_eq!(answered, [true, false, true, true, false]);
+        assert_eq!(seen.deadlines, 1, "one deadline for the whole fan-out");
+    }
+
+    #[test]
+    fn a_full_mesh_channel_is_busy_at_once() {
+        // Peer 2 is silent: its channel from peer 0 holds one message.
+        let seen = with_mesh(3, 1, Duration::from_millis(300), |router| async move {
+            let input = |peer: u8| AnnounceInput {
+                info_hash: hash_on(2),
+                peer_id: PeerId([peer; 20]),
+                ip: std::net::IpAddr::from([10, 0, 0, peer]),
+                port: 6881,
+                stopped: false,
+                completed: false,
+                bytes_left: Some(1),
+                numwant: None,
+            };
+            let (mut a, mut b) = (SelectedPeers::default(), SelectedPeers::default());
+            // The first fills the silent shard's channel and waits; the
+            // second finds it full and is refused without waiting.
+            let (first, second) = futures_lite::future::zip(
+                router.announce(input(1), &mut a),
+                router.announce(input(2), &mut b),
+            )
+            .await;
+            vec![first.expect_err("no reply"), second.expect_err("busy")]
+        });
+        assert_eq!(seen.result, [RouteError::NoReply, RouteError::Busy]);
+        assert_eq!(seen.deadlines, 1);
+        assert!(seen.mesh_full >= 1, "counted as a full channel");
+    }
+}

@@ -219,7 +219,7 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
-/// An info hash owned by shard `shard` of `shards` (first 8 bytes decide), with `tag` to tell hashes apart.
+/// An info hash owned by shard `shard` of `shards` (first 4 bytes decide), with `tag` to tell hashes apart.
 pub fn hash_on_shard(shard: u64, shards: u64, tag: u8) -> [u8; 20] {
     let mut h = [tag; 20];
     // shard_of reads the first 4 bytes, big endian, modulo the shard count.
