@@ -19,6 +19,21 @@ leaves any tracker on this machine.
 Usage:
   python3 benches/compare.py [--protocols udp,http,ws] [--trackers ours,aquatic,opentracker,null]
                              [--duration 20] [--rounds 2] [--ours target/release/aquatic] [--peers DIR]
+  python3 benches/compare.py --ab A_BINARY B_BINARY [--ab-labels A,B] [--protocols udp,http,ws]
+                             [--duration 20] [--rounds 4] [--peers DIR]
+
+A/B mode (--ab): two builds of ours, e.g. main against a branch, and
+nothing else (--trackers and --ours are refused with it). Both get the
+config "ours" gets. The order alternates: A then B in odd rounds, B then A
+in even ones, so neither always runs first. --rounds defaults to 4 there
+and may not be lower (a median of fewer runs on this noisy machine is not
+worth printing). The output starts with the command line as given, then
+the two binaries (path and the start of their sha256); per protocol, a
+table with every round's runs (ratio column: this / A in that round),
+then a summary: per build the median responses/s, responses per
+CPU-second and peak RSS over the rounds, and B / A of the median
+responses per CPU-second, with the range of the per-round ratios beside
+it. Only the load testers are installed for this mode.
 
 The peers (aquatic_udp/http/ws 0.9 and their load testers) are installed
 into DIR/bin with `cargo install` when missing (default: benches/.peers);
@@ -44,12 +59,15 @@ therefore includes one TCP connection per request, ours does not.
 """
 
 import argparse
+import hashlib
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,8 +95,8 @@ def free_port():
     return port
 
 
-def ensure_peers(directory):
-    missing = [p for p in PEERS if not os.path.exists(os.path.join(directory, "bin", p))]
+def ensure_peers(directory, names=PEERS):
+    missing = [p for p in names if not os.path.exists(os.path.join(directory, "bin", p))]
     if missing:
         print(f"installing {' '.join(missing)} into {directory} (a few minutes, once)", flush=True)
         # Not --locked: aquatic_udp 0.9.0's lock file pins a metrics crate
@@ -292,8 +310,13 @@ def stop(tracker):
         tracker.kill()
 
 
+def file_name(name):
+    """A tracker's name (an --ab label may be anything) made safe for a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
 def run_one(name, command, kind, port, load_command, duration, work):
-    log = open(os.path.join(work, f"{name}.log"), "w")
+    log = open(os.path.join(work, f"{file_name(name)}.log"), "w")
     tracker = subprocess.Popen(["taskset", "-c", "0", *command], stdout=log, stderr=log)
     try:
         wait_for_port(port, kind)
@@ -321,10 +344,19 @@ def tracker_command(name, protocol, port, args, work, ot_root):
     if name == "opentracker":
         return ["opentracker", "-i", "127.0.0.1", "-P" if protocol == "udp" else "-p", str(port),
                 "-d", ot_root, "-w", "whitelist.txt"]
-    binary = args.ours if name == "ours" else os.path.join(args.peers, "bin", f"aquatic_{protocol}")
+    if name == "ours":
+        return ours_command(name, args.ours, protocol, port, work)
+    binary = os.path.join(args.peers, "bin", f"aquatic_{protocol}")
     cfg = os.path.join(work, f"{name}-{protocol}.toml")
     with open(cfg, "w") as f:
-        f.write(ours_config(protocol, port, work) if name == "ours" else peer_config(protocol, binary, port, work))
+        f.write(peer_config(protocol, binary, port, work))
+    return [binary, "-c", cfg]
+
+
+def ours_command(name, binary, protocol, port, work):
+    cfg = os.path.join(work, f"{file_name(name)}-{protocol}.toml")
+    with open(cfg, "w") as f:
+        f.write(ours_config(protocol, port, work))
     return [binary, "-c", cfg]
 
 
@@ -345,17 +377,132 @@ def print_round(label, round_, results, ratio_against):
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
+AB_MIN_ROUNDS = 4
+
+
+def make_certificate(work):
+    """A self-signed certificate and key for WSS, work/cert.pem and work/key.pem."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem", "-subj", "/CN=example.com",
+                    "-addext", "subjectAltName=DNS:example.com"], check=True, capture_output=True)
+
+
+def load_command(protocol, load_binary, port, duration, work):
+    load_cfg = os.path.join(work, f"load-{protocol}.toml")
+    with open(load_cfg, "w") as f:
+        f.write(load_config(protocol, load_binary, port, duration))
+    return [load_binary, "-c", load_cfg]
+
+
+def sha256_prefix(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def print_ab_summary(protocol, labels, runs):
+    """Per build the medians over its rounds; on B's row B / A of the median
+    responses per CPU-second, and the lowest and highest per-round ratio."""
+    a, b = labels
+    print(f"| protocol | tracker | rounds | median responses/s | median responses per CPU-second "
+          f"| median peak RSS MiB | this / {a} (median per CPU-s) | this / {a} per round, min–max (per CPU-s) |")
+    print("|---" * 8 + "|")
+    medians = {label: {key: statistics.median(r[key] for r in runs[label]) for key in ("rps", "per_cpu", "rss")}
+               for label in labels}
+    per_round = [rb["per_cpu"] / ra["per_cpu"] for ra, rb in zip(runs[a], runs[b]) if ra["per_cpu"]]
+    for label in labels:
+        m = medians[label]
+        ratio = spread = ""
+        if label == b and medians[a]["per_cpu"]:
+            ratio = f"{m['per_cpu'] / medians[a]['per_cpu']:.3f}"
+            spread = f"{min(per_round):.3f}–{max(per_round):.3f}" if per_round else ""
+        cells = [protocol, label, str(len(runs[label])), f"{m['rps']:,.0f}", f"{m['per_cpu']:,.0f}",
+                 f"{m['rss']:.0f}", ratio, spread]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def run_ab(args, protocols, labels, binaries, work):
+    """Two builds of ours, alternating: A B in odd rounds, B A in even ones."""
+    a = labels[0]
+    print("# " + shlex.join(["python3", *sys.argv]))
+    for label, binary in zip(labels, binaries):
+        print(f"# {label} = {binary} (sha256 {sha256_prefix(binary)})")
+    print(f"# {args.duration} s per run, {args.rounds} rounds, order {labels[0]} {labels[1]} in odd rounds and "
+          f"{labels[1]} {labels[0]} in even ones, tracker on core 0, load tester on core 1", flush=True)
+    bin_dir = os.path.join(args.peers, "bin")
+    for protocol in protocols:
+        load_binary = os.path.join(bin_dir, f"aquatic_{protocol}_load_test")
+        print(f"\n## {protocol}\n")
+        print_table_header([a])
+        runs = {label: [] for label in labels}
+        for round_ in range(1, args.rounds + 1):
+            order = [0, 1] if round_ % 2 == 1 else [1, 0]
+            results = {}
+            for i in order:
+                port = free_port()
+                command = ours_command(labels[i], binaries[i], protocol, port, work)
+                results[labels[i]] = run_one(labels[i], command, protocol, port,
+                                             load_command(protocol, load_binary, port, args.duration, work),
+                                             args.duration, work)
+                runs[labels[i]].append(results[labels[i]])
+            print_round(protocol, round_, results, [a])
+        print()
+        print_ab_summary(protocol, labels, runs)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocols", default="udp,http,ws")
-    parser.add_argument("--trackers", default=",".join(TRACKERS),
-                        help="opentracker takes part in udp, and in http under wrk; null only in udp")
+    parser.add_argument("--trackers", default=None,
+                        help="opentracker takes part in udp, and in http under wrk; null only in udp "
+                             f"(default: {','.join(TRACKERS)})")
     parser.add_argument("--duration", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--ours", default=os.path.join(ROOT, "target/release/aquatic"))
+    parser.add_argument("--rounds", type=int, default=None,
+                        help=f"default 2, and {AB_MIN_ROUNDS} (also the least allowed) with --ab")
+    parser.add_argument("--ours", default=None, help="default: target/release/aquatic")
+    parser.add_argument("--ab", nargs=2, metavar=("A_BINARY", "B_BINARY"),
+                        help="two builds of ours against each other, and nothing else")
+    parser.add_argument("--ab-labels", default="A,B", metavar="A,B",
+                        help="their names in the tables (default: A,B)")
     parser.add_argument("--peers", default=os.path.join(HERE, ".peers"))
     args = parser.parse_args()
     protocols = args.protocols.split(",")
+    unknown = [p for p in protocols if p not in ("udp", "http", "ws")]
+    if unknown:
+        parser.error(f"unknown protocol(s): {','.join(unknown)}")
+
+    if args.ab:
+        if args.trackers is not None or args.ours is not None:
+            parser.error("--ab compares its two binaries only: no --trackers, no --ours with it")
+        labels = args.ab_labels.split(",")
+        if len(labels) != 2 or not all(labels) or labels[0] == labels[1]:
+            parser.error("--ab-labels takes two different names, as A,B")
+        if args.rounds is None:
+            args.rounds = AB_MIN_ROUNDS
+        if args.rounds < AB_MIN_ROUNDS:
+            parser.error(f"--ab needs at least {AB_MIN_ROUNDS} rounds (got {args.rounds})")
+        binaries = [os.path.abspath(b) for b in args.ab]
+        for binary in binaries:
+            if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+                parser.error(f"not an executable file: {binary}")
+        ensure_peers(args.peers, [f"aquatic_{p}_load_test" for p in protocols])
+        work = tempfile.mkdtemp(prefix="aquatic-bench-")
+        try:
+            if "ws" in protocols:
+                make_certificate(work)
+            run_ab(args, protocols, labels, binaries, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+
+    if args.rounds is None:
+        args.rounds = 2
+    if args.ours is None:
+        args.ours = os.path.join(ROOT, "target/release/aquatic")
+    if args.trackers is None:
+        args.trackers = ",".join(TRACKERS)
     trackers = [t for t in TRACKERS if t in args.trackers.split(",")]
     with_opentracker = "opentracker" in trackers and ("udp" in protocols or "http" in protocols)
 
@@ -368,9 +515,7 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-p", "aquatic", "--example", "udp_null_responder"],
                        cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="aquatic-bench-")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem", "-subj", "/CN=example.com",
-                    "-addext", "subjectAltName=DNS:example.com"], check=True, capture_output=True)
+    make_certificate(work)
     ot_root = None
     if with_opentracker:
         hashes = load_test_info_hashes(UDP_TORRENTS)
@@ -387,11 +532,9 @@ def main():
             results = {}
             for name in names:
                 port = free_port()
-                load_cfg = os.path.join(work, f"load-{protocol}.toml")
-                with open(load_cfg, "w") as f:
-                    f.write(load_config(protocol, load_binary, port, args.duration))
                 results[name] = run_one(name, tracker_command(name, protocol, port, args, work, ot_root), protocol,
-                                        port, [load_binary, "-c", load_cfg], args.duration, work)
+                                        port, load_command(protocol, load_binary, port, args.duration, work),
+                                        args.duration, work)
             print_round(protocol, round_, results, ratio_against)
 
     if "http" in protocols and with_opentracker:
