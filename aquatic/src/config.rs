@@ -103,12 +103,6 @@ pub enum Reason {
         /// The largest value accepted.
         max: u64,
     },
-    /// Larger than another key that caps it.
-    #[error("must not be larger than {other}")]
-    Exceeds {
-        /// The capping key.
-        other: &'static str,
-    },
     /// Empty while its partner is set; the two are set both or neither.
     #[error("is empty but {other} is set: set both or neither")]
     GoTogether {
@@ -714,14 +708,9 @@ impl TrackerConfig {
             0..=MAX_NUMWANT,
         );
         check.range("tracker.max_numwant", self.max_numwant, 0..=MAX_NUMWANT);
-        if self.default_numwant > self.max_numwant {
-            check.push(
-                "tracker.default_numwant",
-                Reason::Exceeds {
-                    other: "tracker.max_numwant",
-                },
-            );
-        }
+        // default_numwant above max_numwant is no problem: max_numwant
+        // caps it, as it caps what clients ask for (files that set only
+        // max_numwant low keep working).
         // A UDP scrape response of 1000 torrents (8 + 12 × 1000 bytes) fits a
         // datagram with room to spare (it sizes every UDP send slot), and
         // a UDP request read into 2048 bytes names at most about 100; the
@@ -1023,14 +1012,13 @@ mod tests {
 
     #[test]
     fn combinations() {
-        assert_eq!(
-            problems("[tracker]\ndefault_numwant = 200\nmax_numwant = 100"),
-            [Problem {
-                key: "tracker.default_numwant",
-                reason: Reason::Exceeds {
-                    other: "tracker.max_numwant"
-                },
-            }]
+        assert!(
+            Config::from_toml(
+                "[tracker]\ndefault_numwant = 200\nmax_numwant = 100",
+                Path::new("x")
+            )
+            .is_ok(),
+            "max_numwant caps default_numwant"
         );
         assert_eq!(
             keys(&problems(

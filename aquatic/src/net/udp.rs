@@ -20,7 +20,7 @@ use std::{
 
 use aquatic_common::{
     connection_id::ConnectionIdValidator, time::SecondsSinceStart, AnnounceOutcome, ScrapeStats,
-    SelectedPeers,
+    SelectedPeer, SelectedPeers,
 };
 use aquatic_udp_protocol::{
     AnnounceResponse, ConnectResponse, ConnectionId, ErrorResponse, Request, Response,
@@ -338,10 +338,7 @@ fn queue_announce(
     peers: &SelectedPeers,
 ) {
     let response = if client.ip().to_canonical().is_ipv4() {
-        wire.peers_v4.clear();
-        wire.peers_v4
-            .extend(peers.v4.iter().map(|&p| ResponsePeer::from(p)));
-        let peers = &wire.peers_v4;
+        let peers = wire_peers(&mut wire.peers_v4, &peers.v4);
         Response::AnnounceIpv4(AnnounceResponse::new(
             transaction_id,
             interval,
@@ -349,10 +346,7 @@ fn queue_announce(
             peers,
         ))
     } else {
-        wire.peers_v6.clear();
-        wire.peers_v6
-            .extend(peers.v6.iter().map(|&p| ResponsePeer::from(p)));
-        let peers = &wire.peers_v6;
+        let peers = wire_peers(&mut wire.peers_v6, &peers.v6);
         Response::AnnounceIpv6(AnnounceResponse::new(
             transaction_id,
             interval,
@@ -361,6 +355,16 @@ fn queue_announce(
         ))
     };
     queue(out, client, &response, usize::MAX);
+}
+
+/// The shard's peers as BEP 15 wire peers, in a reused buffer.
+fn wire_peers<'a, A: Copy>(
+    buffer: &'a mut Vec<ResponsePeer<A>>,
+    peers: &[SelectedPeer<A>],
+) -> &'a [ResponsePeer<A>] {
+    buffer.clear();
+    buffer.extend(peers.iter().map(|&p| ResponsePeer::from(p)));
+    buffer
 }
 
 fn scrape_here(
