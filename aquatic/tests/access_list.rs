@@ -11,14 +11,13 @@ use std::{
 };
 
 use aquatic_udp_protocol::{AnnounceEvent, OwnedResponse};
-use common::{base_config, eventually, hash_on_shard, udp_client::Client as UdpClient, Tracker};
+use common::{
+    base_config, eventually, hash_on_shard, http_client::percent, udp_client::Client as UdpClient,
+    Tracker,
+};
 
 fn hex(hash: &[u8; 20]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn percent(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("%{b:02X}")).collect()
 }
 
 fn config_with_list(mode: &str, path: &Path) -> String {

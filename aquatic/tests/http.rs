@@ -9,12 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aquatic_http_protocol::{
-    bencode::{self, Value},
-    parse_http_response,
-};
+use aquatic_http_protocol::bencode::Value;
 use aquatic_udp_protocol::{AnnounceEvent, OwnedResponse};
-use common::{base_config, hash_on_shard, udp_client::Client as UdpClient, Tracker};
+use common::{
+    base_config, hash_on_shard,
+    http_client::{percent, read_responses},
+    udp_client::Client as UdpClient,
+    Tracker,
+};
 
 fn http_v4(tracker: &Tracker) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], tracker.http.expect("http enabled").port()))
@@ -23,10 +25,6 @@ fn http_v4(tracker: &Tracker) -> SocketAddr {
 /// `config` with `lines` added to its `[http]` section.
 fn with_http(config: &str, lines: &str) -> String {
     config.replacen("[http]\n", &format!("[http]\n{lines}"), 1)
-}
-
-fn percent(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("%{b:02X}")).collect()
 }
 
 fn announce_target(hash: [u8; 20], peer: u8, port: u16, extra: &str) -> String {
@@ -49,29 +47,6 @@ fn connect(addr: SocketAddr) -> TcpStream {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     stream
-}
-
-/// Reads `count` responses from `stream`: (status, decoded body).
-fn read_responses(stream: &mut impl Read, count: usize) -> Vec<(u16, Value)> {
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while out.len() < count {
-        match parse_http_response(&buf).expect("well-formed response") {
-            Some(response) => {
-                let body = bencode::decode(response.body).expect("bencoded body");
-                out.push((response.status, body));
-                let consumed = response.consumed;
-                buf.drain(..consumed);
-            }
-            None => {
-                let n = stream.read(&mut chunk).expect("read response");
-                assert!(n > 0, "connection closed after {} responses", out.len());
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        }
-    }
-    out
 }
 
 /// One request on a fresh connection.

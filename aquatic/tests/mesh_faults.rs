@@ -10,12 +10,11 @@ use std::{
     time::Duration,
 };
 
-use aquatic_http_protocol::{bencode, parse_http_response};
-use common::{base_config, eventually, hash_on_shard, Tracker};
-
-fn percent(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("%{b:02X}")).collect()
-}
+use common::{
+    base_config, eventually, hash_on_shard,
+    http_client::{percent, read_responses},
+    Tracker,
+};
 
 fn announce_request(hash: [u8; 20], peer: u8) -> Vec<u8> {
     format!(
@@ -27,30 +26,17 @@ fn announce_request(hash: [u8; 20], peer: u8) -> Vec<u8> {
 }
 
 /// (status, failure reason if any) of `count` responses.
-fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<(u16, Option<String>)> {
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while out.len() < count {
-        match parse_http_response(&buf).expect("well-formed response") {
-            Some(response) => {
-                let body = bencode::decode(response.body).expect("bencoded body");
-                let reason = body
-                    .get(b"failure reason")
-                    .and_then(|v| v.as_bytes())
-                    .map(|r| String::from_utf8_lossy(r).into_owned());
-                out.push((response.status, reason));
-                let consumed = response.consumed;
-                buf.drain(..consumed);
-            }
-            None => {
-                let n = stream.read(&mut chunk).expect("read");
-                assert!(n > 0, "closed after {} responses", out.len());
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        }
-    }
-    out
+fn statuses_and_reasons(stream: &mut TcpStream, count: usize) -> Vec<(u16, Option<String>)> {
+    read_responses(stream, count)
+        .into_iter()
+        .map(|(status, body)| {
+            let reason = body
+                .get(b"failure reason")
+                .and_then(|v| v.as_bytes())
+                .map(|r| String::from_utf8_lossy(r).into_owned());
+            (status, reason)
+        })
+        .collect()
 }
 
 fn metric(addr: SocketAddr, name_and_labels: &str) -> f64 {
@@ -92,7 +78,7 @@ fn a_full_mesh_channel_makes_http_announces_busy() {
         requests.extend(announce_request(hash_on_shard(shard, 2, 1), i as u8));
     }
     stream.write_all(&requests).expect("write");
-    let responses = read_responses(&mut stream, 8);
+    let responses = statuses_and_reasons(&mut stream, 8);
     let is_busy = |(status, reason): &(u16, Option<String>)| {
         *status == 503 && reason.as_deref() == Some("tracker busy, try again")
     };

@@ -323,6 +323,44 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn shard_results_become_wire_fields_saturating() {
+        let outcome = aquatic_common::AnnounceOutcome {
+            seeders: usize::MAX,
+            leechers: 3,
+        };
+        let peers = [ResponsePeer::from(aquatic_common::SelectedPeer {
+            peer_id: aquatic_common::PeerId([1; 20]),
+            ip_address: Ipv4Addr::new(1, 2, 3, 4),
+            port: 5,
+        })];
+        let r = AnnounceResponse::new(TransactionId(7), u32::MAX, &outcome, &peers);
+        assert_eq!(
+            (r.seeders, r.leechers, r.announce_interval),
+            (i32::MAX, 3, i32::MAX)
+        );
+        assert_eq!(
+            r.peers[0],
+            ResponsePeer {
+                ip_address: Ipv4Addr::new(1, 2, 3, 4),
+                port: 5
+            }
+        );
+        let stats = TorrentScrapeStatistics::from(aquatic_common::ScrapeStats {
+            seeders: 1,
+            leechers: usize::MAX,
+            completed: u32::MAX,
+        });
+        assert_eq!(
+            stats,
+            TorrentScrapeStatistics {
+                seeders: 1,
+                completed: i32::MAX,
+                leechers: i32::MAX
+            }
+        );
+    }
+
     fn bytes(response: &Response<'_>) -> Vec<u8> {
         let mut out = vec![];
         response.write(&mut out).expect("writes");

@@ -302,6 +302,29 @@ proptest! {
         }
     }
 
+    /// A message the server keeps (queued for a connection, as the shard
+    /// emits it) writes the same bytes as the borrowed form it came from.
+    #[test]
+    fn owned_messages_write_what_they_parsed_from(hash in bytes20(), peer in bytes20(), id in bytes20(), n in 0usize..100_000, s in sdp(), reason in "[ -~]{0,30}") {
+        let raw = RawValue::from_string(s).expect("raw json");
+        let files = [(InfoHash(hash), ScrapeStatistics { complete: n, incomplete: 1, downloaded: 2 })];
+        let messages = [
+            OutMessage::AnnounceResponse(AnnounceResponse { info_hash: InfoHash(hash), complete: n, incomplete: n / 2, announce_interval: 120 }),
+            OutMessage::Offer(OfferMessage { info_hash: InfoHash(hash), peer_id: PeerId(peer), offer_id: OfferId(id), offer: &raw }),
+            OutMessage::Answer(AnswerMessage { info_hash: InfoHash(hash), peer_id: PeerId(peer), offer_id: OfferId(id), answer: &raw }),
+            OutMessage::ScrapeResponse(ScrapeResponse { files: &files }),
+            OutMessage::Error(ErrorResponse { failure_reason: &reason, action: Some("announce"), info_hash: Some(InfoHash(hash)) }),
+        ];
+        for message in messages {
+            let mut written = Vec::new();
+            message.write(&mut written).expect("write");
+            let owned = OwnedOutMessage::parse(&written).expect("parse");
+            let mut again = Vec::new();
+            owned.as_out_message().write(&mut again).expect("write again");
+            prop_assert_eq!(String::from_utf8_lossy(&again), String::from_utf8_lossy(&written));
+        }
+    }
+
     #[test]
     fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = InMessage::parse(&bytes);

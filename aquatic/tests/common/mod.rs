@@ -1,6 +1,7 @@
 //! Starts the real binary on random loopback ports and talks to it.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod http_client;
 pub mod udp_client;
 
 use std::{
