@@ -376,10 +376,13 @@ impl SnapshotSource {
         ] {
             gauges.push(("map_capacity", vec![label("map", map)], count(capacity)));
         }
-        Snapshot {
-            counters: self.stats.samples(),
-            gauges,
-        }
+        let mut counters = self.stats.samples();
+        counters.push((
+            "errors",
+            vec![label("protocol", "ws"), label("kind", "peer_id_in_use")],
+            g.ws_peer_id_in_use,
+        ));
+        Snapshot { counters, gauges }
     }
 }
 

@@ -15,6 +15,8 @@ pub const MARKER: &str = "aquatic-test-hook";
 const PANIC: &[u8] = b"aquatic-test-hook:panic";
 /// A UDP datagram after which no executor reads its mesh channels.
 const STALL_MESH: &[u8] = b"aquatic-test-hook:stall-mesh";
+/// A UDP datagram after which they read them again.
+const RESUME_MESH: &[u8] = b"aquatic-test-hook:resume-mesh";
 /// A WebSocket text answered with the executor that holds the connection.
 const EXECUTOR: &[u8] = b"aquatic-test-hook:executor";
 
@@ -28,6 +30,11 @@ pub fn udp_datagram(bytes: &[u8], executor: ShardId) -> bool {
     if bytes == STALL_MESH {
         log::warn!("test hook: every executor stops reading the mesh");
         MESH_STALLED.store(true, Ordering::Relaxed);
+        return true;
+    }
+    if bytes == RESUME_MESH {
+        log::warn!("test hook: every executor reads the mesh again");
+        MESH_STALLED.store(false, Ordering::Relaxed);
         return true;
     }
     false

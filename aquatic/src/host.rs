@@ -122,6 +122,9 @@ pub struct HostGauges {
     pub ws_peers: PeerCounts,
     /// Slots of the WebTorrent torrent map.
     pub ws_capacity: usize,
+    /// WebTorrent announces refused so far: the peer id was another
+    /// connection's.
+    pub ws_peer_id_in_use: u64,
 }
 
 /// One executor's shard of the torrents, with the rules it applies.
@@ -134,6 +137,8 @@ pub struct ShardHost {
     ws_timing: WsTiming,
     /// Peers chosen for requests from other executors, reused.
     scratch: SelectedPeers,
+    /// WebTorrent announces refused for a peer id held by another connection.
+    ws_refused: u64,
 }
 
 impl ShardHost {
@@ -150,6 +155,7 @@ impl ShardHost {
                 announce_interval: config.ws.announce_interval_secs,
             },
             scratch: SelectedPeers::default(),
+            ws_refused: 0,
         }
     }
 
@@ -188,15 +194,28 @@ impl ShardHost {
         }
     }
 
-    /// Applies a WebTorrent announce for a torrent this shard owns.
+    /// Applies a WebTorrent announce for a torrent this shard owns. A
+    /// refusal (the peer id belongs to another connection) is delivered to
+    /// the announcing connection as an error and counted.
     pub fn ws_announce(
         &mut self,
         now: SecondsSinceStart,
         request: WsAnnounce,
-        deliver: impl FnMut(ConnectionRef, OwnedOutMessage),
+        mut deliver: impl FnMut(ConnectionRef, OwnedOutMessage),
     ) {
-        self.ws
-            .announce(self.ws_timing, now, &mut self.rng, request, deliver);
+        let (connection, info_hash) = (request.connection, request.info_hash);
+        let result = self
+            .ws
+            .announce(self.ws_timing, now, &mut self.rng, request, &mut deliver);
+        if let Err(refusal) = result {
+            self.ws_refused += 1;
+            let error = OwnedOutMessage::Error {
+                failure_reason: refusal.failure_reason().to_owned(),
+                action: Some("announce".to_owned()),
+                info_hash: Some(info_hash),
+            };
+            deliver(connection, error);
+        }
     }
 
     /// Removes the peers a closed connection held in this shard's swarms.
@@ -257,6 +276,7 @@ impl ShardHost {
             ws_torrents: self.ws.torrents(),
             ws_peers: self.ws.peer_counts(),
             ws_capacity: self.ws.capacity(),
+            ws_peer_id_in_use: self.ws_refused,
         }
     }
 }

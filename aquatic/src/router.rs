@@ -637,14 +637,23 @@ impl Router {
         let request = self
             .host
             .with(|host| host.rules().ws_announce(request, connection, peers))?;
-        if owner == self.me {
+        let stop = request
+            .stopped
+            .then_some((request.info_hash, request.peer_id));
+        let reached_owner = if owner == self.me {
             self.host.with(|host| {
                 host.ws_announce(now, request, |c, m| self.deliver(c, m));
             });
+            true
         } else {
             let message = MeshMessage::Request(ShardRequest::WsAnnounce(request));
             // Lost only when the owner is overwhelmed; the client announces again.
-            let _ = self.send_lossy(owner, message);
+            self.send_lossy(owner, message).is_ok()
+        };
+        // Forget a stopped peer only once the stop is on its way to the
+        // owner: a stop that was lost leaves the peer to the close cleanup.
+        if let (Some((info_hash, peer_id)), true) = (stop, reached_owner) {
+            peers.forget(info_hash, peer_id);
         }
         Ok(())
     }

@@ -106,3 +106,109 @@ fn a_full_mesh_channel_makes_http_announces_busy() {
         "one deadline, for the one request that was sent"
     );
 }
+
+/// A WebSocket text frame as the npm client would send it.
+fn ws_announce(hash: [u8; 20], peer: u8, stopped: bool) -> String {
+    use aquatic_ws_protocol::{AnnounceEvent, AnnounceRequest, InMessage, InfoHash, PeerId};
+    let request = AnnounceRequest {
+        info_hash: InfoHash(hash),
+        peer_id: PeerId([peer; 20]),
+        event: if stopped {
+            AnnounceEvent::Stopped
+        } else {
+            AnnounceEvent::Started
+        },
+        bytes_left: Some(10),
+        numwant: Some(0),
+        offers: None,
+        answer: None,
+        to_peer_id: None,
+        offer_id: None,
+    };
+    let mut out = Vec::new();
+    InMessage::Announce(request).write(&mut out).expect("write");
+    String::from_utf8(out).expect("utf8")
+}
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+fn ws_connect(addr: SocketAddr) -> Ws {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tungstenite::client(format!("ws://{addr}/"), stream)
+        .expect("handshake")
+        .0
+}
+
+fn ws_text(ws: &mut Ws) -> String {
+    loop {
+        match ws.read().expect("a message") {
+            tungstenite::Message::Text(t) => return t.as_str().to_owned(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn ws_send(ws: &mut Ws, text: &str) {
+    ws.send(tungstenite::Message::Text(text.to_owned().into()))
+        .expect("send");
+}
+
+fn ws_leechers(addr: SocketAddr, hash: [u8; 20]) -> Option<u64> {
+    let mut ws = ws_connect(addr);
+    use aquatic_ws_protocol::{InMessage, InfoHash, ScrapeRequest};
+    let mut scrape = Vec::new();
+    InMessage::Scrape(ScrapeRequest {
+        info_hashes: vec![InfoHash(hash)],
+    })
+    .write(&mut scrape)
+    .expect("write");
+    ws_send(&mut ws, &String::from_utf8(scrape).expect("utf8"));
+    let text = ws_text(&mut ws);
+    let reply: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let files = reply.get("files")?.as_object()?;
+    files.values().next()?.get("incomplete")?.as_u64()
+}
+
+#[test]
+fn a_stop_lost_to_a_full_mesh_still_leaves_the_peer_to_the_close() {
+    let config = base_config().replace("[runtime]\n", "[runtime]\nmesh_channel_size = 1\n");
+    let tracker = Tracker::start("mesh-lost-stop", &config);
+    let ws_addr = SocketAddr::from(([127, 0, 0, 1], tracker.ws.expect("ws").port()));
+    let mut client = ws_connect(ws_addr);
+    ws_send(&mut client, "aquatic-test-hook:executor");
+    let reply: serde_json::Value = serde_json::from_str(&ws_text(&mut client)).expect("json");
+    let here = reply["test_hook_executor"].as_u64().expect("executor");
+    let other = 1 - here;
+    let torrent = hash_on_shard(other, 2, 50);
+    ws_send(&mut client, &ws_announce(torrent, 1, false));
+    assert!(ws_text(&mut client).contains("\"interval\""), "announced");
+
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    udp.send_to(b"aquatic-test-hook:stall-mesh", tracker.udp_v4())
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(200));
+    // Fill the one-slot channel to the owner (the first message after the
+    // stall may still be read), then stop: the stop meets a full channel.
+    for filler in 0..3 {
+        ws_send(
+            &mut client,
+            &ws_announce(hash_on_shard(other, 2, 60 + filler), 1, false),
+        );
+    }
+    ws_send(&mut client, &ws_announce(torrent, 1, true));
+    std::thread::sleep(Duration::from_millis(200));
+    drop(client);
+    std::thread::sleep(Duration::from_millis(200));
+    udp.send_to(b"aquatic-test-hook:resume-mesh", tracker.udp_v4())
+        .expect("send");
+
+    // The close must still take the peer out of the owner's swarm.
+    let left = eventually(Duration::from_secs(10), || {
+        (ws_leechers(ws_addr, torrent) == Some(0)).then_some(())
+    });
+    assert!(left.is_some(), "the peer left with its connection");
+}

@@ -190,3 +190,45 @@ fn garbage_does_not_kill_it_and_never_amplifies() {
     let r = fresh.announce(hash_on_shard(1, 2, 42), 1, 1234, AnnounceEvent::Started, 5);
     assert_eq!(counts(&r), (0, 1));
 }
+
+#[test]
+fn port_zero_is_refused_and_negative_left_is_a_leecher() {
+    let tracker = Tracker::start("udp-validation", &base_config());
+    let mut client = Client::new(tracker.udp_v4());
+    for shard in 0..2 {
+        let hash = hash_on_shard(shard, 2, 30);
+        // Port 0: nobody could connect to the peer; refused as over HTTP.
+        match client.announce(hash, 1, 0, AnnounceEvent::Started, 10) {
+            OwnedResponse::Error { message, .. } => assert_eq!(message, "invalid port"),
+            other => panic!("shard {shard}: expected an error, got {other:?}"),
+        }
+        // A negative `left` says nothing true: a leecher, not a seeder.
+        let reply = client.announce(hash, 2, 6881, AnnounceEvent::Started, -1);
+        assert_eq!(counts(&reply), (0, 1), "shard {shard}: (seeders, leechers)");
+        assert_eq!(client.scrape(&[hash]), vec![(0, 1, 0)], "shard {shard}");
+    }
+}
+
+#[test]
+fn a_seeder_is_sent_leechers_only_and_nobody_when_there_are_none() {
+    let tracker = Tracker::start("udp-seeders", &base_config());
+    let mut client = Client::new(tracker.udp_v4());
+    for shard in 0..2 {
+        let hash = hash_on_shard(shard, 2, 31);
+        client.announce(hash, 1, 7001, AnnounceEvent::Started, 0);
+        let second = client.announce(hash, 2, 7002, AnnounceEvent::Started, 0);
+        assert_eq!(counts(&second), (2, 0));
+        assert_eq!(
+            peers_v4(&second),
+            Vec::<u16>::new(),
+            "shard {shard}: no seeder for a seeder"
+        );
+        client.announce(hash, 3, 7003, AnnounceEvent::Started, 5);
+        let seeder = client.announce(hash, 1, 7001, AnnounceEvent::None, 0);
+        assert_eq!(
+            peers_v4(&seeder),
+            vec![7003],
+            "shard {shard}: the one leecher"
+        );
+    }
+}

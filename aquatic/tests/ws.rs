@@ -427,3 +427,85 @@ fn a_connection_may_announce_only_so_many_peers() {
     assert_eq!(client.announce(announce(hashes[2], 1)), (0, 1));
     assert_eq!(client.leechers(hashes[2]), 1);
 }
+
+/// The failure reason of the next message, which must be an error.
+fn error_reason<S: Read + Write>(client: &mut Client<S>) -> String {
+    match client.recv() {
+        OwnedOutMessage::Error { failure_reason, .. } => failure_reason,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn another_connection_cannot_stop_or_take_over_a_peer() {
+    let tracker = Tracker::start("ws-ownership", &base_config());
+    let addr = ws_v4(&tracker);
+    // Both shards: the owner may be the holder's executor or another one.
+    for shard in 0..2 {
+        let hash = hash_on_shard(shard, 2, 40);
+        let mut holder = connect(addr);
+        let mut intruder = connect(addr);
+        assert_eq!(holder.announce(announce(hash, 1)), (0, 1));
+
+        // Eviction by peer id: refused, the peer stays.
+        let mut stop = announce(hash, 1);
+        stop.event = AnnounceEvent::Stopped;
+        intruder.send(InMessage::Announce(stop));
+        assert_eq!(
+            error_reason(&mut intruder),
+            "peer id in use by another connection"
+        );
+        assert_eq!(intruder.leechers(hash), 1, "shard {shard}: not evicted");
+
+        // Hijack by peer id: refused, offers still reach the holder.
+        intruder.send(InMessage::Announce(announce(hash, 1)));
+        assert_eq!(
+            error_reason(&mut intruder),
+            "peer id in use by another connection"
+        );
+        let mut offerer = connect(addr);
+        let mut with_offer = announce(hash, 2);
+        with_offer.offers = Some(vec![AnnounceOffer {
+            offer_id: OfferId([7; 20]),
+            offer: sdp("o"),
+        }]);
+        assert_eq!(offerer.announce(with_offer), (0, 2));
+        match holder.recv() {
+            OwnedOutMessage::Offer { peer_id, .. } => assert_eq!(peer_id, PeerId([2; 20])),
+            other => panic!("shard {shard}: the holder should get the offer, got {other:?}"),
+        }
+        // The holder's close frees the id.
+        drop(holder);
+        let freed = eventually(Duration::from_secs(5), || {
+            (intruder.leechers(hash) == 1).then_some(())
+        });
+        assert!(
+            freed.is_some(),
+            "shard {shard}: the holder's peer left on close"
+        );
+        assert_eq!(intruder.announce(announce(hash, 1)), (0, 2));
+    }
+}
+
+#[test]
+fn a_peer_inserted_by_an_incomplete_answer_leaves_with_its_connection() {
+    let tracker = Tracker::start("ws-incomplete-answer", &base_config());
+    let addr = ws_v4(&tracker);
+    let mut watcher = connect(addr);
+    for shard in 0..2 {
+        let hash = hash_on_shard(shard, 2, 41);
+        let mut client = connect(addr);
+        // An answer without to_peer_id / offer_id is a plain announce.
+        let mut odd = announce(hash, 3);
+        odd.answer = Some(sdp("a"));
+        assert_eq!(client.announce(odd), (0, 1));
+        drop(client);
+        let gone = eventually(Duration::from_secs(5), || {
+            (watcher.leechers(hash) == 0).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "shard {shard}: the peer left with its connection"
+        );
+    }
+}

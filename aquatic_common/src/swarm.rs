@@ -137,8 +137,8 @@ impl<P: SwarmPeer, K: std::hash::Hash + Eq + Clone> Swarm<P, K> {
 
     /// Calls `emit` for up to `max` peers chosen for `requester`.
     ///
-    /// The requester is never chosen. A seeder is given only leechers when
-    /// there are any (seeders have nothing to gain from each other). When
+    /// The requester is never chosen. A seeder is given only leechers (none
+    /// when there are none: seeders have nothing to gain from each other). When
     /// there are more candidates than `max`, the peers come from a random
     /// place in the swarm. Returns how many peers were emitted, which is
     /// exactly `min(max, candidates)`.
@@ -150,14 +150,13 @@ impl<P: SwarmPeer, K: std::hash::Hash + Eq + Clone> Swarm<P, K> {
         max: usize,
         mut emit: impl FnMut(&K, &P),
     ) -> usize {
-        let (first, second): (&PeerMap<K, P>, Option<&PeerMap<K, P>>) =
-            if requester_is_seeder && !self.leechers.is_empty() {
-                (&self.leechers, None)
-            } else if requester_is_seeder {
-                (&self.seeders, None)
-            } else {
-                (&self.seeders, Some(&self.leechers))
-            };
+        // Seeders have nothing to gain from each other: a seeder gets
+        // leechers only, and an empty list when there are none.
+        let (first, second): (&PeerMap<K, P>, Option<&PeerMap<K, P>>) = if requester_is_seeder {
+            (&self.leechers, None)
+        } else {
+            (&self.seeders, Some(&self.leechers))
+        };
         let pool = first.len() + second.map_or(0, |m| m.len());
         let requester_in_pool =
             first.contains_key(requester) || second.is_some_and(|m| m.contains_key(requester));
@@ -327,9 +326,9 @@ mod tests {
         let got = select(&s, id(0), true, 50);
         assert_eq!(got.len(), 2);
         assert!(got.iter().all(|p| p.0[0] >= 3));
-        // no leechers: seeders get the other seeders
+        // no leechers: a seeder gets nobody
         let s = swarm(3, 0);
-        assert_eq!(select(&s, id(0), true, 50).len(), 2);
+        assert!(select(&s, id(0), true, 50).is_empty());
     }
 
     #[test]
@@ -371,10 +370,8 @@ mod tests {
             proptest::prop_assert_eq!(unique.len(), got.len());
             let me_seeder = me < seeders;
             let me_leecher = me >= seeders && me < seeders + leechers;
-            let candidates = if seeder && leechers > 0 {
+            let candidates = if seeder {
                 leechers as usize - usize::from(me_leecher)
-            } else if seeder {
-                seeders as usize - usize::from(me_seeder)
             } else {
                 (seeders + leechers) as usize - usize::from(me_seeder || me_leecher)
             };

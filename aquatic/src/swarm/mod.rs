@@ -17,11 +17,13 @@
 //! WebTorrent protocol's own messages.
 
 mod bt;
+mod refusal;
 mod rules;
 mod ws;
 
 pub use bt::{BtAnnounce, BtShard, CleanReport};
-pub use rules::{AnnounceInput, ConnectionPeers, Limits, Refusal, Rules};
+pub use refusal::Refusal;
+pub use rules::{AnnounceInput, ConnectionPeers, Limits, Rules};
 pub use ws::{ConnectionRef, WsAnnounce, WsAnswer, WsShard, WsTiming};
 
 /// Which swarms a scrape reads: BitTorrent (UDP and HTTP) or WebTorrent.

@@ -15,44 +15,9 @@ use hashbrown::HashSet;
 
 use super::{
     bt::BtAnnounce,
+    refusal::Refusal,
     ws::{ConnectionRef, WsAnnounce, WsAnswer},
 };
-
-/// Why a request is refused. The display text is the failure reason the
-/// client reads; it is part of the wire protocol and never changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The access list does not let the info hash (or one of a scrape's
-    /// hashes) through.
-    #[error("info hash not allowed")]
-    NotAllowed,
-    /// A BitTorrent announce for port 0: nobody could connect to the peer.
-    #[error("invalid port")]
-    InvalidPort,
-    /// A WebSocket connection already announced as many peers as allowed.
-    #[error("too many torrents on one connection")]
-    TooManyPeersOnConnection,
-    /// A scrape for more torrents than allowed.
-    #[error("too many info hashes")]
-    TooManyInfoHashes,
-    /// A scrape for no torrent at all (a "full scrape").
-    #[error("full scrapes are not supported")]
-    FullScrape,
-}
-
-impl Refusal {
-    /// The text the client gets.
-    pub fn failure_reason(self) -> &'static str {
-        match self {
-            Self::NotAllowed => "info hash not allowed",
-            Self::InvalidPort => "invalid port",
-            Self::TooManyPeersOnConnection => "too many torrents on one connection",
-            Self::TooManyInfoHashes => "too many info hashes",
-            Self::FullScrape => "full scrapes are not supported",
-        }
-    }
-}
 
 /// A UDP or HTTP announce as the protocol crates parse it, before the
 /// tracker's rules: the adapters fill it from the wire and nothing else.
@@ -233,17 +198,9 @@ impl Rules {
         // and clients, so one connection may hold several peers, even in
         // one torrent.
         let key = (info_hash, request.peer_id);
-        if stopped {
-            peers.announced.remove(&key);
-        } else if peers.announced.len() >= self.limits.max_peers_per_connection
-            && !peers.announced.contains(&key)
-        {
-            return Err(Refusal::TooManyPeersOnConnection);
-        } else if request.answer.is_none() {
-            peers.announced.insert(key);
-        }
-        let max_offers = self.limits.max_offers;
-        let numwant = request.numwant.unwrap_or(max_offers).min(max_offers);
+        // Only a complete relay (answer, to_peer_id and offer_id) leaves
+        // the swarm as it is; anything else may insert the peer, so it is
+        // recorded for close cleanup whatever the message's shape.
         let answer = match (request.answer, request.to_peer_id, request.offer_id) {
             (Some(answer), Some(to_peer_id), Some(offer_id)) => Some(WsAnswer {
                 to_peer_id,
@@ -252,6 +209,17 @@ impl Rules {
             }),
             _ => None,
         };
+        // A stop leaves the record alone here: the router forgets the key
+        // once the stop has reached the owner (ConnectionPeers::forget), so
+        // a stop lost to a full mesh still leaves the peer to the close.
+        if answer.is_none() && !stopped && !peers.announced.contains(&key) {
+            if peers.announced.len() >= self.limits.max_peers_per_connection {
+                return Err(Refusal::TooManyPeersOnConnection);
+            }
+            peers.announced.insert(key);
+        }
+        let max_offers = self.limits.max_offers;
+        let numwant = request.numwant.unwrap_or(max_offers).min(max_offers);
         let offers = request
             .offers
             .unwrap_or_default()
@@ -285,6 +253,21 @@ impl ConnectionPeers {
     /// the record.
     pub fn take(&mut self) -> Vec<(InfoHash, PeerId)> {
         self.announced.drain().collect()
+    }
+
+    /// Forgets a pair whose `stopped` reached its shard.
+    pub fn forget(&mut self, info_hash: InfoHash, peer_id: PeerId) {
+        self.announced.remove(&(info_hash, peer_id));
+    }
+
+    /// Pairs recorded.
+    pub fn len(&self) -> usize {
+        self.announced.len()
+    }
+
+    /// Nothing recorded.
+    pub fn is_empty(&self) -> bool {
+        self.announced.is_empty()
     }
 }
 
@@ -361,6 +344,7 @@ mod tests {
             Refusal::TooManyPeersOnConnection,
             Refusal::TooManyInfoHashes,
             Refusal::FullScrape,
+            Refusal::PeerIdInUse,
         ] {
             assert_eq!(r.to_string(), r.failure_reason());
         }

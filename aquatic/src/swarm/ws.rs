@@ -18,7 +18,7 @@ use aquatic_ws_protocol::{AnnounceResponse, OfferId, OwnedOutMessage, RtcPayload
 use hashbrown::HashMap;
 use rand::Rng;
 
-use super::bt::CleanReport;
+use super::{bt::CleanReport, refusal::Refusal};
 
 /// Names one WebSocket connection in the whole process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,6 +103,11 @@ impl WsShard {
     /// Records an announce and hands what it causes to `deliver`: offers to
     /// chosen peers, an answer to the peer that offered, and the
     /// announcer's own response.
+    ///
+    /// A peer belongs to the connection that announced it: an announce,
+    /// stop or answer under a peer id another connection holds is refused
+    /// ([`Refusal::PeerIdInUse`]) and changes nothing. The holder's close
+    /// frees the id (its peers leave when the connection ends).
     pub fn announce<R: Rng + ?Sized>(
         &mut self,
         timing: WsTiming,
@@ -110,7 +115,7 @@ impl WsShard {
         rng: &mut R,
         request: WsAnnounce,
         mut deliver: impl FnMut(ConnectionRef, OwnedOutMessage),
-    ) {
+    ) -> Result<(), Refusal> {
         let WsAnnounce {
             info_hash,
             peer_id,
@@ -131,21 +136,28 @@ impl WsShard {
                 announce_interval: timing.announce_interval,
             })
         };
+        let held_elsewhere = |torrent: &Torrent| {
+            torrent
+                .peers
+                .get(&peer_id)
+                .is_some_and(|(peer, _)| peer.connection != connection)
+        };
         if let Some(answer) = answer {
             // An answer is a relay, not an announce: the JavaScript client
             // sends it without `left` or `event`, so it must not change the
             // peer's standing. It only proves the peer is still there.
             let Some(torrent) = self.torrents.get_mut(&info_hash) else {
-                return;
+                return Ok(());
             };
-            if let Some((peer, status)) = torrent.peers.get(&peer_id) {
-                if peer.connection == connection {
-                    let refreshed = WsPeer {
-                        connection,
-                        valid_until,
-                    };
-                    torrent.peers.upsert(peer_id, refreshed, status);
-                }
+            if held_elsewhere(torrent) {
+                return Err(Refusal::PeerIdInUse);
+            }
+            if let Some((_, status)) = torrent.peers.get(&peer_id) {
+                let refreshed = WsPeer {
+                    connection,
+                    valid_until,
+                };
+                torrent.peers.upsert(peer_id, refreshed, status);
             }
             if let Some((to, _)) = torrent.peers.get(&answer.to_peer_id) {
                 deliver(
@@ -158,13 +170,16 @@ impl WsShard {
                     },
                 );
             }
-            return;
+            return Ok(());
         }
 
         let status = PeerStatus::from_announce(stopped, completed, bytes_left);
+        if self.torrents.get(&info_hash).is_some_and(held_elsewhere) {
+            return Err(Refusal::PeerIdInUse);
+        }
         if status == PeerStatus::Stopped && !self.torrents.contains_key(&info_hash) {
             deliver(connection, response(info_hash, PeerCounts::default()));
-            return;
+            return Ok(());
         }
         let torrent = self.torrents.entry(info_hash).or_default();
         let peer = WsPeer {
@@ -203,6 +218,7 @@ impl WsShard {
         if torrent.peers.is_empty() {
             self.torrents.remove(&info_hash);
         }
+        Ok(())
     }
 
     /// Removes `peer_id` from `info_hash` if `connection` still holds it
@@ -307,16 +323,7 @@ mod tests {
     type Delivered = Vec<(ConnectionRef, OwnedOutMessage)>;
 
     fn run(shard: &mut WsShard, request: WsAnnounce) -> Delivered {
-        let mut out = Vec::new();
-        let mut rng = SmallRng::seed_from_u64(1);
-        let timing = WsTiming {
-            peer_timeout: Duration::from_secs(3600),
-            announce_interval: 120,
-        };
-        shard.announce(timing, SecondsSinceStart(0), &mut rng, request, |c, m| {
-            out.push((c, m))
-        });
-        out
+        try_run(shard, request).expect("accepted")
     }
 
     #[test]
@@ -382,6 +389,62 @@ mod tests {
         shard.disconnect(&hash, &PeerId([2; 20]), conn(2));
         assert_eq!(shard.torrents(), 0, "empty torrents go at once");
         assert_eq!(shard.peer_counts(), PeerCounts::default());
+    }
+
+    fn try_run(shard: &mut WsShard, request: WsAnnounce) -> Result<Delivered, Refusal> {
+        let mut out = Vec::new();
+        let timing = WsTiming {
+            peer_timeout: Duration::from_secs(3600),
+            announce_interval: 120,
+        };
+        let mut rng = SmallRng::seed_from_u64(1);
+        shard
+            .announce(timing, SecondsSinceStart(0), &mut rng, request, |c, m| {
+                out.push((c, m))
+            })
+            .map(|()| out)
+    }
+
+    #[test]
+    fn another_connection_can_neither_stop_nor_take_over_a_peer() {
+        let mut shard = WsShard::default();
+        run(&mut shard, announce(1, Vec::new()));
+        let hash = InfoHash([1; 20]);
+        // Connection 9 replays peer 1's id: stopped, then a plain announce,
+        // then an answer in its name.
+        let mut stop = announce(1, Vec::new());
+        stop.connection = conn(9);
+        stop.stopped = true;
+        assert_eq!(
+            try_run(&mut shard, stop).map(|d| d.len()),
+            Err(Refusal::PeerIdInUse)
+        );
+        let mut hijack = announce(1, Vec::new());
+        hijack.connection = conn(9);
+        assert_eq!(
+            try_run(&mut shard, hijack).map(|d| d.len()),
+            Err(Refusal::PeerIdInUse)
+        );
+        let mut answer = announce(1, Vec::new());
+        answer.connection = conn(9);
+        answer.answer = Some(WsAnswer {
+            to_peer_id: PeerId([2; 20]),
+            offer_id: OfferId([7; 20]),
+            answer: offer(3).1,
+        });
+        assert_eq!(
+            try_run(&mut shard, answer).map(|d| d.len()),
+            Err(Refusal::PeerIdInUse)
+        );
+        // Peer 1 is still connection 1's: offers to it still go there.
+        assert_eq!(shard.scrape(&hash).leechers, 1);
+        let out = run(&mut shard, announce(2, vec![offer(5)]));
+        assert!(matches!(out[0], (c, OwnedOutMessage::Offer { .. }) if c == conn(1)));
+        // Once connection 1 closes, the id is free.
+        shard.disconnect(&hash, &PeerId([1; 20]), conn(1));
+        let mut taken = announce(1, Vec::new());
+        taken.connection = conn(9);
+        assert!(try_run(&mut shard, taken).is_ok());
     }
 
     #[test]

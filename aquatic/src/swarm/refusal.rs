@@ -1,0 +1,43 @@
+//! Why the tracker refuses a request: one list for every protocol, with
+//! the exact text each client reads.
+
+/// Why a request is refused. The display text is the failure reason the
+/// client reads; it is part of the wire protocol and never changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The access list does not let the info hash (or one of a scrape's
+    /// hashes) through.
+    #[error("info hash not allowed")]
+    NotAllowed,
+    /// A BitTorrent announce for port 0: nobody could connect to the peer.
+    #[error("invalid port")]
+    InvalidPort,
+    /// A WebSocket connection already announced as many peers as allowed.
+    #[error("too many torrents on one connection")]
+    TooManyPeersOnConnection,
+    /// A scrape for more torrents than allowed.
+    #[error("too many info hashes")]
+    TooManyInfoHashes,
+    /// A scrape for no torrent at all (a "full scrape").
+    #[error("full scrapes are not supported")]
+    FullScrape,
+    /// A WebTorrent announce for a peer id another live connection holds:
+    /// nobody may stop, move or take over another client's peer.
+    #[error("peer id in use by another connection")]
+    PeerIdInUse,
+}
+
+impl Refusal {
+    /// The text the client gets.
+    pub fn failure_reason(self) -> &'static str {
+        match self {
+            Self::NotAllowed => "info hash not allowed",
+            Self::InvalidPort => "invalid port",
+            Self::TooManyPeersOnConnection => "too many torrents on one connection",
+            Self::TooManyInfoHashes => "too many info hashes",
+            Self::FullScrape => "full scrapes are not supported",
+            Self::PeerIdInUse => "peer id in use by another connection",
+        }
+    }
+}
