@@ -28,6 +28,8 @@ pub mod executor;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
 pub mod host;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod invariants;
 pub mod metrics;
 pub mod net;
 pub mod notify;
