@@ -119,7 +119,44 @@ pub enum Reason {
     /// Every protocol is disabled: there would be nothing to serve.
     #[error("all false: nothing to serve, enable at least one")]
     NothingEnabled,
+    /// A scrape of `tracker.max_scrape_torrents` info hashes, as clients
+    /// send it, is longer than `http.max_request_bytes`: every such
+    /// scrape would be refused with a 414.
+    #[error(
+        "a scrape of {torrents} info hashes needs up to {needed} bytes of request \
+         ({SCRAPE_BYTES_PER_HASH} per percent-encoded hash, {REQUEST_HEAD_ALLOWANCE} for the \
+         request line and headers): raise http.max_request_bytes or lower \
+         tracker.max_scrape_torrents"
+    )]
+    ScrapeExceedsHttpRequest {
+        /// `tracker.max_scrape_torrents`.
+        torrents: u64,
+        /// The `http.max_request_bytes` that scrape needs.
+        needed: u64,
+    },
+    /// More info hashes than BEP 15 lets a UDP scrape carry.
+    #[error(
+        "BEP 15 allows at most {max} info hashes in a UDP scrape: lower \
+         tracker.max_scrape_torrents or disable UDP"
+    )]
+    ScrapeExceedsUdp {
+        /// BEP 15's limit.
+        max: u64,
+    },
 }
+
+/// The longest an `info_hash=…&` parameter is with every byte
+/// percent-encoded, as libtorrent and most clients send it: 10 + 60 + 1.
+pub const SCRAPE_BYTES_PER_HASH: u64 = 71;
+
+/// What a scrape's request head holds besides its hashes: `GET /scrape?`,
+/// ` HTTP/1.1` and typical headers (Host, User-Agent, Accept-Encoding,
+/// Connection, a proxy's X-Forwarded-For), with room to spare.
+pub const REQUEST_HEAD_ALLOWANCE: u64 = 512;
+
+/// BEP 15: "Up to about 74 torrents can be scraped at once"; a request of
+/// 16 + 20 × 74 bytes also stays under the UDP endpoint's 2048-byte read.
+pub const UDP_MAX_SCRAPE_TORRENTS: u64 = 74;
 
 /// A [`Config`] that passed [`Config::validate`]: what the runtime takes.
 ///
@@ -386,7 +423,9 @@ impl Default for HttpConfig {
             tls_certificate_path: PathBuf::new(),
             tls_private_key_path: PathBuf::new(),
             max_connections_per_worker: 4096,
-            max_request_bytes: 4096,
+            // A scrape of the default 70 hashes needs 71 × 70 + 512 = 5482;
+            // 8192 is also what nginx and Apache accept by default.
+            max_request_bytes: 8192,
             request_timeout_secs: 10,
             keep_alive_timeout_secs: 60,
             reverse_proxy_ip_header: String::new(),
@@ -613,6 +652,7 @@ impl Config {
                 },
             );
         }
+        self.check_scrape_limits(&mut check);
         if !self.udp.enabled && !self.http.enabled && !self.ws.enabled {
             check.push(
                 "udp.enabled, http.enabled, ws.enabled",
@@ -623,6 +663,36 @@ impl Config {
             Ok(ValidConfig(self))
         } else {
             Err(check.0)
+        }
+    }
+
+    /// `tracker.max_scrape_torrents` against what each enabled protocol can
+    /// carry. Skipped for a key already out of range: one problem per
+    /// mistake.
+    fn check_scrape_limits(&self, check: &mut Checker) {
+        const TORRENTS: &str = "tracker.max_scrape_torrents";
+        const REQUEST_BYTES: &str = "http.max_request_bytes";
+        if check.has(TORRENTS) {
+            return;
+        }
+        let torrents = u64::try_from(self.tracker.max_scrape_torrents).unwrap_or(u64::MAX);
+        let needed = torrents
+            .saturating_mul(SCRAPE_BYTES_PER_HASH)
+            .saturating_add(REQUEST_HEAD_ALLOWANCE);
+        let request_bytes = u64::try_from(self.http.max_request_bytes).unwrap_or(u64::MAX);
+        if self.http.enabled && !check.has(REQUEST_BYTES) && needed > request_bytes {
+            check.push(
+                "tracker.max_scrape_torrents, http.max_request_bytes",
+                Reason::ScrapeExceedsHttpRequest { torrents, needed },
+            );
+        }
+        if self.udp.enabled && torrents > UDP_MAX_SCRAPE_TORRENTS {
+            check.push(
+                "tracker.max_scrape_torrents, udp.enabled",
+                Reason::ScrapeExceedsUdp {
+                    max: UDP_MAX_SCRAPE_TORRENTS,
+                },
+            );
         }
     }
 
@@ -643,6 +713,11 @@ struct Checker(Vec<Problem>);
 impl Checker {
     fn push(&mut self, key: &'static str, reason: Reason) {
         self.0.push(Problem { key, reason });
+    }
+
+    /// Whether a problem with `key` on its own was already found.
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|p| p.key == key)
     }
 
     /// `value` must lie in `bounds`; a value too large for `u64` is too large.
@@ -712,9 +787,10 @@ impl TrackerConfig {
         // caps it, as it caps what clients ask for (files that set only
         // max_numwant low keep working).
         // A UDP scrape response of 1000 torrents (8 + 12 × 1000 bytes) fits a
-        // datagram with room to spare (it sizes every UDP send slot), and
-        // a UDP request read into 2048 bytes names at most about 100; the
-        // bound also caps each HTTP and WS scrape.
+        // datagram with room to spare (it sizes every UDP send slot). With
+        // UDP enabled BEP 15's 74 is the real cap, and over HTTP the
+        // request size is (both checked in check_scrape_limits); 1000 is
+        // for HTTP- and WS-only trackers.
         check.range(
             "tracker.max_scrape_torrents",
             self.max_scrape_torrents,
@@ -934,7 +1010,13 @@ mod tests {
 
     #[test]
     fn upper_bound_is_inclusive() {
-        assert!(Config::from_toml("[tracker]\nmax_scrape_torrents = 1000", Path::new("x")).is_ok());
+        // 1000 hashes fit neither UDP nor the default HTTP request size.
+        let http_only = "[udp]\nenabled = false\n[http]\nmax_request_bytes = 71512\n";
+        assert!(Config::from_toml(
+            &format!("{http_only}[tracker]\nmax_scrape_torrents = 1000"),
+            Path::new("x")
+        )
+        .is_ok());
         assert_eq!(
             problems("[tracker]\nmax_scrape_torrents = 1001"),
             [Problem {
@@ -1032,6 +1114,69 @@ mod tests {
                 key: "udp.enabled, http.enabled, ws.enabled",
                 reason: Reason::NothingEnabled,
             }]
+        );
+    }
+
+    #[test]
+    fn scrape_limits_fit_the_protocols() {
+        let scrape = |torrents: u64, rest: &str| {
+            format!("[tracker]\nmax_scrape_torrents = {torrents}\n{rest}")
+        };
+        // The defaults: 70 hashes need 71 × 70 + 512 = 5482 bytes.
+        assert!(Config::from_toml(
+            &scrape(70, "[http]\nmax_request_bytes = 5482"),
+            Path::new("x")
+        )
+        .is_ok());
+        assert_eq!(
+            problems(&scrape(70, "[http]\nmax_request_bytes = 5481")),
+            [Problem {
+                key: "tracker.max_scrape_torrents, http.max_request_bytes",
+                reason: Reason::ScrapeExceedsHttpRequest {
+                    torrents: 70,
+                    needed: 5482
+                },
+            }]
+        );
+        assert!(Config::from_toml(&scrape(74, ""), Path::new("x")).is_ok());
+        assert_eq!(
+            problems(&scrape(75, "")),
+            [Problem {
+                key: "tracker.max_scrape_torrents, udp.enabled",
+                reason: Reason::ScrapeExceedsUdp { max: 74 },
+            }]
+        );
+        // Each protocol disabled lifts its own limit.
+        assert!(Config::from_toml(
+            &scrape(
+                100,
+                "[udp]\nenabled = false\n[http]\nmax_request_bytes = 7612"
+            ),
+            Path::new("x")
+        )
+        .is_ok());
+        assert!(Config::from_toml(
+            &scrape(100, "[udp]\nenabled = false\n[http]\nenabled = false"),
+            Path::new("x")
+        )
+        .is_ok());
+        let message = Config::from_toml(
+            &scrape(100, "[http]\nmax_request_bytes = 4096"),
+            Path::new("x.toml"),
+        )
+        .expect_err("contradicting")
+        .to_string();
+        assert_eq!(
+            message.lines().collect::<Vec<_>>(),
+            [
+                "invalid config file x.toml (2 problems):",
+                "x.toml: tracker.max_scrape_torrents, http.max_request_bytes: a scrape of 100 \
+                 info hashes needs up to 7612 bytes of request (71 per percent-encoded hash, \
+                 512 for the request line and headers): raise http.max_request_bytes or lower \
+                 tracker.max_scrape_torrents",
+                "x.toml: tracker.max_scrape_torrents, udp.enabled: BEP 15 allows at most 74 \
+                 info hashes in a UDP scrape: lower tracker.max_scrape_torrents or disable UDP",
+            ]
         );
     }
 
