@@ -8,6 +8,7 @@ mod common;
 use std::{
     io::Write,
     net::{SocketAddr, TcpStream},
+    thread,
     time::Duration,
 };
 
@@ -42,6 +43,14 @@ fn get(target: &str, extra_headers: &str) -> Vec<u8> {
          User-Agent: libtorrent/2.0.8.0\r\nAccept-Encoding: gzip\r\n{extra_headers}\r\n"
     )
     .into_bytes()
+}
+
+fn announce_target(hash: [u8; 20], peer: u8, port: u16, extra: &str) -> String {
+    format!(
+        "/announce?info_hash={}&peer_id={}&port={port}&uploaded=0&downloaded=0&left=100{extra}",
+        percent(&hash),
+        percent(&[peer; 20])
+    )
 }
 
 /// One request on a fresh connection.
@@ -101,5 +110,43 @@ fn contradicting_scrape_limits_are_refused_at_start() {
             .lines()
             .any(|l| l.contains("tracker.max_scrape_torrents, udp.enabled")),
         "no problem naming the UDP keys: {stderr}"
+    );
+}
+
+#[test]
+fn a_client_pipelining_steadily_is_not_timed_out() {
+    let config = with_http(&base_config(), "request_timeout_secs = 2\n");
+    let tracker = Tracker::start("http-pipelining-deadline", &config);
+    let mut stream = connect(http_v4(&tracker));
+    let hash = hash_on_shard(0, 2, 80);
+    let requests: Vec<Vec<u8>> = (1..=11u8)
+        .map(|peer| get(&announce_target(hash, peer, 3000 + u16::from(peer), ""), ""))
+        .collect();
+    let half = |r: &[u8]| r.len() / 2;
+    stream
+        .write_all(&requests[0][..half(&requests[0])])
+        .expect("first half");
+    // Each write completes one request and starts the next, so the
+    // server's buffer is never empty for about 5 s, well past the 2 s a
+    // single request may take.
+    for (i, pair) in requests.windows(2).enumerate() {
+        thread::sleep(Duration::from_millis(500));
+        let (this, next) = (&pair[0], &pair[1]);
+        let mut chunk = this[half(this)..].to_vec();
+        chunk.extend_from_slice(&next[..half(next)]);
+        stream
+            .write_all(&chunk)
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+        let (status, body) = read_responses(&mut stream, 1).remove(0);
+        assert_eq!(status, 200, "request {i}: {body:?}");
+    }
+    let last = &requests[requests.len() - 1];
+    stream.write_all(&last[half(last)..]).expect("last half");
+    let (status, body) = read_responses(&mut stream, 1).remove(0);
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(
+        body.get(b"incomplete").and_then(Value::as_int),
+        Some(11),
+        "every announce arrived: {body:?}"
     );
 }

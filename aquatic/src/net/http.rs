@@ -7,7 +7,8 @@
 //! UDP and HTTP peers of a torrent share one swarm.
 //!
 //! Slow clients cannot hold a connection: a request must arrive whole
-//! within `request_timeout_secs` of its first byte, an idle connection
+//! within `request_timeout_secs` of its own first byte (each pipelined
+//! request has its own deadline), an idle connection
 //! closes after `keep_alive_timeout_secs`, and writes time out too.
 
 use std::{
@@ -158,11 +159,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         buf.drain(..consumed);
-        request_started = if buf.is_empty() {
-            None
-        } else {
-            request_started.or_else(|| Some(Instant::now()))
-        };
+        request_started = next_deadline_start(request_started, consumed, &buf, Instant::now());
         if !out.is_empty() {
             match within(request_timeout, stream.write_all(&out)).await {
                 Some(Ok(())) => out.clear(),
@@ -197,6 +194,31 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         }
+    }
+}
+
+/// When the request at the front of `buf` started, for its deadline, after
+/// `consumed` bytes of complete requests were taken off the front.
+///
+/// Each request gets `request_timeout_secs` from its own first byte: once a
+/// request is consumed, what remains is a later request, whose clock starts
+/// now (its first bytes came in the read that completed the one before, and
+/// the time spent answering that one is the server's, not the client's).
+/// Keeping the first request's clock would cut off a client that pipelines
+/// steadily, whose buffer is never empty.
+fn next_deadline_start(
+    started: Option<Instant>,
+    consumed: usize,
+    buf: &[u8],
+    now: Instant,
+) -> Option<Instant> {
+    if buf.is_empty() {
+        None
+    } else if consumed > 0 {
+        Some(now)
+    } else {
+        // Still the same incomplete request: its clock keeps running.
+        started.or(Some(now))
     }
 }
 
@@ -319,5 +341,29 @@ async fn answer_announce(
             endpoint.stats.http_responses.bump();
         }
         Err(err) => refuse(endpoint, reply, err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_request_has_its_own_deadline() {
+        let first = Instant::now();
+        let later = first + Duration::from_secs(5);
+        // Nothing left: no request is running.
+        assert_eq!(next_deadline_start(Some(first), 10, b"", later), None);
+        // A request completed and the next one began: a fresh clock.
+        assert_eq!(
+            next_deadline_start(Some(first), 10, b"GET /an", later),
+            Some(later)
+        );
+        // Nothing completed: the same request's clock keeps running.
+        assert_eq!(
+            next_deadline_start(Some(first), 0, b"GET /an", later),
+            Some(first)
+        );
+        assert_eq!(next_deadline_start(None, 0, b"GET", later), Some(later));
     }
 }
