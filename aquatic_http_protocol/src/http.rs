@@ -64,8 +64,8 @@ pub struct ParsedRequest<'a> {
 
 impl<'a> ParsedRequest<'a> {
     /// All headers as `(name, value)` in order, values without surrounding
-    /// whitespace.
-    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    /// whitespace (and from the end with `.rev()`).
+    pub fn headers(&self) -> impl DoubleEndedIterator<Item = (&'a [u8], &'a [u8])> {
         self.header_block.split(|&b| b == b'\n').filter_map(|line| {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let colon = line.iter().position(|&b| b == b':')?;
@@ -79,31 +79,42 @@ impl<'a> ParsedRequest<'a> {
     /// reverse proxy appends its own line after whatever the client sent.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.headers()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .last()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
 
     /// The client address a trusted reverse proxy put in `header_name`
-    /// (e.g. `X-Forwarded-For` or `X-Real-IP`): the last comma-separated
-    /// entry of the last such header, as an IP address or `ip:port`.
+    /// (e.g. `X-Forwarded-For` or `X-Real-IP`): the last entry of the
+    /// header's list (see [`Self::forwarded_ip_behind`]), as an IP address
+    /// or `ip:port`.
     ///
-    /// Only call this when a proxy is configured: clients can send the
-    /// header themselves.
+    /// Only call this for a request from a trusted proxy: clients can send
+    /// the header themselves.
     pub fn forwarded_ip(&self, header_name: &str) -> Option<IpAddr> {
         self.forwarded_ip_behind(header_name, 1)
     }
 
-    /// Like [`Self::forwarded_ip`] with `trusted_proxies` proxies in front:
+    /// Like [`Self::forwarded_ip`] with `trusted_hops` proxies in front:
     /// each appends the address it received from, so the client's address
-    /// is entry `trusted_proxies` counted from the end (1 = the last).
+    /// is entry `trusted_hops` counted from the end (1 = the last).
     /// Entries before it can be forged by the client and are never used.
-    pub fn forwarded_ip_behind(&self, header_name: &str, trusted_proxies: usize) -> Option<IpAddr> {
-        let value = self.header(header_name)?;
-        let entry = value
-            .rsplit(|&b| b == b',')
-            .nth(trusted_proxies.checked_sub(1)?)?;
-        let text = std::str::from_utf8(trim(entry)).ok()?;
+    ///
+    /// Repeated lines of the header are one comma-separated list, in order
+    /// (RFC 9110 §5.3): `X-Forwarded-For: a, b` then `X-Forwarded-For: c`
+    /// is `a, b, c`, so a proxy that adds its own line rather than append
+    /// to the client's counts as one hop like one that appends. Empty
+    /// entries are not counted (RFC 9110 §5.6.1).
+    pub fn forwarded_ip_behind(&self, header_name: &str, trusted_hops: usize) -> Option<IpAddr> {
+        let entry = self
+            .headers()
+            .rev()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(header_name.as_bytes()))
+            .flat_map(|(_, value)| value.rsplit(|&b| b == b','))
+            .map(trim)
+            .filter(|entry| !entry.is_empty())
+            .nth(trusted_hops.checked_sub(1)?)?;
+        let text = std::str::from_utf8(entry).ok()?;
         text.parse::<IpAddr>()
             .ok()
             .or_else(|| text.parse::<SocketAddr>().ok().map(|a| a.ip()))
@@ -482,9 +493,50 @@ mod tests {
             parsed.forwarded_ip_behind("x-forwarded-for", 2),
             "203.0.113.7".parse().ok()
         );
-        assert_eq!(parsed.forwarded_ip_behind("x-forwarded-for", 3), None);
+        // The earlier line is the start of the same list.
+        assert_eq!(
+            parsed.forwarded_ip_behind("x-forwarded-for", 3),
+            "1.1.1.1".parse().ok()
+        );
+        assert_eq!(parsed.forwarded_ip_behind("x-forwarded-for", 4), None);
         assert_eq!(parsed.forwarded_ip_behind("x-forwarded-for", 0), None);
         assert_eq!(parsed.headers().count(), 4);
+    }
+
+    #[test]
+    fn repeated_header_lines_are_one_list() {
+        let line = format!(
+            "{ANNOUNCE} HTTP/1.1\r\nX-Forwarded-For: 198.51.100.1, 198.51.100.2\r\n\
+             Host: t\r\nx-forwarded-for: 203.0.113.9\r\nX-Forwarded-For: 10.0.0.1,\r\n\
+             X-Forwarded-For:\r\n\r\n"
+        );
+        let parsed = complete(line.as_bytes());
+        // The list is 198.51.100.1, 198.51.100.2, 203.0.113.9, 10.0.0.1:
+        // lines in order, the empty entry and the empty line not counted.
+        let behind = |hops| parsed.forwarded_ip_behind("X-Forwarded-For", hops);
+        assert_eq!(behind(1), "10.0.0.1".parse().ok());
+        assert_eq!(behind(2), "203.0.113.9".parse().ok());
+        assert_eq!(behind(3), "198.51.100.2".parse().ok());
+        assert_eq!(behind(4), "198.51.100.1".parse().ok());
+        assert_eq!(behind(5), None);
+        // A proxy that adds its own line counts as one hop, as one that
+        // appends to the client's line does.
+        let own_line = format!(
+            "{ANNOUNCE} HTTP/1.1\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"
+        );
+        let appended =
+            format!("{ANNOUNCE} HTTP/1.1\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.9\r\n\r\n");
+        for text in [own_line, appended] {
+            let parsed = complete(text.as_bytes());
+            assert_eq!(
+                parsed.forwarded_ip("x-forwarded-for"),
+                "203.0.113.9".parse().ok()
+            );
+            assert_eq!(
+                parsed.forwarded_ip_behind("x-forwarded-for", 2),
+                "6.6.6.6".parse().ok()
+            );
+        }
     }
 
     #[test]
