@@ -20,7 +20,10 @@ use std::{
     time::Duration,
 };
 
-use aquatic_common::access_list::AccessListMode;
+use aquatic_common::{
+    access_list::AccessListMode,
+    ip_network::{InvalidNetwork, IpNetwork},
+};
 use serde::{Deserialize, Serialize};
 
 /// The commented default configuration, printed by `--print-config`.
@@ -143,6 +146,24 @@ pub enum Reason {
         /// BEP 15's limit.
         max: u64,
     },
+    /// An entry of `http.trusted_proxies` is not a network.
+    #[error("{entry:?} is not a network such as \"10.0.0.0/8\" or \"::1/128\": {error}")]
+    InvalidNetwork {
+        /// The entry as written.
+        entry: String,
+        /// What is wrong with it.
+        error: InvalidNetwork,
+    },
+    /// `http.reverse_proxy_ip_header` is set but no proxy is trusted to
+    /// send it: the header would be ignored and every peer would get the
+    /// proxy's address (and trusting every peer would let any client put
+    /// a third party's address into swarms).
+    #[error(
+        "the header is set but no proxy is trusted to send it: list the proxies' \
+         networks in http.trusted_proxies (e.g. [\"127.0.0.1/32\"]), or leave \
+         http.reverse_proxy_ip_header empty to use the socket's address"
+    )]
+    NoTrustedProxies,
 }
 
 /// The longest an `info_hash=…&` parameter is with every byte
@@ -165,12 +186,24 @@ pub const UDP_MAX_SCRAPE_TORRENTS: u64 = 74;
 /// serializes as one.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(transparent)]
-pub struct ValidConfig(Config);
+pub struct ValidConfig {
+    config: Config,
+    /// `http.trusted_proxies`, parsed.
+    #[serde(skip)]
+    trusted_proxies: Vec<IpNetwork>,
+}
 
 impl ValidConfig {
     /// The configuration, for code that still takes a plain `Config`.
     pub fn into_inner(self) -> Config {
-        self.0
+        self.config
+    }
+
+    /// `http.trusted_proxies` as networks: the socket peers whose
+    /// `http.reverse_proxy_ip_header` is believed. Never empty when the
+    /// header is set.
+    pub fn trusted_proxies(&self) -> &[IpNetwork] {
+        &self.trusted_proxies
     }
 }
 
@@ -178,7 +211,7 @@ impl Deref for ValidConfig {
     type Target = Config;
 
     fn deref(&self) -> &Config {
-        &self.0
+        &self.config
     }
 }
 
@@ -411,6 +444,8 @@ listener_table! {
         pub reverse_proxy_ip_header: String,
         /// Appending proxies in front.
         pub reverse_proxy_trusted_hops: usize,
+        /// Networks (CIDR) of the proxies whose header is believed.
+        pub trusted_proxies: Vec<String>,
     }
 }
 
@@ -430,6 +465,7 @@ impl Default for HttpConfig {
             keep_alive_timeout_secs: 60,
             reverse_proxy_ip_header: String::new(),
             reverse_proxy_trusted_hops: 1,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -640,7 +676,7 @@ impl Config {
         self.runtime.check(&mut check);
         self.tracker.check(&mut check);
         self.udp.check(&mut check);
-        self.http.check(&mut check);
+        let trusted_proxies = self.http.check(&mut check);
         self.ws.check(&mut check);
         if self.access_list.mode != AccessListMode::Off
             && self.access_list.path.as_os_str().is_empty()
@@ -660,7 +696,10 @@ impl Config {
             );
         }
         if check.0.is_empty() {
-            Ok(ValidConfig(self))
+            Ok(ValidConfig {
+                config: self,
+                trusted_proxies,
+            })
         } else {
             Err(check.0)
         }
@@ -818,7 +857,9 @@ impl UdpConfig {
 }
 
 impl HttpConfig {
-    fn check(&self, check: &mut Checker) {
+    /// Checks the table and returns `trusted_proxies` parsed (the entries
+    /// that parse; any that does not is a problem).
+    fn check(&self, check: &mut Checker) -> Vec<IpNetwork> {
         self.check_listener(check);
         // 1 MiB of request head is far past any client's.
         check.range(
@@ -841,6 +882,39 @@ impl HttpConfig {
             self.reverse_proxy_trusted_hops,
             1..=64,
         );
+        let mut networks = Vec::with_capacity(self.trusted_proxies.len());
+        for entry in &self.trusted_proxies {
+            match entry.parse::<IpNetwork>() {
+                Ok(network) => networks.push(network),
+                Err(error) => check.push(
+                    "http.trusted_proxies",
+                    Reason::InvalidNetwork {
+                        entry: entry.clone(),
+                        error,
+                    },
+                ),
+            }
+        }
+        // Each without the other is a silent mistake: a header believed
+        // from no one gives every peer the proxy's address, and trusted
+        // proxies without a header do the same.
+        match (
+            self.reverse_proxy_ip_header.is_empty(),
+            self.trusted_proxies.is_empty(),
+        ) {
+            (false, true) => check.push(
+                "http.reverse_proxy_ip_header, http.trusted_proxies",
+                Reason::NoTrustedProxies,
+            ),
+            (true, false) => check.push(
+                "http.reverse_proxy_ip_header",
+                Reason::GoTogether {
+                    other: "http.trusted_proxies",
+                },
+            ),
+            _ => {}
+        }
+        networks
     }
 }
 
@@ -1176,6 +1250,58 @@ mod tests {
                  tracker.max_scrape_torrents",
                 "x.toml: tracker.max_scrape_torrents, udp.enabled: BEP 15 allows at most 74 \
                  info hashes in a UDP scrape: lower tracker.max_scrape_torrents or disable UDP",
+            ]
+        );
+    }
+
+    #[test]
+    fn proxy_header_needs_trusted_proxies() {
+        let config = Config::from_toml(
+            "[http]\nreverse_proxy_ip_header = \"X-Forwarded-For\"\n\
+             trusted_proxies = [\"127.0.0.1/32\", \"2001:db8::/32\"]",
+            Path::new("x"),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.trusted_proxies(),
+            ["127.0.0.1/32".parse().ok(), "2001:db8::/32".parse().ok()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<IpNetwork>>()
+        );
+        assert!(ValidConfig::default().trusted_proxies().is_empty());
+        assert_eq!(
+            problems("[http]\nreverse_proxy_ip_header = \"X-Forwarded-For\""),
+            [Problem {
+                key: "http.reverse_proxy_ip_header, http.trusted_proxies",
+                reason: Reason::NoTrustedProxies,
+            }]
+        );
+        assert_eq!(
+            problems("[http]\ntrusted_proxies = [\"10.0.0.0/8\"]"),
+            [Problem {
+                key: "http.reverse_proxy_ip_header",
+                reason: Reason::GoTogether {
+                    other: "http.trusted_proxies"
+                },
+            }]
+        );
+        let message = Config::from_toml(
+            "[http]\nreverse_proxy_ip_header = \"X-Real-IP\"\n\
+             trusted_proxies = [\"10.0.0.1/8\", \"proxy\"]",
+            Path::new("x.toml"),
+        )
+        .expect_err("invalid")
+        .to_string();
+        assert_eq!(
+            message.lines().collect::<Vec<_>>(),
+            [
+                "invalid config file x.toml (2 problems):",
+                "x.toml: http.trusted_proxies: \"10.0.0.1/8\" is not a network such as \
+                 \"10.0.0.0/8\" or \"::1/128\": address bits are set past the prefix \
+                 length: the network is 10.0.0.0/8",
+                "x.toml: http.trusted_proxies: \"proxy\" is not a network such as \
+                 \"10.0.0.0/8\" or \"::1/128\": not an IPv4 or IPv6 address before the '/'",
             ]
         );
     }

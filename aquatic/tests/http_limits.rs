@@ -60,6 +60,20 @@ fn request(addr: SocketAddr, raw: &[u8]) -> (u16, Value) {
     read_responses(&mut stream, 1).remove(0)
 }
 
+/// The `ip` of every peer in a non-compact announce response.
+fn peer_ips(body: &Value) -> Vec<String> {
+    let Some(Value::List(peers)) = body.get(b"peers") else {
+        panic!("compact=0 must give a list of peers: {body:?}");
+    };
+    peers
+        .iter()
+        .map(|p| {
+            let ip = p.get(b"ip").and_then(Value::as_bytes).expect("ip");
+            String::from_utf8_lossy(ip).into_owned()
+        })
+        .collect()
+}
+
 /// stderr of a tracker that must refuse to start with `config`.
 fn refused_start(name: &str, config: &str) -> String {
     match Tracker::try_start(name, config) {
@@ -148,5 +162,60 @@ fn a_client_pipelining_steadily_is_not_timed_out() {
         body.get(b"incomplete").and_then(Value::as_int),
         Some(11),
         "every announce arrived: {body:?}"
+    );
+}
+
+/// The `[http]` lines of a tracker behind a proxy header.
+fn proxy_lines(trusted_proxies: &str) -> String {
+    format!("reverse_proxy_ip_header = \"X-Forwarded-For\"\ntrusted_proxies = {trusted_proxies}\n")
+}
+
+#[test]
+fn forwarded_address_is_used_from_a_trusted_proxy() {
+    let config = with_http(&base_config(), &proxy_lines("[\"127.0.0.1/32\"]"));
+    let tracker = Tracker::start("http-proxy-trusted", &config);
+    let addr = http_v4(&tracker);
+    let hash = hash_on_shard(1, 2, 81);
+    for (peer, client) in [(1, "203.0.113.9"), (2, "203.0.113.10")] {
+        let target = announce_target(hash, peer, 5000 + u16::from(peer), "&compact=0");
+        let header = format!("X-Forwarded-For: {client}\r\n");
+        let (status, body) = request(addr, &get(&target, &header));
+        assert_eq!(status, 200, "{body:?}");
+        if peer == 2 {
+            assert_eq!(peer_ips(&body), ["203.0.113.9"]);
+        }
+    }
+}
+
+#[test]
+fn forwarded_header_from_an_untrusted_peer_is_ignored() {
+    // Loopback is not in 10.0.0.0/8: the test client reaches the tracker
+    // directly, as a hostile client would.
+    let config = with_http(&base_config(), &proxy_lines("[\"10.0.0.0/8\"]"));
+    let tracker = Tracker::start("http-proxy-untrusted", &config);
+    let addr = http_v4(&tracker);
+    let hash = hash_on_shard(0, 2, 82);
+    for peer in [1, 2] {
+        let target = announce_target(hash, peer, 6000 + u16::from(peer), "&compact=0");
+        let (status, body) = request(addr, &get(&target, "X-Forwarded-For: 203.0.113.9\r\n"));
+        assert_eq!(status, 200, "a direct client is served: {body:?}");
+        if peer == 2 {
+            assert_eq!(peer_ips(&body), ["127.0.0.1"]);
+        }
+    }
+}
+
+#[test]
+fn proxy_header_without_trusted_proxies_is_refused_at_start() {
+    let config = with_http(
+        &base_config(),
+        "reverse_proxy_ip_header = \"X-Forwarded-For\"\n",
+    );
+    let stderr = refused_start("http-proxy-no-trust", &config);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("http.reverse_proxy_ip_header, http.trusted_proxies")),
+        "no problem naming both keys: {stderr}"
     );
 }

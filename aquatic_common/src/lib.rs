@@ -14,6 +14,7 @@
 //!    time         a coarse, monotonic seconds-since-start clock and ValidUntil
 //!    connection_id stateless BEP 15 connection ids (keyed hash of address and expiry)
 //!    access_list  allow / deny lists of info hashes, parsed from a file
+//!    ip_network   CIDR networks (trusted reverse proxies), parsed strictly
 //!    tls          rustls server configuration from PEM files (HTTPS, WSS)
 //! ```
 //!
@@ -25,6 +26,7 @@
 pub mod access_list;
 pub mod connection_id;
 mod ids;
+pub mod ip_network;
 pub mod outcome;
 mod peer_map;
 pub mod shard;

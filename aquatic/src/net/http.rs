@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aquatic_common::{InfoHash, SelectedPeers};
+use aquatic_common::{ip_network::IpNetwork, InfoHash, SelectedPeers};
 use aquatic_http_protocol::{
     parse_request, AnnounceRequest, AnnounceResponse, FailureResponse, ParseLimits, Parsed,
     Request, RequestError, Response, ScrapeResponse, ScrapeStatistics,
@@ -26,7 +26,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Listener;
 use crate::{
-    config::HttpConfig,
+    config::{HttpConfig, ValidConfig},
     metrics::{family, ExecutorStats, HTTP},
     reload::LocalCopy,
     router::{RouteError, Router},
@@ -42,6 +42,8 @@ pub struct HttpEndpoint {
     listener: Listener,
     tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
     config: HttpConfig,
+    /// The socket peers whose `reverse_proxy_ip_header` is believed.
+    trusted_proxies: Vec<IpNetwork>,
     announce_interval: u32,
     max_scrape_torrents: usize,
     router: Rc<Router>,
@@ -53,7 +55,7 @@ impl HttpEndpoint {
     pub fn new(
         listener: socket2::Socket,
         tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
-        config: &crate::config::Config,
+        config: &ValidConfig,
         router: Rc<Router>,
         stats: Rc<ExecutorStats>,
     ) -> Self {
@@ -61,6 +63,7 @@ impl HttpEndpoint {
             listener: Listener::new(listener),
             tls,
             config: config.http.clone(),
+            trusted_proxies: config.trusted_proxies().to_vec(),
             announce_interval: config.tracker.announce_interval_secs,
             max_scrape_torrents: config.tracker.max_scrape_torrents,
             router,
@@ -135,7 +138,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     stats.requests_by_family[HTTP][family(peer.ip())].bump();
                     consumed += parsed.consumed;
                     let keep_alive = parsed.keep_alive;
-                    let client_ip = client_ip(config, &parsed, peer);
+                    let client_ip = client_ip(config, &endpoint.trusted_proxies, &parsed, peer);
                     let request = parsed.request;
                     let mut reply = Reply {
                         out: &mut out,
@@ -222,14 +225,25 @@ fn next_deadline_start(
     }
 }
 
-/// The client's address: the socket's peer, or the configured proxy header.
+/// The client's address: the socket's peer, or the configured proxy header
+/// when the peer is a trusted proxy (None: a trusted proxy sent no usable
+/// header, which the client is told).
+///
+/// From any other peer the header is the client's own claim and is ignored:
+/// a client that reaches the tracker directly gets its own address, not the
+/// third party's it may have written there. It is not refused either, so a
+/// tracker reachable both directly and through its proxy serves both.
 fn client_ip(
     config: &HttpConfig,
+    trusted_proxies: &[IpNetwork],
     parsed: &aquatic_http_protocol::ParsedRequest<'_>,
     peer: SocketAddr,
 ) -> Option<IpAddr> {
-    if config.reverse_proxy_ip_header.is_empty() {
-        return Some(peer.ip().to_canonical());
+    let peer_ip = peer.ip().to_canonical();
+    if config.reverse_proxy_ip_header.is_empty()
+        || !trusted_proxies.iter().any(|n| n.contains(peer_ip))
+    {
+        return Some(peer_ip);
     }
     parsed
         .forwarded_ip_behind(
