@@ -80,8 +80,36 @@ impl Client {
         event: AnnounceEvent,
         left: i64,
     ) -> OwnedResponse {
+        self.announce_wanting(hash, peer, port, event, left, -1)
+    }
+
+    /// An announce asking for `numwant` peers (-1: the tracker's default).
+    pub fn announce_wanting(
+        &mut self,
+        hash: [u8; 20],
+        peer: u8,
+        port: u16,
+        event: AnnounceEvent,
+        left: i64,
+        numwant: i32,
+    ) -> OwnedResponse {
+        let request = self.announce_request(hash, peer, port, event, left, numwant);
+        self.request(&request)
+    }
+
+    /// The announce [`Client::announce_wanting`] sends, with a fresh
+    /// transaction id, for tests that send it themselves.
+    pub fn announce_request(
+        &mut self,
+        hash: [u8; 20],
+        peer: u8,
+        port: u16,
+        event: AnnounceEvent,
+        left: i64,
+        numwant: i32,
+    ) -> Request<'static> {
         let tid = self.tid();
-        let request = Request::Announce(AnnounceRequest {
+        Request::Announce(AnnounceRequest {
             connection_id: self.connection_id,
             transaction_id: tid,
             info_hash: InfoHash(hash),
@@ -92,13 +120,13 @@ impl Client {
             event,
             ip_address: None,
             key: 0,
-            peers_wanted: -1,
+            peers_wanted: numwant,
             port,
-        });
-        self.request(&request)
+        })
     }
 
-    pub fn scrape(&mut self, hashes: &[[u8; 20]]) -> Vec<(i32, i32, i32)> {
+    /// The bytes of a scrape of `hashes`, with a fresh transaction id.
+    pub fn scrape_bytes(&mut self, hashes: &[[u8; 20]]) -> (TransactionId, Vec<u8>) {
         let tid = self.tid();
         let flat: Vec<u8> = hashes.iter().flatten().copied().collect();
         let mut bytes = Vec::new();
@@ -107,6 +135,11 @@ impl Client {
         bytes.extend_from_slice(&2i32.to_be_bytes());
         bytes.extend_from_slice(&tid.0.to_be_bytes());
         bytes.extend_from_slice(&flat);
+        (tid, bytes)
+    }
+
+    pub fn scrape(&mut self, hashes: &[[u8; 20]]) -> Vec<(i32, i32, i32)> {
+        let (tid, bytes) = self.scrape_bytes(hashes);
         let parsed = Request::parse(&bytes, 100).expect("valid scrape");
         assert!(matches!(parsed, Request::Scrape(ScrapeRequest { .. })));
         self.send_raw(&bytes);
