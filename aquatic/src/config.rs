@@ -164,6 +164,18 @@ pub enum Reason {
          http.reverse_proxy_ip_header empty to use the socket's address"
     )]
     NoTrustedProxies,
+    /// A UDP reply these values allow would not fit the datagram limit:
+    /// it would be refused by the kernel (DF is set) or fragmented.
+    #[error(
+        "a UDP reply of up to {bytes} bytes does not fit the {limit} bytes of an IPv6 reply \
+         (udp.max_datagram_bytes - 20)"
+    )]
+    UdpReplyTooLarge {
+        /// The longest reply the values allow.
+        bytes: u64,
+        /// The most an IPv6 reply may carry.
+        limit: u64,
+    },
 }
 
 /// The longest an `info_hash=…&` parameter is with every byte
@@ -330,6 +342,8 @@ pub struct UdpConfig {
     pub socket_recv_buffer_size: usize,
     /// Lifetime of connection ids.
     pub connection_id_max_age_secs: u64,
+    /// Largest IPv4 reply payload; IPv6 replies get 20 bytes less.
+    pub max_datagram_bytes: usize,
 }
 
 /// Declares the table of a protocol served on a TCP listener (`[http]`,
@@ -617,6 +631,21 @@ impl Default for UdpConfig {
             only_ipv6: false,
             socket_recv_buffer_size: 0,
             connection_id_max_age_secs: 120,
+            // A 1500-byte MTU (Ethernet) less the IPv4 and UDP headers.
+            max_datagram_bytes: 1472,
+        }
+    }
+}
+
+impl UdpConfig {
+    /// The most bytes of a reply to a client of this family: an IPv6
+    /// header is 20 bytes longer than an IPv4 one, so on the same link an
+    /// IPv6 reply carries 20 bytes less.
+    pub fn max_reply_bytes(&self, ipv6: bool) -> usize {
+        if ipv6 {
+            self.max_datagram_bytes.saturating_sub(IPV6_EXTRA_HEADER)
+        } else {
+            self.max_datagram_bytes
         }
     }
 }
@@ -676,6 +705,7 @@ impl Config {
         self.runtime.check(&mut check);
         self.tracker.check(&mut check);
         self.udp.check(&mut check);
+        check_udp_replies(&self.tracker, &self.udp, &mut check);
         let trusted_proxies = self.http.check(&mut check);
         self.ws.check(&mut check);
         if self.access_list.mode != AccessListMode::Off
@@ -852,6 +882,47 @@ impl UdpConfig {
             "udp.connection_id_max_age_secs",
             self.connection_id_max_age_secs,
             1..=3600,
+        );
+        check.range(
+            "udp.max_datagram_bytes",
+            self.max_datagram_bytes,
+            MAX_DATAGRAM_BYTES,
+        );
+    }
+}
+
+/// The IPv6 header's length beyond the IPv4 header's.
+const IPV6_EXTRA_HEADER: usize = 20;
+
+/// What `udp.max_datagram_bytes` may be: from the 576-byte datagram every
+/// IPv4 host must accept (RFC 791) to the largest UDP payload over IPv4
+/// (65535 less the IPv4 and UDP headers).
+const MAX_DATAGRAM_BYTES: RangeInclusive<u64> = 576..=65507;
+
+/// Checks that every UDP reply the tracker's limits allow fits the
+/// datagram limit. Announce replies need no check (the peers in each are
+/// capped to fit); a scrape reply answers every hash, so the most hashes
+/// in a scrape must fit, in the smaller IPv6 reply.
+fn check_udp_replies(tracker: &TrackerConfig, udp: &UdpConfig, check: &mut Checker) {
+    // A key out of range already has its problem: comparing it too would
+    // only repeat it.
+    let checked = ["tracker.max_scrape_torrents", "udp.max_datagram_bytes"];
+    if !udp.enabled || checked.iter().any(|key| check.has(key)) {
+        return;
+    }
+    // BEP 15: an 8-byte head, then 12 bytes per torrent.
+    let scrape_reply = tracker
+        .max_scrape_torrents
+        .saturating_mul(12)
+        .saturating_add(8);
+    let limit = udp.max_reply_bytes(true);
+    if scrape_reply > limit {
+        check.push(
+            "tracker.max_scrape_torrents, udp.max_datagram_bytes",
+            Reason::UdpReplyTooLarge {
+                bytes: scrape_reply as u64,
+                limit: limit as u64,
+            },
         );
     }
 }
@@ -1145,6 +1216,7 @@ mod tests {
             ("tracker.cleaning_interval_secs", 1),
             ("tracker.max_scrape_torrents", 1),
             ("udp.connection_id_max_age_secs", 1),
+            ("udp.max_datagram_bytes", 576),
             ("http.max_connections_per_worker", 1),
             ("http.max_request_bytes", 256),
             ("http.request_timeout_secs", 1),
@@ -1303,6 +1375,63 @@ mod tests {
                 "x.toml: http.trusted_proxies: \"proxy\" is not a network such as \
                  \"10.0.0.0/8\" or \"::1/128\": not an IPv4 or IPv6 address before the '/'",
             ]
+        );
+    }
+
+    #[test]
+    fn udp_replies_fit_the_datagram_limit() {
+        let udp = UdpConfig::default();
+        assert_eq!(
+            (udp.max_reply_bytes(false), udp.max_reply_bytes(true)),
+            (1472, 1452)
+        );
+        assert_eq!(
+            problems("[udp]\nmax_datagram_bytes = 575"),
+            [Problem {
+                key: "udp.max_datagram_bytes",
+                reason: Reason::TooSmall { min: 576 },
+            }]
+        );
+        assert_eq!(
+            problems("[udp]\nmax_datagram_bytes = 65508"),
+            [Problem {
+                key: "udp.max_datagram_bytes",
+                reason: Reason::TooLarge { max: 65507 },
+            }]
+        );
+        // 576 bytes leave an IPv6 reply 556: 8 + 12 × 45 = 548 fits,
+        // 8 + 12 × 46 = 560 does not.
+        let small = |torrents: usize| {
+            format!(
+                "[tracker]\nmax_scrape_torrents = {torrents}\n[udp]\nmax_datagram_bytes = 576\n"
+            )
+        };
+        assert!(Config::from_toml(&small(45), Path::new("x")).is_ok());
+        assert_eq!(
+            problems(&small(46)),
+            [Problem {
+                key: "tracker.max_scrape_torrents, udp.max_datagram_bytes",
+                reason: Reason::UdpReplyTooLarge {
+                    bytes: 560,
+                    limit: 556
+                },
+            }]
+        );
+        let err = Config::from_toml(&small(46), Path::new("x")).expect_err("too large");
+        assert_eq!(
+            err.to_string().lines().nth(1),
+            Some(
+                "x: tracker.max_scrape_torrents, udp.max_datagram_bytes: a UDP reply of up to 560 bytes \
+                 does not fit the 556 bytes of an IPv6 reply (udp.max_datagram_bytes - 20)"
+            )
+        );
+        // Without UDP there is no datagram to fit.
+        let off = small(46) + "enabled = false\n";
+        assert!(Config::from_toml(&off, Path::new("x")).is_ok());
+        // A key out of range is reported once, not again as a combination.
+        assert_eq!(
+            keys(&problems(&small(46).replace("576", "100"))),
+            ["udp.max_datagram_bytes"]
         );
     }
 

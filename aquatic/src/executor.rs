@@ -158,7 +158,8 @@ pub async fn run(setup: ExecutorSetup) {
                 validator: shared.validator.clone(),
                 announce_interval: config.tracker.announce_interval_secs,
                 max_scrape_torrents: config.tracker.max_scrape_torrents,
-                max_numwant: config.tracker.max_numwant,
+                max_reply_bytes_v4: config.udp.max_reply_bytes(false),
+                max_reply_bytes_v6: config.udp.max_reply_bytes(true),
             };
             Rc::new(UdpEndpoint::new(
                 socket,

@@ -364,6 +364,7 @@ mod tests {
             completed: false,
             bytes_left: Some(1),
             numwant: None,
+            max_peers: None,
         };
         host.rules().bt_announce(input).expect("valid")
     }

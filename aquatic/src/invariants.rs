@@ -168,6 +168,7 @@ fn bt_announce(
         completed,
         bytes_left: left,
         numwant: Some(numwant).filter(|&n| n > 0),
+        max_peers: None,
     };
     let request = host
         .rules()

@@ -54,6 +54,11 @@ pub struct ExecutorStats {
     pub udp_responses: Counter,
     /// UDP requests with a connection id we did not issue or that expired.
     pub udp_invalid_connection_id: Counter,
+    /// UDP replies the kernel refused as longer than the link (EMSGSIZE:
+    /// the sockets set DF); `udp.max_datagram_bytes` is above the path MTU.
+    pub udp_send_too_large: Counter,
+    /// UDP replies the kernel refused for any other reason.
+    pub udp_send_failed: Counter,
     /// HTTP announce requests.
     pub http_announce: Counter,
     /// HTTP scrape requests.
@@ -157,6 +162,16 @@ impl ExecutorStats {
                 "errors",
                 vec![proto("udp"), kind("invalid_connection_id")],
                 self.udp_invalid_connection_id.get(),
+            ),
+            (
+                "errors",
+                vec![proto("udp"), kind("send_too_large")],
+                self.udp_send_too_large.get(),
+            ),
+            (
+                "errors",
+                vec![proto("udp"), kind("send_failed")],
+                self.udp_send_failed.get(),
             ),
             (
                 "errors",

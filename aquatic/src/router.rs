@@ -928,6 +928,7 @@ mod tests {
                 completed: false,
                 bytes_left: Some(1),
                 numwant: None,
+                max_peers: None,
             };
             let (mut a, mut b) = (SelectedPeers::default(), SelectedPeers::default());
             // The first fills the silent shard's channel and waits; the

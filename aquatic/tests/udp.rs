@@ -232,3 +232,60 @@ fn a_seeder_is_sent_leechers_only_and_nobody_when_there_are_none() {
         );
     }
 }
+
+/// A swarm of `peers` peers announced from `client`'s address, each with
+/// its own port (peers are told apart by id, address and port).
+fn fill_swarm(client: &mut Client, hash: [u8; 20], peers: u16) {
+    for i in 0..peers {
+        client.announce(
+            hash,
+            (i % 256) as u8,
+            10_000 + i,
+            AnnounceEvent::Started,
+            10,
+        );
+    }
+}
+
+#[test]
+fn ipv4_announce_replies_fit_a_1500_byte_link() {
+    // A reply of 250 IPv4 peers is 20 + 6 × 250 = 1520 bytes, past the
+    // 1472 an IPv4 datagram may carry on a 1500-byte link. Loopback's MTU
+    // would let it through, so the cap is checked by counting peers here
+    // (tests/udp_mtu.rs sends it over a real 1500-byte link).
+    let config = format!("{}[tracker]\nmax_numwant = 300\n", base_config());
+    let tracker = Tracker::start("udp-cap-v4", &config);
+    let hash = hash_on_shard(1, 2, 21);
+    let mut client = Client::new(tracker.udp_v4());
+    fill_swarm(&mut client, hash, 320);
+    let reply = client.announce_wanting(hash, 200, 9999, AnnounceEvent::Started, 10, 250);
+    assert_eq!(
+        peers_v4(&reply).len(),
+        (1472 - 20) / 6,
+        "capped to fit 1472 bytes"
+    );
+    assert_eq!(counts(&reply), (0, 321), "the counts stay whole");
+    // Below the cap numwant is obeyed.
+    let reply = client.announce_wanting(hash, 201, 9998, AnnounceEvent::Started, 10, 240);
+    assert_eq!(peers_v4(&reply).len(), 240);
+}
+
+#[test]
+fn ipv6_announce_replies_fit_a_1500_byte_link() {
+    // IPv6's header is 20 bytes longer: 1452 bytes for the reply, so at
+    // most (1452 - 20) / 18 = 79 peers of 18 bytes.
+    let config = format!("{}[tracker]\nmax_numwant = 300\n", base_config());
+    let tracker = Tracker::start("udp-cap-v6", &config);
+    let hash = hash_on_shard(0, 2, 22);
+    let mut client = Client::new(tracker.udp_v6());
+    fill_swarm(&mut client, hash, 100);
+    match client.announce_wanting(hash, 200, 9999, AnnounceEvent::Started, 10, 250) {
+        OwnedResponse::AnnounceIpv6 {
+            peers, leechers, ..
+        } => {
+            assert_eq!(peers.len(), (1452 - 20) / 18, "capped to fit 1452 bytes");
+            assert_eq!(leechers, 101);
+        }
+        other => panic!("expected an IPv6 announce response, got {other:?}"),
+    }
+}

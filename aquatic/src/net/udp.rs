@@ -9,10 +9,16 @@
 //! Nothing here replies to an unverified source with more bytes than it
 //! sent: connect responses are as long as connect requests and error
 //! messages are cut to the request's length.
+//!
+//! Every reply fits `udp.max_datagram_bytes` (less 20 bytes for IPv6): the
+//! sockets set DF, so the kernel refuses a datagram longer than the link
+//! instead of fragmenting it. Announces ask the shard for no more peers
+//! than fit; validation keeps full scrapes within the limit; a send the
+//! kernel refuses anyway is counted by kind.
 
 use std::{
     cell::RefCell,
-    io::Cursor,
+    io::{self, Cursor},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
     rc::Rc,
@@ -41,6 +47,18 @@ const BATCH: usize = 32;
 const MAX_BATCHES_PER_WAKE: usize = 16;
 /// Largest request accepted: a full scrape plus BEP 41 options fit easily.
 const MAX_REQUEST: usize = 2048;
+/// BEP 15 announce reply head: action, transaction id, interval, leechers, seeders.
+const ANNOUNCE_HEAD: usize = 20;
+/// Wire bytes of one IPv4 peer (address and port).
+const PEER_V4: usize = 6;
+/// Wire bytes of one IPv6 peer.
+const PEER_V6: usize = 18;
+
+/// The most peers of `peer_bytes` each an announce reply of at most
+/// `reply_bytes` can carry.
+fn peers_that_fit(reply_bytes: usize, peer_bytes: usize) -> usize {
+    reply_bytes.saturating_sub(ANNOUNCE_HEAD) / peer_bytes
+}
 
 /// What a UDP endpoint needs from the configuration.
 pub struct UdpSettings {
@@ -50,8 +68,10 @@ pub struct UdpSettings {
     pub announce_interval: u32,
     /// Most hashes in one scrape.
     pub max_scrape_torrents: usize,
-    /// Most peers in one response.
-    pub max_numwant: usize,
+    /// Longest reply to an IPv4 client (`udp.max_datagram_bytes`).
+    pub max_reply_bytes_v4: usize,
+    /// Longest reply to an IPv6 client (20 bytes less).
+    pub max_reply_bytes_v6: usize,
 }
 
 /// The UDP side of one executor: its socket and what it needs to answer.
@@ -61,6 +81,8 @@ pub struct UdpEndpoint {
     router: Rc<Router>,
     stats: Rc<ExecutorStats>,
     response_slot: usize,
+    /// Peers that fit one announce reply, by client family (IPv4, IPv6).
+    max_peers: [usize; 2],
     scratch: RefCell<Scratch>,
 }
 
@@ -88,16 +110,23 @@ impl UdpEndpoint {
         router: Rc<Router>,
         stats: Rc<ExecutorStats>,
     ) -> Self {
-        // An IPv6 peer takes 18 bytes; a scraped torrent 12.
-        let response_slot = (20 + 18 * settings.max_numwant)
-            .max(8 + 12 * settings.max_scrape_torrents)
+        // Announce replies are capped to the limit and validation keeps
+        // full scrapes within it; error replies are no longer than requests.
+        let response_slot = settings
+            .max_reply_bytes_v4
+            .max(settings.max_reply_bytes_v6)
             .max(MAX_REQUEST);
+        let max_peers = [
+            peers_that_fit(settings.max_reply_bytes_v4, PEER_V4),
+            peers_that_fit(settings.max_reply_bytes_v6, PEER_V6),
+        ];
         Self {
             socket: UdpSocket::from(socket),
             settings,
             router,
             stats,
             response_slot,
+            max_peers,
             scratch: RefCell::default(),
         }
     }
@@ -212,19 +241,32 @@ async fn flush(udp: &UdpEndpoint, batch: &mut DatagramBatch) {
                 // The send buffer is full: wait for room on this datagram.
                 if let Some((bytes, dst)) = batch.get(sent) {
                     if let Err(err) = udp.socket.send_to(bytes, dst).await {
-                        log::debug!("udp send to {dst} failed: {err}");
+                        count_send_error(&udp.stats, &io::Error::from(err));
                     }
                 }
                 sent += 1;
             }
             Ok(n) => sent += n,
             Err(err) => {
-                log::debug!("udp send failed: {err}");
+                // The error is the first remaining datagram's: skip it.
+                count_send_error(&udp.stats, &err);
                 sent += 1;
             }
         }
     }
     batch.clear();
+}
+
+/// Counts a send the kernel refused, by kind. Not a warning per datagram:
+/// a misconfigured limit would log one for every large reply.
+fn count_send_error(stats: &ExecutorStats, err: &io::Error) {
+    if err.raw_os_error() == Some(libc::EMSGSIZE) {
+        // DF is set, so this is a reply longer than the link's MTU.
+        stats.udp_send_too_large.bump();
+    } else {
+        stats.udp_send_failed.bump();
+    }
+    log::debug!("udp send failed: {err}");
 }
 
 fn handle_datagram(
@@ -260,7 +302,7 @@ fn handle_datagram(
                 stats.udp_invalid_connection_id.bump();
                 return error(out, req.transaction_id, "invalid connection id");
             }
-            let input = AnnounceInput::udp(&req, ip);
+            let input = AnnounceInput::udp(&req, ip, udp.max_peers[family(ip)]);
             let mut scratch = udp.scratch.borrow_mut();
             let Scratch { selected, wire, .. } = &mut *scratch;
             match udp
@@ -451,4 +493,26 @@ fn queue_error(
         message: &message[..cut],
     });
     queue(out, dst, &response, request_len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announce_replies_of_the_capped_peers_fit() {
+        // A 1500-byte MTU: 1472 bytes for IPv4, 1452 for IPv6.
+        assert_eq!(peers_that_fit(1472, PEER_V4), 242);
+        assert_eq!(peers_that_fit(1452, PEER_V6), 79);
+        for (limit, peer) in [
+            (1472, PEER_V4),
+            (1452, PEER_V6),
+            (576, PEER_V4),
+            (65507, PEER_V6),
+        ] {
+            let n = peers_that_fit(limit, peer);
+            assert!(ANNOUNCE_HEAD + n * peer <= limit);
+            assert!(ANNOUNCE_HEAD + (n + 1) * peer > limit);
+        }
+    }
 }

@@ -40,11 +40,18 @@ pub struct AnnounceInput {
     pub bytes_left: Option<i64>,
     /// Peers wanted, if the client said (UDP's -1 and 0 mean "not said").
     pub numwant: Option<usize>,
+    /// The most peers the reply can carry, if the transport limits it (a
+    /// UDP reply must fit one datagram); None: no limit but the config's.
+    pub max_peers: Option<usize>,
 }
 
 impl AnnounceInput {
-    /// A BEP 15 announce from `ip`.
-    pub fn udp(request: &aquatic_udp_protocol::AnnounceRequest, ip: IpAddr) -> Self {
+    /// A BEP 15 announce from `ip`, whose reply has room for `max_peers`.
+    pub fn udp(
+        request: &aquatic_udp_protocol::AnnounceRequest,
+        ip: IpAddr,
+        max_peers: usize,
+    ) -> Self {
         use aquatic_udp_protocol::AnnounceEvent;
         Self {
             info_hash: request.info_hash,
@@ -57,6 +64,7 @@ impl AnnounceInput {
             numwant: usize::try_from(request.peers_wanted)
                 .ok()
                 .filter(|&n| n > 0),
+            max_peers: Some(max_peers),
         }
     }
 
@@ -74,6 +82,8 @@ impl AnnounceInput {
                 .bytes_left
                 .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
             numwant: request.numwant,
+            // A response body has no size limit that matters here.
+            max_peers: None,
         }
     }
 }
@@ -144,6 +154,9 @@ impl Rules {
     ///
     /// A negative `left` (BEP 15's field is signed) says nothing true about
     /// the peer, so it counts as unknown: a leecher, unless `completed`.
+    /// numwant is capped by `max_numwant` and by what the reply can carry,
+    /// before the shard chooses peers, so that the peers sent are a random
+    /// choice among all and not the first of a longer list.
     pub fn bt_announce(&self, input: AnnounceInput) -> Result<BtAnnounce, Refusal> {
         self.allowed(&input.info_hash)?;
         if input.port == 0 {
@@ -160,7 +173,8 @@ impl Rules {
             numwant: input
                 .numwant
                 .unwrap_or(self.limits.default_numwant)
-                .min(self.limits.max_numwant),
+                .min(self.limits.max_numwant)
+                .min(input.max_peers.unwrap_or(usize::MAX)),
         })
     }
 
@@ -292,6 +306,7 @@ mod tests {
             completed: false,
             bytes_left: Some(10),
             numwant: None,
+            max_peers: None,
         }
     }
 
@@ -312,6 +327,23 @@ mod tests {
             ..input()
         };
         assert_eq!(r.bt_announce(greedy).expect("valid").numwant, 100);
+    }
+
+    #[test]
+    fn numwant_is_capped_by_what_the_reply_can_carry() {
+        let r = rules("", AccessListMode::Off);
+        let capped = |numwant, max_peers| {
+            let input = AnnounceInput {
+                numwant,
+                max_peers,
+                ..input()
+            };
+            r.bt_announce(input).expect("valid").numwant
+        };
+        assert_eq!(capped(Some(90), Some(79)), 79);
+        assert_eq!(capped(None, Some(20)), 20, "the default too");
+        assert_eq!(capped(Some(90), Some(200)), 90, "below the cap: as asked");
+        assert_eq!(capped(Some(500), Some(242)), 100, "max_numwant still caps");
     }
 
     #[test]
