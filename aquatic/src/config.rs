@@ -344,6 +344,8 @@ pub struct UdpConfig {
     pub connection_id_max_age_secs: u64,
     /// Largest IPv4 reply payload; IPv6 replies get 20 bytes less.
     pub max_datagram_bytes: usize,
+    /// Cross-shard scrapes waiting for other executors, per executor.
+    pub max_scrapes_in_flight: usize,
 }
 
 /// Declares the table of a protocol served on a TCP listener (`[http]`,
@@ -633,6 +635,7 @@ impl Default for UdpConfig {
             connection_id_max_age_secs: 120,
             // A 1500-byte MTU (Ethernet) less the IPv4 and UDP headers.
             max_datagram_bytes: 1472,
+            max_scrapes_in_flight: 256,
         }
     }
 }
@@ -887,6 +890,13 @@ impl UdpConfig {
             "udp.max_datagram_bytes",
             self.max_datagram_bytes,
             MAX_DATAGRAM_BYTES,
+        );
+        // Each waiting scrape holds a task and a reply buffer (a few KiB);
+        // 65536 of them is past any executor's honest backlog.
+        check.range(
+            "udp.max_scrapes_in_flight",
+            self.max_scrapes_in_flight,
+            1..=65536,
         );
     }
 }
@@ -1217,6 +1227,7 @@ mod tests {
             ("tracker.max_scrape_torrents", 1),
             ("udp.connection_id_max_age_secs", 1),
             ("udp.max_datagram_bytes", 576),
+            ("udp.max_scrapes_in_flight", 1),
             ("http.max_connections_per_worker", 1),
             ("http.max_request_bytes", 256),
             ("http.request_timeout_secs", 1),

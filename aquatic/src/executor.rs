@@ -160,6 +160,7 @@ pub async fn run(setup: ExecutorSetup) {
                 max_scrape_torrents: config.tracker.max_scrape_torrents,
                 max_reply_bytes_v4: config.udp.max_reply_bytes(false),
                 max_reply_bytes_v6: config.udp.max_reply_bytes(true),
+                max_scrapes_in_flight: config.udp.max_scrapes_in_flight,
             };
             Rc::new(UdpEndpoint::new(
                 socket,

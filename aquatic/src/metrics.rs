@@ -59,6 +59,9 @@ pub struct ExecutorStats {
     pub udp_send_too_large: Counter,
     /// UDP replies the kernel refused for any other reason.
     pub udp_send_failed: Counter,
+    /// UDP scrapes dropped, without a reply, because the executor already
+    /// had `udp.max_scrapes_in_flight` cross-shard scrapes waiting.
+    pub udp_scrape_overload: Counter,
     /// HTTP announce requests.
     pub http_announce: Counter,
     /// HTTP scrape requests.
@@ -172,6 +175,11 @@ impl ExecutorStats {
                 "errors",
                 vec![proto("udp"), kind("send_failed")],
                 self.udp_send_failed.get(),
+            ),
+            (
+                "errors",
+                vec![proto("udp"), kind("scrape_overload")],
+                self.udp_scrape_overload.get(),
             ),
             (
                 "errors",

@@ -13,6 +13,7 @@ use std::{
 use common::{
     base_config, eventually, hash_on_shard,
     http_client::{percent, read_responses},
+    udp_client::Client,
     Tracker,
 };
 
@@ -211,4 +212,65 @@ fn a_stop_lost_to_a_full_mesh_still_leaves_the_peer_to_the_close() {
         (ws_leechers(ws_addr, torrent) == Some(0)).then_some(())
     });
     assert!(left.is_some(), "the peer left with its connection");
+}
+
+#[test]
+fn cross_shard_udp_scrapes_in_flight_are_bounded() {
+    // UDP sources can be spoofed, so the bound is per executor: past
+    // `udp.max_scrapes_in_flight` (256 by default) waiting cross-shard
+    // scrapes, more are dropped and counted, without a reply.
+    let config = base_config() + "[metrics]\nenabled = true\naddress = \"127.0.0.1:0\"\n";
+    let tracker = Tracker::start("scrape-overload", &config);
+    // Several sockets, so the kernel spreads them over both executors.
+    let mut clients: Vec<Client> = (0..8).map(|_| Client::new(tracker.udp_v4())).collect();
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    udp.send_to(b"aquatic-test-hook:stall-mesh", tracker.udp_v4())
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(200)); // the hook has no reply to wait on
+
+    // Every scrape names a hash of each shard, so whichever executor gets
+    // it asks the other, which no longer reads its mesh: each waits for
+    // its 5 s deadline. 1024 of them, four times the default bound.
+    let hashes = [hash_on_shard(0, 2, 1), hash_on_shard(1, 2, 2)];
+    for round in 0..128 {
+        for client in clients.iter_mut() {
+            let (_, bytes) = client.scrape_bytes(&hashes);
+            client.send_raw(&bytes);
+        }
+        if round % 16 == 15 {
+            // Room for the executors to drain their sockets.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let metrics = tracker.metrics.expect("metrics");
+    let dropped = eventually(Duration::from_secs(4), || {
+        let n = metric(metrics, "kind=\"scrape_overload\"");
+        (n > 0.0).then_some(n)
+    });
+    let dropped = dropped.expect("scrapes past the bound are counted");
+    // Those that waited get "busy" when their deadline passes: no more
+    // than the bound on each executor (and one more, whose part the
+    // stalling executor had already taken, freeing its slot early).
+    let mut answered = 0;
+    for client in &clients {
+        client
+            .socket
+            .set_read_timeout(Some(Duration::from_secs(7)))
+            .expect("timeout");
+        while client.recv_raw().is_some() {
+            answered += 1;
+            // The rest arrive together with the first.
+            client
+                .socket
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
+        }
+    }
+    eprintln!("{answered} scrapes answered, {dropped} dropped");
+    assert!(
+        answered > 0 && answered <= 2 * 256 + 2,
+        "{answered} answered"
+    );
+    // Still serving.
+    Client::new(tracker.udp_v4());
 }

@@ -17,7 +17,7 @@
 //! kernel refuses anyway is counted by kind.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     io::{self, Cursor},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
@@ -72,6 +72,8 @@ pub struct UdpSettings {
     pub max_reply_bytes_v4: usize,
     /// Longest reply to an IPv6 client (20 bytes less).
     pub max_reply_bytes_v6: usize,
+    /// Most cross-shard scrapes waiting for other executors at once.
+    pub max_scrapes_in_flight: usize,
 }
 
 /// The UDP side of one executor: its socket and what it needs to answer.
@@ -83,6 +85,8 @@ pub struct UdpEndpoint {
     response_slot: usize,
     /// Peers that fit one announce reply, by client family (IPv4, IPv6).
     max_peers: [usize; 2],
+    /// Cross-shard scrape tasks not yet finished.
+    scrapes_in_flight: Cell<usize>,
     scratch: RefCell<Scratch>,
 }
 
@@ -127,6 +131,7 @@ impl UdpEndpoint {
             stats,
             response_slot,
             max_peers,
+            scrapes_in_flight: Cell::new(0),
             scratch: RefCell::default(),
         }
     }
@@ -431,14 +436,38 @@ fn scrape_here(
     queue(out, src, &response, usize::MAX);
 }
 
+/// A cross-shard scrape task in flight, counted while it lives (however
+/// its future ends).
+struct ScrapeInFlight(Rc<UdpEndpoint>);
+
+impl Drop for ScrapeInFlight {
+    fn drop(&mut self) {
+        let count = &self.0.scrapes_in_flight;
+        count.set(count.get().saturating_sub(1));
+    }
+}
+
 /// Hashes on other shards: a task gathers the parts and answers, so the
 /// batch loop does not wait.
+///
+/// Each task waits up to the mesh deadline, so a flood of them (from
+/// spoofed sources, which no per-client limit catches) is bounded per
+/// executor: past `max_scrapes_in_flight`, the scrape is dropped without
+/// a reply and counted.
 fn scrape_across_shards(udp: &Rc<UdpEndpoint>, req: &ScrapeRequest<'_>, src: SocketAddr) {
+    let in_flight = udp.scrapes_in_flight.get();
+    if in_flight >= udp.settings.max_scrapes_in_flight {
+        udp.stats.udp_scrape_overload.bump();
+        log::trace!("udp scrape from {src} dropped: {in_flight} scrapes in flight");
+        return;
+    }
+    udp.scrapes_in_flight.set(in_flight + 1);
+    let guard = ScrapeInFlight(udp.clone());
     let hashes: Vec<_> = req.info_hashes.iter().collect();
     let transaction_id = req.transaction_id;
     let request_len = 16 + 20 * hashes.len();
-    let udp = udp.clone();
     spawn_request_task(async move {
+        let udp = &guard.0;
         let parts = udp.router.scrape_checked(SwarmKind::Bt, &hashes).await;
         let mut batch = DatagramBatch::new(1, udp.response_slot);
         // A UDP scrape answers every hash by position: with a part
@@ -461,7 +490,7 @@ fn scrape_across_shards(udp: &Rc<UdpEndpoint>, req: &ScrapeRequest<'_>, src: Soc
                 queue_error(&mut batch, src, transaction_id, reason, request_len);
             }
         }
-        flush(&udp, &mut batch).await;
+        flush(udp, &mut batch).await;
     });
 }
 
