@@ -64,12 +64,28 @@ impl Client {
         }
     }
 
+    /// Sends `request` and returns the reply, sending it again after each
+    /// read timeout, as BEP 15 clients do: UDP may drop a datagram (a
+    /// socket buffer full after a flood, a loaded machine), and a test
+    /// must not mistake that for the tracker's silence.
     pub fn request(&self, request: &Request<'_>) -> OwnedResponse {
+        const ATTEMPTS: usize = 3;
         let mut bytes = Vec::new();
         request.write(&mut bytes).expect("write request");
-        self.send_raw(&bytes);
-        let reply = self.recv_raw().expect("a reply within the timeout");
-        OwnedResponse::parse(&reply, self.tracker.is_ipv6()).expect("a valid response")
+        // Every request carries its transaction id at 12..16, every
+        // response at 4..8: a late answer to an earlier attempt or request
+        // is skipped, never taken for this one.
+        let transaction_id = bytes[12..16].to_vec();
+        for _ in 0..ATTEMPTS {
+            self.send_raw(&bytes);
+            while let Some(reply) = self.recv_raw() {
+                if reply.get(4..8) == Some(&transaction_id[..]) {
+                    return OwnedResponse::parse(&reply, self.tracker.is_ipv6())
+                        .expect("a valid response");
+                }
+            }
+        }
+        panic!("no reply to {ATTEMPTS} attempts, each within the read timeout");
     }
 
     pub fn announce(
