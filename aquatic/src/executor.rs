@@ -47,6 +47,7 @@ use crate::{
     },
     reload::{LocalCopy, Reloadable},
     router::{MeshMessage, Router, UdpAnswers, REPLY_DEADLINE},
+    swarm::Refusal,
 };
 
 /// How long a stopping executor waits for WebSocket close handshakes.
@@ -379,9 +380,14 @@ impl SnapshotSource {
             gauges.push(("map_capacity", vec![label("map", map)], count(capacity)));
         }
         let mut counters = self.stats.samples();
+        // Refused by the owning shard, which keeps its own count: the
+        // announce had passed this executor's rules.
         counters.push((
-            "errors",
-            vec![label("protocol", "ws"), label("kind", "peer_id_in_use")],
+            "refusals",
+            vec![
+                label("protocol", "ws"),
+                label("reason", Refusal::PeerIdInUse.kind()),
+            ],
             g.ws_peer_id_in_use,
         ));
         Snapshot { counters, gauges }

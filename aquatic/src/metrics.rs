@@ -15,6 +15,8 @@ pub const WS: usize = 2;
 /// Protocol names, by index.
 pub const PROTOCOLS: [&str; 3] = ["udp", "http", "ws"];
 
+use crate::swarm::Refusal;
+
 /// Index of an address's family in per-family counters.
 #[inline]
 pub fn family(ip: std::net::IpAddr) -> usize {
@@ -91,6 +93,8 @@ pub struct ExecutorStats {
     pub access_denied: [Counter; 3],
     /// Requests by protocol and client IP family (IPv4, IPv6).
     pub requests_by_family: [[Counter; 2]; 3],
+    /// Requests the tracker's rules refused, by protocol and refusal.
+    pub refusals: [[Counter; Refusal::ALL.len()]; 3],
     /// Messages to other executors lost: a lossy message met a full
     /// channel, or an outbox overflowed.
     pub mesh_dropped: Counter,
@@ -117,6 +121,18 @@ pub struct Snapshot {
 }
 
 impl ExecutorStats {
+    /// Counts a refusal of the tracker's rules: by its kind, and (as
+    /// before there were kinds) as access denied or a bad request.
+    pub fn refused(&self, protocol: usize, refusal: Refusal) {
+        self.refusals[protocol][refusal.index()].bump();
+        match refusal {
+            Refusal::NotAllowed => self.access_denied[protocol].bump(),
+            // A full scrape is a habit of some clients, not a bad request.
+            Refusal::FullScrape => {}
+            _ => self.bad_requests[protocol].bump(),
+        }
+    }
+
     /// The counters as labelled samples.
     pub fn samples(&self) -> Vec<Sample<u64>> {
         let proto = |p: &str| ("protocol", p.to_owned());
@@ -238,6 +254,13 @@ impl ExecutorStats {
                 vec![proto(name)],
                 self.access_denied[p].get(),
             ));
+            for refusal in Refusal::ALL {
+                out.push((
+                    "refusals",
+                    vec![proto(name), ("reason", refusal.kind().to_owned())],
+                    self.refusals[p][refusal.index()].get(),
+                ));
+            }
             for (f, fam) in ["ipv4", "ipv6"].iter().enumerate() {
                 out.push((
                     "requests_by_ip_family",
@@ -340,6 +363,7 @@ fn help(name: &str) -> &'static str {
         "responses" => "Responses (WS: messages) sent by protocol",
         "errors" => "Errors and bad requests by protocol and kind",
         "access_denied" => "Requests refused by the access list",
+        "refusals" => "Requests the tracker's rules refused, by protocol and reason",
         "requests_by_ip_family" => "Requests by protocol and client IP family",
         "ws_connections_opened" => "WebSocket connections accepted",
         "torrents" => "Torrents held, by swarm kind (bt: UDP and HTTP; ws: WebTorrent)",

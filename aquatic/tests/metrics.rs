@@ -156,3 +156,44 @@ fn metrics_count_requests_errors_and_swarms() {
         );
     }
 }
+
+#[test]
+fn refusals_are_counted_by_kind() {
+    let config = format!(
+        "{}[metrics]\nenabled = true\naddress = \"127.0.0.1:0\"\n",
+        base_config()
+    );
+    let tracker = Tracker::start("metrics-refusals", &config);
+    let metrics = tracker.metrics.expect("metrics address printed");
+    let mut udp = UdpClient::new(tracker.udp_v4());
+    for shard in 0..2 {
+        udp.announce(hash_on_shard(shard, 2, 5), 1, 0, AnnounceEvent::Started, 1);
+    }
+    let http = SocketAddr::from(([127, 0, 0, 1], tracker.http.expect("http").port()));
+    let mut stream = TcpStream::connect(http).expect("connect");
+    let request = format!(
+        "GET /announce?info_hash={}&peer_id={}&port=0&left=5 HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "%01".repeat(20),
+        "%02".repeat(20)
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut sink = Vec::new();
+    let _ = stream.read_to_end(&mut sink);
+    assert!(String::from_utf8_lossy(&sink).contains("invalid port"));
+
+    let counted = eventually(Duration::from_secs(5), || {
+        let text = scrape_metrics(metrics);
+        let udp = sum(
+            &text,
+            "aquatic_refusals_total",
+            &["protocol=\"udp\"", "reason=\"invalid_port\""],
+        );
+        let http = sum(
+            &text,
+            "aquatic_refusals_total",
+            &["protocol=\"http\"", "reason=\"invalid_port\""],
+        );
+        (udp >= 2.0 && http >= 1.0).then_some((udp, http))
+    });
+    assert_eq!(counted, Some((2.0, 1.0)), "two UDP and one HTTP refusal");
+}

@@ -275,13 +275,14 @@ impl Reply<'_> {
 /// A refusal as the HTTP client sees it, counted.
 fn refuse(endpoint: &HttpEndpoint, reply: &mut Reply<'_>, err: RouteError) {
     let status = match err {
-        RouteError::Refused(Refusal::NotAllowed) => {
-            endpoint.stats.access_denied[HTTP].bump();
-            200
-        }
-        RouteError::Refused(_) => {
-            endpoint.stats.bad_requests[HTTP].bump();
-            400
+        RouteError::Refused(refusal) => {
+            endpoint.stats.refused(HTTP, refusal);
+            // A refused info hash is an answer, not a malformed request.
+            if refusal == Refusal::NotAllowed {
+                200
+            } else {
+                400
+            }
         }
         RouteError::Busy | RouteError::NoReply => 503,
     };

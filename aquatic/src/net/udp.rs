@@ -38,7 +38,7 @@ use super::{spawn_request_task, udp_batch::DatagramBatch};
 use crate::{
     metrics::{family, ExecutorStats, UDP},
     router::{RouteError, Router, UdpAnswers},
-    swarm::{AnnounceInput, Refusal, SwarmKind},
+    swarm::{AnnounceInput, SwarmKind},
 };
 
 /// Datagrams per recvmmsg / sendmmsg.
@@ -356,11 +356,9 @@ fn handle_datagram(
 }
 
 fn count_refusal(stats: &ExecutorStats, err: RouteError) {
-    match err {
-        RouteError::Refused(Refusal::NotAllowed) => stats.access_denied[UDP].bump(),
-        RouteError::Refused(_) => stats.bad_requests[UDP].bump(),
-        // Counted by the router as a full mesh channel.
-        _ => {}
+    // Busy and no-reply are counted by the router (mesh full, deadline).
+    if let RouteError::Refused(refusal) = err {
+        stats.refused(UDP, refusal);
     }
 }
 

@@ -315,12 +315,7 @@ async fn handle_text(
 }
 
 fn count_refusal(stats: &ExecutorStats, refusal: Refusal) {
-    match refusal {
-        Refusal::NotAllowed => stats.access_denied[WS].bump(),
-        // A full scrape is a habit of some clients, not a bad request.
-        Refusal::FullScrape => {}
-        _ => stats.bad_requests[WS].bump(),
-    }
+    stats.refused(WS, refusal);
 }
 
 async fn scrape(endpoint: &WsEndpoint, request: ScrapeRequest, out: &mut Vec<u8>) -> bool {

@@ -29,6 +29,40 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, in [`Refusal::index`] order.
+    pub const ALL: [Refusal; 6] = [
+        Self::NotAllowed,
+        Self::InvalidPort,
+        Self::TooManyPeersOnConnection,
+        Self::TooManyInfoHashes,
+        Self::FullScrape,
+        Self::PeerIdInUse,
+    ];
+
+    /// Its position in [`Refusal::ALL`] (for per-refusal counters).
+    pub fn index(self) -> usize {
+        match self {
+            Self::NotAllowed => 0,
+            Self::InvalidPort => 1,
+            Self::TooManyPeersOnConnection => 2,
+            Self::TooManyInfoHashes => 3,
+            Self::FullScrape => 4,
+            Self::PeerIdInUse => 5,
+        }
+    }
+
+    /// Its name in metrics.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::NotAllowed => "not_allowed",
+            Self::InvalidPort => "invalid_port",
+            Self::TooManyPeersOnConnection => "too_many_peers_on_connection",
+            Self::TooManyInfoHashes => "too_many_info_hashes",
+            Self::FullScrape => "full_scrape",
+            Self::PeerIdInUse => "peer_id_in_use",
+        }
+    }
+
     /// The text the client gets.
     pub fn failure_reason(self) -> &'static str {
         match self {
@@ -39,5 +73,21 @@ impl Refusal {
             Self::FullScrape => "full scrapes are not supported",
             Self::PeerIdInUse => "peer id in use by another connection",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_its_own_place_and_name() {
+        for (i, refusal) in Refusal::ALL.into_iter().enumerate() {
+            assert_eq!(refusal.index(), i);
+            assert_eq!(refusal.to_string(), refusal.failure_reason());
+        }
+        let mut kinds: Vec<_> = Refusal::ALL.iter().map(|r| r.kind()).collect();
+        kinds.dedup();
+        assert_eq!(kinds.len(), Refusal::ALL.len());
     }
 }
