@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
@@ -13,6 +13,7 @@ use std::{
 use common::{
     base_config, eventually, hash_on_shard,
     http_client::{percent, read_responses},
+    metrics_client::errors,
     udp_client::Client,
     Tracker,
 };
@@ -38,19 +39,6 @@ fn statuses_and_reasons(stream: &mut TcpStream, count: usize) -> Vec<(u16, Optio
             (status, reason)
         })
         .collect()
-}
-
-fn metric(addr: SocketAddr, name_and_labels: &str) -> f64 {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
-        .expect("write");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    text.lines()
-        .filter(|l| l.starts_with("aquatic_errors_total{") && l.contains(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]
@@ -97,8 +85,8 @@ fn a_full_mesh_channel_makes_http_announces_busy() {
     // Executors publish their counters once a second.
     let metrics = tracker.metrics.expect("metrics");
     let counted = eventually(Duration::from_secs(5), || {
-        let full = metric(metrics, "kind=\"channel_full\"");
-        let timeouts = metric(metrics, "kind=\"reply_timeout\"");
+        let full = errors(metrics, "kind=\"channel_full\"");
+        let timeouts = errors(metrics, "kind=\"reply_timeout\"");
         (full >= 2.0 && timeouts >= 1.0).then_some((full, timeouts))
     });
     let (_, timeouts) = counted.expect("two sends refused by a full channel, one deadline");
@@ -244,7 +232,7 @@ fn cross_shard_udp_scrapes_in_flight_are_bounded() {
     }
     let metrics = tracker.metrics.expect("metrics");
     let dropped = eventually(Duration::from_secs(4), || {
-        let n = metric(metrics, "kind=\"scrape_overload\"");
+        let n = errors(metrics, "kind=\"scrape_overload\"");
         (n > 0.0).then_some(n)
     });
     let dropped = dropped.expect("scrapes past the bound are counted");

@@ -9,31 +9,12 @@ use std::{
 };
 
 use aquatic_udp_protocol::AnnounceEvent;
-use common::{base_config, eventually, hash_on_shard, udp_client::Client as UdpClient, Tracker};
-
-fn scrape_metrics(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
-}
-
-/// Sum over executors of the samples of `name` whose labels include all
-/// of `labels`.
-fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use common::{
+    base_config, eventually, hash_on_shard,
+    metrics_client::{metrics_text, sum},
+    udp_client::Client as UdpClient,
+    Tracker,
+};
 
 #[test]
 fn metrics_count_requests_errors_and_swarms() {
@@ -70,7 +51,7 @@ fn metrics_count_requests_errors_and_swarms() {
     }
 
     let text = eventually(Duration::from_secs(5), || {
-        let text = scrape_metrics(metrics);
+        let text = metrics_text(metrics);
         (sum(
             &text,
             "aquatic_requests_total",
@@ -182,7 +163,7 @@ fn refusals_are_counted_by_kind() {
     assert!(String::from_utf8_lossy(&sink).contains("invalid port"));
 
     let counted = eventually(Duration::from_secs(5), || {
-        let text = scrape_metrics(metrics);
+        let text = metrics_text(metrics);
         let udp = sum(
             &text,
             "aquatic_refusals_total",

@@ -19,7 +19,9 @@ use aquatic_udp_protocol::{
     AnnounceEvent, AnnounceRequest, ConnectRequest, ConnectionId, InfoHash, OwnedResponse, PeerId,
     Request, TransactionId,
 };
-use common::{base_config, eventually, hash_on_shard, udp_client::Client, Tracker};
+use common::{
+    base_config, eventually, hash_on_shard, metrics_client::errors, udp_client::Client, Tracker,
+};
 
 /// A namespace with one end of a veth pair, the other end on the host;
 /// removed (with the pair) on drop.
@@ -235,21 +237,6 @@ fn announce_replies_fit_a_1500_byte_link() {
         }
         other => panic!("expected an IPv4 announce response, got {other:?}"),
     }
-}
-
-/// The samples of `aquatic_errors_total` with `labels`, summed.
-fn errors(metrics: SocketAddr, labels: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(metrics).expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
-        .expect("write");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    text.lines()
-        .filter(|l| l.starts_with("aquatic_errors_total{") && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]
