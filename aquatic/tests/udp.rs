@@ -233,20 +233,6 @@ fn a_seeder_is_sent_leechers_only_and_nobody_when_there_are_none() {
     }
 }
 
-/// A swarm of `peers` peers announced from `client`'s address, each with
-/// its own port (peers are told apart by id, address and port).
-fn fill_swarm(client: &mut Client, hash: [u8; 20], peers: u16) {
-    for i in 0..peers {
-        client.announce(
-            hash,
-            (i % 256) as u8,
-            10_000 + i,
-            AnnounceEvent::Started,
-            10,
-        );
-    }
-}
-
 #[test]
 fn ipv4_announce_replies_fit_a_1500_byte_link() {
     // A reply of 250 IPv4 peers is 20 + 6 × 250 = 1520 bytes, past the
@@ -257,7 +243,7 @@ fn ipv4_announce_replies_fit_a_1500_byte_link() {
     let tracker = Tracker::start("udp-cap-v4", &config);
     let hash = hash_on_shard(1, 2, 21);
     let mut client = Client::new(tracker.udp_v4());
-    fill_swarm(&mut client, hash, 320);
+    client.fill_swarm(hash, 320);
     let reply = client.announce_wanting(hash, 200, 9999, AnnounceEvent::Started, 10, 250);
     assert_eq!(
         peers_v4(&reply).len(),
@@ -278,7 +264,7 @@ fn ipv6_announce_replies_fit_a_1500_byte_link() {
     let tracker = Tracker::start("udp-cap-v6", &config);
     let hash = hash_on_shard(0, 2, 22);
     let mut client = Client::new(tracker.udp_v6());
-    fill_swarm(&mut client, hash, 100);
+    client.fill_swarm(hash, 100);
     match client.announce_wanting(hash, 200, 9999, AnnounceEvent::Started, 10, 250) {
         OwnedResponse::AnnounceIpv6 {
             peers, leechers, ..

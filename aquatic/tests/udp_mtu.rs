@@ -196,15 +196,7 @@ fn swarm_of_320(netns: &Netns, name: &str, udp_lines: &str) -> (Tracker, NsClien
     let tracker = Tracker::start(name, &config);
     let hash = hash_on_shard(1, 2, 31);
     let mut filler = Client::new(tracker.udp_v4());
-    for i in 0..320u16 {
-        filler.announce(
-            hash,
-            (i % 256) as u8,
-            10_000 + i,
-            AnnounceEvent::Started,
-            10,
-        );
-    }
+    filler.fill_swarm(hash, 320);
     let port = tracker.udp.expect("udp").port();
     let at = SocketAddr::from((netns.host_ip, port));
     let client = NsClient::new(netns.socket(), at);

@@ -273,16 +273,6 @@ impl ConnectionPeers {
     pub fn forget(&mut self, info_hash: InfoHash, peer_id: PeerId) {
         self.announced.remove(&(info_hash, peer_id));
     }
-
-    /// Pairs recorded.
-    pub fn len(&self) -> usize {
-        self.announced.len()
-    }
-
-    /// Nothing recorded.
-    pub fn is_empty(&self) -> bool {
-        self.announced.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,16 @@ impl Client {
         self.announce_wanting(hash, peer, port, event, left, -1)
     }
 
+    /// Fills `hash`'s swarm with `peers` leechers announced from this
+    /// client's address, each on its own port (peers are told apart by
+    /// id, address and port).
+    pub fn fill_swarm(&mut self, hash: [u8; 20], peers: u16) {
+        for i in 0..peers {
+            let peer = (i % 256) as u8;
+            self.announce(hash, peer, 10_000 + i, AnnounceEvent::Started, 10);
+        }
+    }
+
     /// An announce asking for `numwant` peers (-1: the tracker's default).
     pub fn announce_wanting(
         &mut self,
