@@ -23,6 +23,7 @@
 #![warn(unreachable_pub)]
 
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod executor;
 #[cfg(feature = "test-hooks")]

@@ -20,7 +20,9 @@ use std::{
 
 use anyhow::{bail, Context};
 use aquatic_common::{
-    access_list::AccessList, connection_id::ConnectionIdValidator, time::ServerStartInstant,
+    access_list::AccessList,
+    connection_id::{ConnectionIdKey, ConnectionIdValidator},
+    time::ServerStartInstant,
 };
 use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -394,9 +396,10 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     let shared = Shared {
         config: config.clone(),
         start: ServerStartInstant::new(),
-        validator: ConnectionIdValidator::new(Duration::from_secs(
-            config.udp.connection_id_max_age_secs,
-        )),
+        validator: ConnectionIdValidator::new(
+            ConnectionIdKey::random(),
+            Duration::from_secs(config.udp.connection_id_max_age_secs),
+        ),
         access_list: access_list.clone(),
         http_tls: http_tls.clone(),
         ws_tls: ws_tls.clone(),

@@ -57,3 +57,20 @@ impl ValidUntil {
         self.0 >= now
     }
 }
+
+/// Wall-clock time in whole seconds since the Unix epoch: the clock of
+/// anything that must mean the same on another node or after a restart
+/// (connection ids, snapshot ages). `u32` lasts until 2106.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct UnixSeconds(pub u32);
+
+impl UnixSeconds {
+    /// The system clock now; a clock set before 1970 reads as 0.
+    pub fn now() -> Self {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self(secs.min(u32::MAX as u64) as u32)
+    }
+}

@@ -25,7 +25,7 @@ use std::{
 };
 
 use aquatic_common::{
-    connection_id::ConnectionIdValidator, time::SecondsSinceStart, AnnounceOutcome, ScrapeStats,
+    connection_id::ConnectionIdValidator, time::UnixSeconds, AnnounceOutcome, ScrapeStats,
     SelectedPeer, SelectedPeers,
 };
 use aquatic_udp_protocol::{
@@ -205,7 +205,9 @@ pub async fn run(udp: Rc<UdpEndpoint>) {
                 continue;
             }
         };
-        let mut now = udp.router.now();
+        // Connection ids carry wall-clock time (valid across nodes and
+        // restarts); the shards keep their own monotonic clock.
+        let mut now = UnixSeconds::now();
         handle_datagram(&udp, now, &first[..n], src, &mut outgoing);
         // Bounded, so that a sustained flood of full batches cannot starve
         // this executor's other tasks (HTTP, WS, mesh, timers).
@@ -228,7 +230,7 @@ pub async fn run(udp: Rc<UdpEndpoint>) {
             if got < BATCH {
                 break;
             }
-            now = udp.router.now();
+            now = UnixSeconds::now();
         }
         flush(&udp, &mut outgoing).await;
         glommio::yield_if_needed().await;
@@ -276,7 +278,7 @@ fn count_send_error(stats: &ExecutorStats, err: &io::Error) {
 
 fn handle_datagram(
     udp: &Rc<UdpEndpoint>,
-    now: SecondsSinceStart,
+    now: UnixSeconds,
     bytes: &[u8],
     src: SocketAddr,
     out: &mut DatagramBatch,
@@ -362,12 +364,7 @@ fn count_refusal(stats: &ExecutorStats, err: RouteError) {
     }
 }
 
-fn connection_valid(
-    udp: &UdpEndpoint,
-    id: ConnectionId,
-    ip: IpAddr,
-    now: SecondsSinceStart,
-) -> bool {
+fn connection_valid(udp: &UdpEndpoint, id: ConnectionId, ip: IpAddr, now: UnixSeconds) -> bool {
     udp.settings.validator.is_valid(id.0.to_be_bytes(), ip, now)
 }
 
