@@ -176,6 +176,46 @@ pub enum Reason {
         /// The most an IPv6 reply may carry.
         limit: u64,
     },
+    /// Needed because another key is true (`cluster.key_file` and the TLS
+    /// files when `cluster.enabled` is).
+    #[error("must be set when {needed_by} is true")]
+    RequiredBy {
+        /// The key that needs this one.
+        needed_by: &'static str,
+    },
+    /// A file the configuration names cannot be opened.
+    #[error("cannot read {}: {error}", .path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        error: String,
+    },
+    /// `cluster.node` is not the name of any of `cluster.members`.
+    #[error("{node:?} is not the name of any of cluster.members")]
+    NotAMember {
+        /// The name given.
+        node: String,
+    },
+    /// A member name or address appears twice.
+    #[error("{value} appears more than once")]
+    Duplicate {
+        /// The repeated name or address.
+        value: String,
+    },
+    /// A member name is not a DNS name, which its certificate must carry
+    /// as subjectAltName (`"tracker-a"`, `"a.tracker.example"`).
+    #[error("member name {name:?} is not a DNS name (letters, digits, '-' and '.')")]
+    NotADnsName {
+        /// The name given.
+        name: String,
+    },
+    /// A member address other nodes could not dial (port 0 or 0.0.0.0 / ::).
+    #[error("member address {address} cannot be dialled: give its real IP and port")]
+    NotDialable {
+        /// The address given.
+        address: SocketAddr,
+    },
 }
 
 /// The longest an `info_hash=…&` parameter is with every byte
@@ -292,6 +332,8 @@ pub struct Config {
     pub privileges: PrivilegesConfig,
     /// Allow / deny list of info hashes.
     pub access_list: AccessListConfig,
+    /// Several nodes serving one tracker.
+    pub cluster: ClusterConfig,
 }
 
 /// Executor placement and io_uring sizes.
@@ -583,6 +625,161 @@ pub struct AccessListConfig {
     pub path: PathBuf,
 }
 
+/// Several nodes, one tracker: the `[cluster]` table. The key names are
+/// fixed (operators' config management relies on them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Run as a cluster node at all.
+    pub enabled: bool,
+    /// This node's name, one of `members`.
+    pub node: String,
+    /// Where this node accepts links from the other members.
+    pub listen: SocketAddr,
+    /// Every node of the cluster, this one included.
+    pub members: Vec<ClusterMember>,
+    /// The connection-id key every member shares (32 or more bytes).
+    pub key_file: PathBuf,
+    /// The CA (PEM) that signs every member's certificate.
+    pub ca_certificate_path: PathBuf,
+    /// This node's certificate chain (PEM); its subjectAltName is `node`.
+    pub certificate_path: PathBuf,
+    /// This node's private key (PEM).
+    pub private_key_path: PathBuf,
+    /// A member silent this long leaves the live set.
+    pub failure_timeout_secs: u64,
+}
+
+/// One node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    /// Its name: a DNS name its certificate carries as subjectAltName.
+    pub name: String,
+    /// Where it accepts links.
+    pub address: SocketAddr,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node: "a".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 3100)),
+            members: vec![
+                ClusterMember {
+                    name: "a".to_owned(),
+                    address: SocketAddr::from(([127, 0, 0, 1], 3100)),
+                },
+                ClusterMember {
+                    name: "b".to_owned(),
+                    address: SocketAddr::from(([127, 0, 0, 1], 3200)),
+                },
+            ],
+            key_file: PathBuf::new(),
+            ca_certificate_path: PathBuf::new(),
+            certificate_path: PathBuf::new(),
+            private_key_path: PathBuf::new(),
+            failure_timeout_secs: 5,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the table. Names, addresses and files only matter (and are
+    /// only checked) when the cluster is enabled.
+    fn check(&self, check: &mut Checker) {
+        // Heartbeats go out several times per timeout; below a second the
+        // members would drop each other on any scheduling hiccup, and past
+        // an hour a dead node would keep its torrents for too long.
+        check.range(
+            "cluster.failure_timeout_secs",
+            self.failure_timeout_secs,
+            1..=3600,
+        );
+        if !self.enabled {
+            return;
+        }
+        // 1024 nodes is past any tracker deployment; every announce
+        // weighs each live member once.
+        check.range("cluster.members", self.members.len(), 1..=1024);
+        let mut names = std::collections::HashSet::new();
+        let mut addresses = std::collections::HashSet::new();
+        for member in &self.members {
+            if rustls::pki_types::ServerName::try_from(member.name.as_str()).is_err()
+                || member.name.parse::<std::net::IpAddr>().is_ok()
+            {
+                check.push(
+                    "cluster.members",
+                    Reason::NotADnsName {
+                        name: member.name.clone(),
+                    },
+                );
+            }
+            if !names.insert(member.name.as_str()) {
+                check.push(
+                    "cluster.members",
+                    Reason::Duplicate {
+                        value: member.name.clone(),
+                    },
+                );
+            }
+            if !addresses.insert(member.address) {
+                check.push(
+                    "cluster.members",
+                    Reason::Duplicate {
+                        value: member.address.to_string(),
+                    },
+                );
+            }
+            if member.address.port() == 0 || member.address.ip().is_unspecified() {
+                check.push(
+                    "cluster.members",
+                    Reason::NotDialable {
+                        address: member.address,
+                    },
+                );
+            }
+        }
+        if !names.contains(self.node.as_str()) {
+            check.push(
+                "cluster.node",
+                Reason::NotAMember {
+                    node: self.node.clone(),
+                },
+            );
+        }
+        for (key, path) in [
+            ("cluster.key_file", &self.key_file),
+            ("cluster.ca_certificate_path", &self.ca_certificate_path),
+            ("cluster.certificate_path", &self.certificate_path),
+            ("cluster.private_key_path", &self.private_key_path),
+        ] {
+            if path.as_os_str().is_empty() {
+                check.push(
+                    key,
+                    Reason::RequiredBy {
+                        needed_by: "cluster.enabled",
+                    },
+                );
+            } else if let Err(error) = std::fs::File::open(path) {
+                check.push(
+                    key,
+                    Reason::Unreadable {
+                        path: path.clone(),
+                        error: error.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// How long a member may stay silent before it leaves the live set.
+    pub fn failure_timeout(&self) -> Duration {
+        Duration::from_secs(self.failure_timeout_secs)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -596,6 +793,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             privileges: PrivilegesConfig::default(),
             access_list: AccessListConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -722,6 +920,7 @@ impl Config {
             );
         }
         self.check_scrape_limits(&mut check);
+        self.cluster.check(&mut check);
         if !self.udp.enabled && !self.http.enabled && !self.ws.enabled {
             check.push(
                 "udp.enabled, http.enabled, ws.enabled",
@@ -1242,6 +1441,7 @@ mod tests {
             ("ws.handshake_timeout_secs", 1),
             ("ws.idle_timeout_secs", 1),
             ("ws.announce_interval_secs", 1),
+            ("cluster.failure_timeout_secs", 1),
         ];
         let mut found = found;
         found.sort_unstable();
@@ -1443,6 +1643,108 @@ mod tests {
         assert_eq!(
             keys(&problems(&small(46).replace("576", "100"))),
             ["udp.max_datagram_bytes"]
+        );
+    }
+
+    /// A directory with the four files a cluster node reads.
+    fn cluster_files(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("aquatic-cluster-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for file in ["key", "ca.pem", "node.pem", "node.key"] {
+            std::fs::write(dir.join(file), [0u8; 32]).expect("write");
+        }
+        dir
+    }
+
+    fn cluster_toml(dir: &Path, node: &str, members: &str) -> String {
+        let d = dir.display();
+        format!(
+            "[cluster]\nenabled = true\nnode = \"{node}\"\nmembers = {members}\n\
+             key_file = \"{d}/key\"\nca_certificate_path = \"{d}/ca.pem\"\n\
+             certificate_path = \"{d}/node.pem\"\nprivate_key_path = \"{d}/node.key\"\n"
+        )
+    }
+
+    #[test]
+    fn a_cluster_is_validated_only_when_enabled() {
+        // The defaults name files that are not set: harmless while off.
+        let off = Config::from_toml("[cluster]\nnode = \"z\"", Path::new("x")).expect("off");
+        assert!(!off.cluster.enabled);
+        let dir = cluster_files("valid");
+        let two = r#"[{ name = "a", address = "127.0.0.1:3100" }, { name = "b.example", address = "127.0.0.1:3200" }]"#;
+        let valid = Config::from_toml(&cluster_toml(&dir, "b.example", two), Path::new("x"))
+            .expect("valid");
+        assert_eq!(valid.cluster.members.len(), 2);
+    }
+
+    #[test]
+    fn cluster_problems_are_named() {
+        let dir = cluster_files("bad");
+        let members = r#"[{ name = "a", address = "127.0.0.1:3100" }, { name = "a", address = "127.0.0.1:3100" }, { name = "no spaces", address = "0.0.0.0:3300" }]"#;
+        let found = problems(&cluster_toml(&dir, "c", members));
+        let reasons: Vec<(&str, Reason)> = found.into_iter().map(|p| (p.key, p.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    "cluster.members",
+                    Reason::Duplicate {
+                        value: "a".to_owned()
+                    }
+                ),
+                (
+                    "cluster.members",
+                    Reason::Duplicate {
+                        value: "127.0.0.1:3100".to_owned()
+                    }
+                ),
+                (
+                    "cluster.members",
+                    Reason::NotADnsName {
+                        name: "no spaces".to_owned()
+                    }
+                ),
+                (
+                    "cluster.members",
+                    Reason::NotDialable {
+                        address: "0.0.0.0:3300".parse().expect("address")
+                    }
+                ),
+                (
+                    "cluster.node",
+                    Reason::NotAMember {
+                        node: "c".to_owned()
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_files_must_be_set_and_readable() {
+        let text = "[cluster]\nenabled = true\nkey_file = \"/nonexistent/key\"";
+        let found = problems(text);
+        assert_eq!(
+            keys(&found),
+            [
+                "cluster.key_file",
+                "cluster.ca_certificate_path",
+                "cluster.certificate_path",
+                "cluster.private_key_path"
+            ]
+        );
+        assert!(matches!(found[0].reason, Reason::Unreadable { .. }));
+        assert!(
+            found[0].to_string().contains("/nonexistent/key"),
+            "{}",
+            found[0]
+        );
+        assert_eq!(
+            found[1].reason,
+            Reason::RequiredBy {
+                needed_by: "cluster.enabled"
+            }
         );
     }
 

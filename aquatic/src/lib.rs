@@ -23,6 +23,7 @@
 #![warn(unreachable_pub)]
 
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod executor;

@@ -397,7 +397,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         config: config.clone(),
         start: ServerStartInstant::new(),
         validator: ConnectionIdValidator::new(
-            ConnectionIdKey::random(),
+            connection_id_key(&config)?,
             Duration::from_secs(config.udp.connection_id_max_age_secs),
         ),
         access_list: access_list.clone(),
@@ -466,6 +466,22 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         ws_tls,
     };
     serve_until_stopped(&event_rx, workers, &config, &reloadables, &shutdown)
+}
+
+/// The key connection ids are made with: the file the cluster's members
+/// share when the cluster is on (an id issued by one node must be accepted
+/// by every other), otherwise a fresh random key. A missing or short
+/// shared key is a start-up error, never a silent fallback: members with
+/// different keys would refuse each other's ids.
+fn connection_id_key(config: &Config) -> anyhow::Result<ConnectionIdKey> {
+    if !config.cluster.enabled {
+        return Ok(ConnectionIdKey::random());
+    }
+    let path = &config.cluster.key_file;
+    let material = std::fs::read(path)
+        .with_context(|| format!("cannot read cluster.key_file {}", path.display()))?;
+    ConnectionIdKey::from_material(&material)
+        .with_context(|| format!("cluster.key_file {}", path.display()))
 }
 
 fn wait_until_ready(
@@ -605,6 +621,51 @@ mod tests {
         };
         assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
         value
+    }
+
+    #[test]
+    fn the_cluster_key_comes_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("aquatic-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut config = Config::default();
+        config.cluster.enabled = true;
+        config.cluster.key_file = dir.join("key");
+        let validator = |config: &Config| {
+            ConnectionIdValidator::new(
+                connection_id_key(config).expect("key"),
+                Duration::from_secs(60),
+            )
+        };
+        let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+        let now = aquatic_common::time::UnixSeconds(1_800_000_000);
+
+        std::fs::write(&config.cluster.key_file, [7u8; 31]).expect("write");
+        let short = connection_id_key(&config).expect_err("31 bytes");
+        assert!(format!("{short:#}").contains("key"), "{short:#}");
+
+        std::fs::write(&config.cluster.key_file, [7u8; 32]).expect("write");
+        let id = validator(&config).create(ip, now);
+        assert!(
+            validator(&config).is_valid(id, ip, now),
+            "same file, same key"
+        );
+        std::fs::write(&config.cluster.key_file, [8u8; 32]).expect("write");
+        assert!(
+            !validator(&config).is_valid(id, ip, now),
+            "another key refuses it"
+        );
+
+        std::fs::remove_file(&config.cluster.key_file).expect("remove");
+        let missing = connection_id_key(&config).expect_err("missing");
+        assert!(
+            format!("{missing:#}").contains("cluster.key_file"),
+            "{missing:#}"
+        );
+        config.cluster.enabled = false;
+        assert!(
+            connection_id_key(&config).is_ok(),
+            "no cluster: a random key"
+        );
     }
 
     #[test]
