@@ -1,4 +1,11 @@
-//! The cluster: several nodes, one tracker. Which node owns a torrent
-//! ([`ownership`]); more to come (links, forwarding).
+//! The cluster: several nodes, one tracker.
+//!
+//! - [`ownership`]: which member owns an info hash (rendezvous hashing).
+//! - [`members`]: the member list, this node, the live set and liveness.
+//! - [`frame`]: what crosses a link and how it is framed.
+//! - [`tls`]: mutual TLS between members, names checked both ways.
 
+pub mod frame;
+pub mod members;
 pub mod ownership;
+pub mod tls;
