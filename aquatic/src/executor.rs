@@ -25,6 +25,7 @@ use std::{
 
 use aquatic_common::{
     access_list::AccessList, connection_id::ConnectionIdValidator, time::ServerStartInstant,
+    ShardId,
 };
 use futures_lite::StreamExt;
 use glommio::{
@@ -37,6 +38,11 @@ use glommio::{
 };
 
 use crate::{
+    cluster::{
+        link::{self, LinkSetup},
+        members::{LiveSet, Members},
+        queue::LinkQueues,
+    },
     config::ValidConfig,
     host::{ShardHost, SharedHost},
     metrics::{ExecutorStats, MetricsHub, Snapshot},
@@ -46,7 +52,7 @@ use crate::{
         ws::{self, WsEndpoint},
     },
     reload::{LocalCopy, Reloadable},
-    router::{MeshMessage, Router, UdpAnswers, REPLY_DEADLINE},
+    router::{MeshMessage, Router, UdpAnswers, LINK_EXECUTOR, REPLY_DEADLINE},
     swarm::Refusal,
 };
 
@@ -62,6 +68,19 @@ pub struct ExecutorSockets {
     pub http: Option<socket2::Socket>,
     /// The WebSocket listener, if WebTorrent is served.
     pub ws: Option<socket2::Socket>,
+}
+
+/// What every executor of a cluster node shares.
+#[derive(Clone)]
+pub struct ClusterShared {
+    /// The member list.
+    pub members: Arc<Members>,
+    /// The live set, replaced by the links as members come and go.
+    pub live: Arc<Reloadable<LiveSet>>,
+    /// What the links need, taken by the executor that joins the mesh as
+    /// [`LINK_EXECUTOR`] (mesh ids follow the order of joining, not of
+    /// the threads).
+    pub links: Arc<std::sync::Mutex<Option<LinkSetup>>>,
 }
 
 /// What every executor shares with the main thread.
@@ -83,6 +102,8 @@ pub struct Shared {
     pub metrics: Option<Arc<MetricsHub>>,
     /// Set by the main thread to stop.
     pub shutdown: Arc<AtomicBool>,
+    /// The cluster, if this node is a member of one.
+    pub cluster: Option<ClusterShared>,
 }
 
 /// What the main thread hands one executor thread.
@@ -124,6 +145,7 @@ pub async fn run(setup: ExecutorSetup) {
         Ok(pair) => pair,
         Err(err) => panic!("an executor could not join the mesh: {err}"),
     };
+    let senders_id = senders.peer_id();
     let requests = glommio::executor().create_task_queue(
         Shares::Static(1000),
         Latency::Matters(Duration::from_millis(10)),
@@ -150,11 +172,39 @@ pub async fn run(setup: ExecutorSetup) {
         config.runtime.mesh_channel_size,
         REPLY_DEADLINE,
     );
+    let ExecutorSockets {
+        udp: udp_socket,
+        http: http_socket,
+        ws: ws_socket,
+    } = sockets;
+    let link_setup = match &shared.cluster {
+        Some(cluster) if ShardId(senders_id) == LINK_EXECUTOR => cluster
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+        _ => None,
+    };
+    let link_queues = match (&shared.cluster, &link_setup) {
+        (Some(cluster), Some(_)) => Some(Rc::new(LinkQueues::new(
+            cluster.members.len(),
+            config.runtime.mesh_channel_size,
+        ))),
+        _ => None,
+    };
+    let router = match &shared.cluster {
+        Some(cluster) => router.with_cluster(
+            Rc::new((*cluster.members).clone()),
+            (*cluster.live.current().1).clone(),
+            link_queues.clone(),
+        ),
+        None => router,
+    };
     let router = Rc::new(router);
     let http_tls = shared.http_tls.clone().map(|t| Rc::new(LocalCopy::new(t)));
     let ws_tls = shared.ws_tls.clone().map(|t| Rc::new(LocalCopy::new(t)));
     let ex = Executor {
-        udp: sockets.udp.map(|socket| {
+        udp: udp_socket.map(|socket| {
             let settings = UdpSettings {
                 validator: shared.validator.clone(),
                 announce_interval: config.tracker.announce_interval_secs,
@@ -170,7 +220,7 @@ pub async fn run(setup: ExecutorSetup) {
                 stats.clone(),
             ))
         }),
-        http: sockets.http.map(|listener| {
+        http: http_socket.map(|listener| {
             let tls = http_tls.clone();
             Rc::new(HttpEndpoint::new(
                 listener,
@@ -180,7 +230,7 @@ pub async fn run(setup: ExecutorSetup) {
                 stats.clone(),
             ))
         }),
-        ws: sockets.ws.map(|listener| {
+        ws: ws_socket.map(|listener| {
             let tls = ws_tls.clone();
             Rc::new(WsEndpoint::new(
                 listener,
@@ -209,6 +259,12 @@ pub async fn run(setup: ExecutorSetup) {
         let answers = ex.udp.as_ref().map(|udp| udp.forwarded_answers());
         spawn(requests, receive_mesh(ex.router.clone(), answers, stream));
     }
+    if let (Some(setup), Some(queues)) = (link_setup, link_queues) {
+        spawn(
+            requests,
+            link::run(setup, ex.router.clone(), queues, ex.udp.clone()),
+        );
+    }
     spawn(
         background,
         clean_periodically(ex.router.clone(), ex.host.clone(), config.clone(), shards),
@@ -217,9 +273,19 @@ pub async fn run(setup: ExecutorSetup) {
         spawn(background, publish_metrics(ex.snapshot_source(), hub));
     }
     let tls_copies = [http_tls, ws_tls].into_iter().flatten().collect();
+    let live = shared
+        .cluster
+        .as_ref()
+        .map(|cluster| LocalCopy::new(cluster.live.clone()));
     spawn(
         background,
-        refresh_reloadables(ex.host.clone(), access_list, tls_copies),
+        refresh_reloadables(
+            ex.host.clone(),
+            ex.router.clone(),
+            access_list,
+            tls_copies,
+            live,
+        ),
     );
 
     ready();
@@ -390,7 +456,60 @@ impl SnapshotSource {
             ],
             g.ws_peer_id_in_use,
         ));
+        if let Some((members, live, links)) = self.router.cluster_view() {
+            cluster_samples(
+                &members,
+                &live,
+                links.as_deref(),
+                &mut counters,
+                &mut gauges,
+            );
+        }
         Snapshot { counters, gauges }
+    }
+}
+
+/// The live set and, on the executor that runs them, each link's figures.
+fn cluster_samples(
+    members: &Members,
+    live: &LiveSet,
+    links: Option<&LinkQueues>,
+    counters: &mut Vec<crate::metrics::Sample<u64>>,
+    gauges: &mut Vec<crate::metrics::Sample<i64>>,
+) {
+    for node in (0..members.len()).map(crate::cluster::members::NodeId) {
+        let member = || vec![("member", members.name(node).to_owned())];
+        // Every executor's own view: they take the live set on a timer.
+        gauges.push((
+            "cluster_member_live",
+            member(),
+            i64::from(live.contains(node)),
+        ));
+        let Some(stats) = links.and_then(|links| links.stats(node)) else {
+            continue;
+        };
+        let directed = |direction: &str| {
+            vec![
+                ("member", members.name(node).to_owned()),
+                ("direction", direction.to_owned()),
+            ]
+        };
+        counters.push((
+            "cluster_link_frames",
+            directed("out"),
+            stats.frames_out.get(),
+        ));
+        counters.push(("cluster_link_frames", directed("in"), stats.frames_in.get()));
+        counters.push(("cluster_link_bytes", directed("out"), stats.bytes_out.get()));
+        counters.push(("cluster_link_bytes", directed("in"), stats.bytes_in.get()));
+        counters.push(("cluster_link_dropped", member(), stats.dropped.get()));
+        counters.push(("cluster_link_reconnects", member(), stats.reconnects.get()));
+        counters.push(("cluster_link_refused", member(), stats.refused.get()));
+        gauges.push((
+            "cluster_link_heartbeat_rtt_micros",
+            member(),
+            i64::try_from(stats.heartbeat_rtt_micros.get()).unwrap_or(i64::MAX),
+        ));
     }
 }
 
@@ -414,11 +533,16 @@ fn release_free_memory() {
 
 async fn refresh_reloadables(
     host: Rc<SharedHost>,
+    router: Rc<Router>,
     access_list: LocalCopy<AccessList>,
     tls_configs: Vec<Rc<LocalCopy<rustls::ServerConfig>>>,
+    live: Option<LocalCopy<LiveSet>>,
 ) {
     loop {
         sleep(Duration::from_millis(200)).await;
+        if let Some(live) = live.as_ref().and_then(LocalCopy::refresh) {
+            router.set_live((*live).clone());
+        }
         if let Some(list) = access_list.refresh() {
             host.with(|host| host.set_access_list(list));
             log::debug!("an executor took the new access list");

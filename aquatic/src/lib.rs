@@ -18,8 +18,16 @@
 //! (`shard_of(info_hash)`), which answers (UDP from its own socket, same
 //! local address). Dependencies point one way, down the picture; a test
 //! (`tests/module_graph.rs`) fails on any import cycle among these modules.
-//! glommio appears only in `net/`, `router`, `executor`, `server` and
-//! `timing`; `host` and `swarm/` are plain synchronous code.
+//! glommio appears only in `net/`, `router`, `executor`, `server`,
+//! `timing` and the cluster's `link` and `queue`; `host` and `swarm/` are
+//! plain synchronous code.
+//!
+//! In a cluster (`cluster/`), the router first asks which live member owns
+//! the torrent (rendezvous hashing); a request owned by another node goes
+//! over that member's link (run by executor 0) and its answer comes back
+//! to the executor that asked, as an answer from another executor would.
+//! The receiving node's router hands it to its own shards; the shard host
+//! never knows a request came from another node.
 #![warn(unreachable_pub)]
 
 pub mod cli;

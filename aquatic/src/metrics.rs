@@ -106,6 +106,9 @@ pub struct ExecutorStats {
     pub mesh_deadlines: Counter,
     /// Answers that arrived after their request had given up.
     pub mesh_late_replies: Counter,
+    /// Cluster links refused: TLS failed, or the certificate did not name
+    /// the member the peer claimed to be.
+    pub cluster_links_refused: Counter,
 }
 
 /// `name{labels} value`: one sample of a metric, before the executor label.
@@ -236,6 +239,11 @@ impl ExecutorStats {
                 "errors",
                 vec![proto("mesh"), kind("late_reply")],
                 self.mesh_late_replies.get(),
+            ),
+            (
+                "errors",
+                vec![proto("cluster"), kind("link_refused")],
+                self.cluster_links_refused.get(),
             ),
             (
                 "ws_connections_opened",

@@ -49,6 +49,13 @@ use glommio::{
 use hashbrown::HashMap;
 
 use crate::{
+    cluster::{
+        frame::{
+            stats_from_wire, wire_stats, Frame, RemoteReply, ReplyTarget, WireAnnounce, WireAnswer,
+        },
+        members::{LiveSet, Members, NodeId},
+        queue::LinkQueues,
+    },
     host::{AnnounceReplyTo, Effects, ReplyAddress, ShardRequest, SharedHost},
     metrics::ExecutorStats,
     swarm::{AnnounceInput, ConnectionPeers, ConnectionRef, Refusal, SwarmKind},
@@ -87,6 +94,40 @@ pub enum MeshMessage {
         connection: ConnectionRef,
         /// What to send it.
         message: OwnedOutMessage,
+    },
+    /// A frame for another node, to the executor that runs the links.
+    ToNode {
+        /// The member.
+        node: NodeId,
+        /// The frame.
+        frame: Frame,
+        /// An answer owed (may use the queue's reserve), not a request.
+        must_arrive: bool,
+    },
+    /// The owner node could not answer this executor's announce.
+    AnnounceFailed {
+        /// The asker's name for it.
+        token: u64,
+    },
+    /// Scrape figures from another node; None where its shard did not
+    /// answer in time.
+    RemoteScrapeReply {
+        /// The asker's name for it.
+        token: u64,
+        /// Figures in the order asked.
+        stats: Vec<Option<ScrapeStats>>,
+    },
+    /// The answer to a UDP announce this executor forwarded to another
+    /// node: sent from this executor's socket, which the client wrote to.
+    UdpAnswer {
+        /// The client.
+        client: SocketAddr,
+        /// Its transaction id.
+        transaction_id: TransactionId,
+        /// Counts.
+        outcome: AnnounceOutcome,
+        /// The chosen peers.
+        peers: SelectedPeers,
     },
 }
 
@@ -183,6 +224,17 @@ struct Outbox {
     wake: LocalSender<()>,
 }
 
+/// What the router knows of the cluster.
+struct RouterCluster {
+    members: Rc<Members>,
+    live: RefCell<LiveSet>,
+    /// The links' queues, on the executor that runs the links.
+    links: Option<Rc<LinkQueues>>,
+}
+
+/// The executor that runs the links of a cluster node.
+pub const LINK_EXECUTOR: ShardId = ShardId(0);
+
 /// One executor's router.
 pub struct Router {
     me: ShardId,
@@ -196,11 +248,14 @@ pub struct Router {
     /// Requests outstanding per destination.
     in_flight: Vec<Cell<usize>>,
     max_in_flight: usize,
-    announces: PendingReplies<(AnnounceOutcome, SelectedPeers)>,
-    scrapes: PendingReplies<Vec<ScrapeStats>>,
+    /// None: the owner could not answer.
+    announces: PendingReplies<Option<(AnnounceOutcome, SelectedPeers)>>,
+    scrapes: PendingReplies<Vec<Option<ScrapeStats>>>,
     outbox: Outbox,
     /// Outgoing queues of the WebSocket connections this executor holds.
     ws_connections: RefCell<HashMap<u64, LocalSender<OwnedOutMessage>>>,
+    /// None when the cluster is off.
+    cluster: Option<RouterCluster>,
 }
 
 /// Counts a request outstanding to one destination while it lives.
@@ -284,8 +339,129 @@ impl Router {
                 wake,
             },
             ws_connections: RefCell::default(),
+            cluster: None,
         };
         (router, woken)
+    }
+
+    /// Makes this router a cluster node's: torrents are owned by the live
+    /// members, `links` (on [`LINK_EXECUTOR`] only) are the queues of the
+    /// links to the other members.
+    pub fn with_cluster(
+        mut self,
+        members: Rc<Members>,
+        live: LiveSet,
+        links: Option<Rc<LinkQueues>>,
+    ) -> Self {
+        // One request slot counter per member too, after the shards'.
+        self.in_flight = (0..self.shards + members.len())
+            .map(|_| Cell::new(0))
+            .collect();
+        self.cluster = Some(RouterCluster {
+            members,
+            live: RefCell::new(live),
+            links,
+        });
+        self
+    }
+
+    /// The cluster as this router sees it (for metrics): the members, the
+    /// live set, and the links' queues on [`LINK_EXECUTOR`].
+    pub fn cluster_view(&self) -> Option<(Rc<Members>, LiveSet, Option<Rc<LinkQueues>>)> {
+        let cluster = self.cluster.as_ref()?;
+        Some((
+            cluster.members.clone(),
+            cluster.live.borrow().clone(),
+            cluster.links.clone(),
+        ))
+    }
+
+    /// Takes the live set the links found.
+    pub fn set_live(&self, live: LiveSet) {
+        if let Some(cluster) = &self.cluster {
+            *cluster.live.borrow_mut() = live;
+        }
+    }
+
+    /// The member that owns `info_hash`, if it is not this node.
+    fn remote_owner(&self, info_hash: &InfoHash) -> Option<NodeId> {
+        let cluster = self.cluster.as_ref()?;
+        let owner = cluster.members.owner(info_hash, &cluster.live.borrow());
+        (owner != cluster.members.me()).then_some(owner)
+    }
+
+    /// Sends `frame` to another member: into its link's queue here, or to
+    /// the executor that runs the links. False (counted) when it cannot go.
+    pub fn send_to_node(&self, node: NodeId, frame: Frame, must_arrive: bool) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        if let Some(links) = &cluster.links {
+            let queued = if must_arrive {
+                links.push_must_arrive(node, frame)
+            } else {
+                links.push(node, frame)
+            };
+            if !queued {
+                log::debug!(
+                    "a frame for member {} was dropped: its link's queue is full",
+                    node.0
+                );
+            }
+            return queued;
+        }
+        let message = MeshMessage::ToNode {
+            node,
+            frame,
+            must_arrive,
+        };
+        if must_arrive {
+            self.send_must_arrive(LINK_EXECUTOR, message);
+            true
+        } else {
+            self.send_lossy(LINK_EXECUTOR, message).is_ok()
+        }
+    }
+
+    /// Sends a request frame to another member and opens its reply slot.
+    fn request_remote<'a, T>(
+        &'a self,
+        node: NodeId,
+        replies: &'a PendingReplies<T>,
+        frame: impl FnOnce(u64) -> Frame,
+    ) -> Result<Waiting<'a, T>, RouteError> {
+        let count = self
+            .in_flight
+            .get(self.shards + node.0)
+            .ok_or(RouteError::Busy)?;
+        if count.get() >= self.max_in_flight {
+            self.stats.mesh_full.bump();
+            return Err(RouteError::Busy);
+        }
+        count.set(count.get() + 1);
+        let in_flight = InFlight { count };
+        let token = self.token();
+        let receiver = replies.open(token);
+        let waiting = Waiting {
+            replies,
+            token,
+            receiver,
+            _in_flight: in_flight,
+        };
+        if self.send_to_node(node, frame(token), false) {
+            Ok(waiting)
+        } else {
+            Err(RouteError::Busy)
+        }
+    }
+
+    fn executor_u32(&self) -> u32 {
+        u32::try_from(self.me.0).unwrap_or(u32::MAX)
+    }
+
+    /// This executor's counters.
+    pub fn stats(&self) -> &ExecutorStats {
+        &self.stats
     }
 
     /// This executor's shard.
@@ -445,6 +621,27 @@ impl Router {
         out: &mut SelectedPeers,
     ) -> Result<Option<AnnounceOutcome>, RouteError> {
         let now = self.now();
+        if let Some(node) = self.remote_owner(&input.info_hash) {
+            let wire = WireAnnounce::from_input(&input);
+            self.host.with(|host| host.rules().bt_announce(input))?;
+            let frame = Frame::Announce {
+                reply: RemoteReply {
+                    executor: self.executor_u32(),
+                    target: ReplyTarget::Udp {
+                        client,
+                        transaction_id: transaction_id.0,
+                    },
+                },
+                input: wire,
+            };
+            // The owner's answer comes back here and leaves from this
+            // node's socket, the address the client wrote to.
+            return if self.send_to_node(node, frame, false) {
+                Ok(None)
+            } else {
+                Err(RouteError::Busy)
+            };
+        }
         let owner = self.owner(&input.info_hash);
         self.host.with(|host| {
             let request = host.rules().bt_announce(input)?;
@@ -467,21 +664,58 @@ impl Router {
         input: AnnounceInput,
         out: &mut SelectedPeers,
     ) -> Result<AnnounceOutcome, RouteError> {
+        self.announce_routed(input, out, true).await
+    }
+
+    /// An announce another member forwarded here: answered by this node's
+    /// shards, never forwarded again (members may disagree for a moment on
+    /// who is alive; a second hop could loop).
+    pub async fn announce_local(
+        &self,
+        input: AnnounceInput,
+        out: &mut SelectedPeers,
+    ) -> Result<AnnounceOutcome, RouteError> {
+        self.announce_routed(input, out, false).await
+    }
+
+    async fn announce_routed(
+        &self,
+        input: AnnounceInput,
+        out: &mut SelectedPeers,
+        to_other_nodes: bool,
+    ) -> Result<AnnounceOutcome, RouteError> {
         let now = self.now();
+        let remote = to_other_nodes
+            .then(|| self.remote_owner(&input.info_hash))
+            .flatten();
         let owner = self.owner(&input.info_hash);
+        let wire = remote.map(|_| WireAnnounce::from_input(&input));
         let request = self.host.with(|host| host.rules().bt_announce(input))?;
-        if owner == self.me {
-            return Ok(self.host.with(|host| host.announce(now, &request, out)));
-        }
-        let waiting = self.request(owner, &self.announces, |address| ShardRequest::Announce {
-            request,
-            reply_to: AnnounceReplyTo::Executor(address),
-        })?;
+        let waiting = match (remote, wire) {
+            (Some(node), Some(wire)) => {
+                let executor = self.executor_u32();
+                self.request_remote(node, &self.announces, |token| Frame::Announce {
+                    reply: RemoteReply {
+                        executor,
+                        target: ReplyTarget::Token(token),
+                    },
+                    input: wire,
+                })?
+            }
+            _ if owner == self.me => {
+                return Ok(self.host.with(|host| host.announce(now, &request, out)));
+            }
+            _ => self.request(owner, &self.announces, |address| ShardRequest::Announce {
+                request,
+                reply_to: AnnounceReplyTo::Executor(address),
+            })?,
+        };
         match within(self.deadline, waiting.recv()).await {
-            Some(Some((outcome, peers))) => {
+            Some(Some(Some((outcome, peers)))) => {
                 *out = peers;
                 Ok(outcome)
             }
+            Some(Some(None)) => Err(RouteError::Busy),
             _ => {
                 self.deadline_passed();
                 Err(RouteError::NoReply)
@@ -496,7 +730,9 @@ impl Router {
         hashes: impl ExactSizeIterator<Item = InfoHash> + Clone,
     ) -> Result<bool, Refusal> {
         self.host.with(|host| host.rules().scrape(hashes.clone()))?;
-        Ok(hashes.into_iter().all(|h| self.owner(&h) == self.me))
+        Ok(hashes
+            .into_iter()
+            .all(|h| self.owner(&h) == self.me && self.remote_owner(&h).is_none()))
     }
 
     /// Figures of torrents this shard owns, pushed to `out` in order.
@@ -529,9 +765,54 @@ impl Router {
         kind: SwarmKind,
         hashes: &[InfoHash],
     ) -> Vec<Option<ScrapeStats>> {
+        self.scrape_routed(kind, hashes, true).await
+    }
+
+    /// A scrape part another member forwarded here: this node's shards
+    /// only (see [`Router::announce_local`]).
+    pub async fn scrape_local(
+        &self,
+        kind: SwarmKind,
+        hashes: &[InfoHash],
+    ) -> Vec<Option<ScrapeStats>> {
+        self.scrape_routed(kind, hashes, false).await
+    }
+
+    async fn scrape_routed(
+        &self,
+        kind: SwarmKind,
+        hashes: &[InfoHash],
+        to_other_nodes: bool,
+    ) -> Vec<Option<ScrapeStats>> {
         let mut stats: Vec<Option<ScrapeStats>> = vec![None; hashes.len()];
-        let parts = partition_by_owner(self.shards, hashes.iter().enumerate(), |(_, h)| h);
         let mut waiting = Vec::new();
+        let mut here: Vec<(usize, &InfoHash)> = Vec::with_capacity(hashes.len());
+        let members = self.cluster.as_ref().map_or(0, |c| c.members.len());
+        let mut remote: Vec<Vec<(usize, InfoHash)>> = (0..members).map(|_| Vec::new()).collect();
+        for (i, hash) in hashes.iter().enumerate() {
+            match to_other_nodes.then(|| self.remote_owner(hash)).flatten() {
+                Some(node) => remote[node.0].push((i, *hash)),
+                None => here.push((i, hash)),
+            }
+        }
+        let executor = self.executor_u32();
+        for (node, part) in remote.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            let positions: Vec<usize> = part.iter().map(|(i, _)| *i).collect();
+            let part_hashes: Vec<[u8; 20]> = part.iter().map(|(_, h)| h.0).collect();
+            let sent = self.request_remote(NodeId(node), &self.scrapes, |token| Frame::Scrape {
+                executor,
+                token,
+                ws: kind == SwarmKind::Ws,
+                hashes: part_hashes,
+            });
+            if let Ok(part) = sent {
+                waiting.push((positions, part));
+            }
+        }
+        let parts = partition_by_owner(self.shards, here, |(_, h)| h);
         for (shard, part) in parts.into_iter().enumerate() {
             if part.is_empty() {
                 continue;
@@ -565,7 +846,7 @@ impl Router {
             for (positions, part) in &waiting {
                 if let Some(figures) = part.recv().await {
                     for (i, s) in positions.iter().zip(figures) {
-                        stats[*i] = Some(s);
+                        stats[*i] = s;
                     }
                 }
             }
@@ -692,12 +973,15 @@ impl Router {
                 outcome,
                 peers,
             } => {
-                if !self.announces.resolve(token, (outcome, peers)) {
+                if !self.announces.resolve(token, Some((outcome, peers))) {
                     self.stats.mesh_late_replies.bump();
                 }
             }
             MeshMessage::ScrapeReply { token, stats } => {
-                if !self.scrapes.resolve(token, stats) {
+                if !self
+                    .scrapes
+                    .resolve(token, stats.into_iter().map(Some).collect())
+                {
                     self.stats.mesh_late_replies.bump();
                 }
             }
@@ -705,6 +989,189 @@ impl Router {
                 connection,
                 message,
             } => self.deliver(connection, message),
+            MeshMessage::ToNode {
+                node,
+                frame,
+                must_arrive,
+            } => {
+                let links = self.cluster.as_ref().and_then(|c| c.links.as_ref());
+                match links {
+                    Some(links) if must_arrive => {
+                        links.push_must_arrive(node, frame);
+                    }
+                    Some(links) => {
+                        links.push(node, frame);
+                    }
+                    None => {
+                        log::error!("a frame for another node reached an executor without links")
+                    }
+                }
+            }
+            MeshMessage::AnnounceFailed { token } => {
+                if !self.announces.resolve(token, None) {
+                    self.stats.mesh_late_replies.bump();
+                }
+            }
+            MeshMessage::RemoteScrapeReply { token, stats } => {
+                if !self.scrapes.resolve(token, stats) {
+                    self.stats.mesh_late_replies.bump();
+                }
+            }
+            MeshMessage::UdpAnswer {
+                client,
+                transaction_id,
+                outcome,
+                peers,
+            } => match udp {
+                Some(udp) => udp.answer_announce(client, transaction_id, &outcome, &peers),
+                None => log::error!("a UDP answer reached an executor without UDP"),
+            },
+        }
+    }
+
+    /// Handles a request or answer frame from another member (on
+    /// [`LINK_EXECUTOR`]). Requests are answered by this node's shards as
+    /// if one of its own executors had asked; answers go to the executor
+    /// that waits for them. UDP answers for this executor go to `udp`.
+    pub fn handle_frame(
+        self: &Rc<Self>,
+        from: NodeId,
+        frame: Frame,
+        udp: Option<&mut dyn UdpAnswers>,
+    ) {
+        match frame {
+            Frame::Announce { reply, input } => {
+                let input = input.into_input();
+                if self.owner(&input.info_hash) == self.me {
+                    // Owned by this executor's shard: no task, no wait.
+                    let now = self.now();
+                    let mut peers = SelectedPeers::default();
+                    let answer = self.host.with(|host| {
+                        let request = host.rules().bt_announce(input).ok()?;
+                        let outcome = host.announce(now, &request, &mut peers);
+                        Some(WireAnswer::new(&outcome, &peers))
+                    });
+                    self.send_to_node(from, Frame::AnnounceAnswer { reply, answer }, true);
+                    return;
+                }
+                let router = self.clone();
+                glommio::spawn_local(async move {
+                    let mut peers = SelectedPeers::default();
+                    let answer = router
+                        .announce_local(input, &mut peers)
+                        .await
+                        .ok()
+                        .map(|outcome| WireAnswer::new(&outcome, &peers));
+                    router.send_to_node(from, Frame::AnnounceAnswer { reply, answer }, true);
+                })
+                .detach();
+            }
+            Frame::AnnounceAnswer { reply, answer } => self.route_answer(reply, answer, udp),
+            Frame::Scrape {
+                executor,
+                token,
+                ws,
+                hashes,
+            } => {
+                let router = self.clone();
+                glommio::spawn_local(async move {
+                    let kind = if ws { SwarmKind::Ws } else { SwarmKind::Bt };
+                    let hashes: Vec<InfoHash> = hashes.into_iter().map(InfoHash).collect();
+                    let stats = router
+                        .scrape_local(kind, &hashes)
+                        .await
+                        .into_iter()
+                        .map(|s| s.map(wire_stats))
+                        .collect();
+                    let answer = Frame::ScrapeAnswer {
+                        executor,
+                        token,
+                        stats,
+                    };
+                    router.send_to_node(from, answer, true);
+                })
+                .detach();
+            }
+            Frame::ScrapeAnswer {
+                executor,
+                token,
+                stats,
+            } => {
+                let stats: Vec<Option<ScrapeStats>> =
+                    stats.into_iter().map(|s| s.map(stats_from_wire)).collect();
+                let to = ShardId(executor as usize);
+                if to == self.me {
+                    if !self.scrapes.resolve(token, stats) {
+                        self.stats.mesh_late_replies.bump();
+                    }
+                } else if to.0 < self.shards {
+                    self.send_must_arrive(to, MeshMessage::RemoteScrapeReply { token, stats });
+                }
+            }
+            Frame::Hello { .. } | Frame::Heartbeat { .. } | Frame::HeartbeatAck { .. } => {}
+        }
+    }
+
+    /// Hands an announce answer from another member to the executor that
+    /// forwarded the announce.
+    fn route_answer(
+        &self,
+        reply: RemoteReply,
+        answer: Option<WireAnswer>,
+        udp: Option<&mut dyn UdpAnswers>,
+    ) {
+        let to = ShardId(reply.executor as usize);
+        if to.0 >= self.shards {
+            log::debug!(
+                "an answer for executor {} of {}: dropped",
+                to.0,
+                self.shards
+            );
+            return;
+        }
+        let parts = answer.map(WireAnswer::into_parts);
+        match reply.target {
+            ReplyTarget::Token(token) => {
+                if to == self.me {
+                    if !self.announces.resolve(token, parts) {
+                        self.stats.mesh_late_replies.bump();
+                    }
+                    return;
+                }
+                let message = match parts {
+                    Some((outcome, peers)) => MeshMessage::AnnounceReply {
+                        token,
+                        outcome,
+                        peers,
+                    },
+                    None => MeshMessage::AnnounceFailed { token },
+                };
+                self.send_must_arrive(to, message);
+            }
+            ReplyTarget::Udp {
+                client,
+                transaction_id,
+            } => {
+                // No answer from the owner: the client retries.
+                let Some((outcome, peers)) = parts else {
+                    return;
+                };
+                let transaction_id = TransactionId(transaction_id);
+                if to == self.me {
+                    match udp {
+                        Some(udp) => udp.answer_announce(client, transaction_id, &outcome, &peers),
+                        None => log::error!("a UDP answer reached an executor without UDP"),
+                    }
+                } else {
+                    let message = MeshMessage::UdpAnswer {
+                        client,
+                        transaction_id,
+                        outcome,
+                        peers,
+                    };
+                    self.send_must_arrive(to, message);
+                }
+            }
         }
     }
 

@@ -28,8 +28,13 @@ use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placeme
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
+    cluster::{
+        link::LinkSetup,
+        members::{LiveSet, Members},
+        tls::LinkTls,
+    },
     config::{Config, ValidConfig},
-    executor::{self, ExecutorSetup, ExecutorSockets, Shared},
+    executor::{self, ClusterShared, ExecutorSetup, ExecutorSockets, Shared},
     metrics::MetricsHub,
     notify::{monotonic_usec, notify},
     reload::Reloadable,
@@ -357,6 +362,28 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         }
     }
 
+    let mut cluster = None;
+    if let Some(members) = Members::from_config(&config.cluster) {
+        let tls = LinkTls::load(&config.cluster).context("cannot load the cluster certificates")?;
+        let listener = std::net::TcpListener::bind(config.cluster.listen)
+            .with_context(|| format!("cannot bind cluster.listen {}", config.cluster.listen))?;
+        listening.push(format!("cluster://{}", listener.local_addr()?));
+        let members = Arc::new(members);
+        let live = Arc::new(Reloadable::new(LiveSet::only(members.me(), members.len())));
+        let links = LinkSetup {
+            members: members.clone(),
+            tls,
+            listener,
+            failure_timeout: config.cluster.failure_timeout(),
+            live: live.clone(),
+        };
+        cluster = Some(ClusterShared {
+            members,
+            live,
+            links: Arc::new(std::sync::Mutex::new(Some(links))),
+        });
+    }
+
     let metrics = Arc::new(MetricsHub::new(workers));
     if config.metrics.enabled {
         let listener = std::net::TcpListener::bind(config.metrics.address).with_context(|| {
@@ -405,6 +432,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         ws_tls: ws_tls.clone(),
         metrics: config.metrics.enabled.then(|| metrics.clone()),
         shutdown: Arc::new(AtomicBool::new(false)),
+        cluster,
     };
     let shutdown = shared.shutdown.clone();
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);

@@ -6,6 +6,8 @@
 //! - [`tls`]: mutual TLS between members, names checked both ways.
 
 pub mod frame;
+pub mod link;
 pub mod members;
 pub mod ownership;
+pub mod queue;
 pub mod tls;

@@ -21,6 +21,8 @@ pub struct Tracker {
     pub http: Option<SocketAddr>,
     pub ws: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    /// Where the node accepts cluster links, if it is a cluster member.
+    pub cluster: Option<SocketAddr>,
     pub config_path: PathBuf,
     pub dir: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -118,6 +120,7 @@ impl Tracker {
             http: None,
             ws: None,
             metrics: None,
+            cluster: None,
             config_path,
             dir,
             stderr: Some(stderr),
@@ -135,6 +138,7 @@ impl Tracker {
                             "http" | "https" => tracker.http = Some(addr),
                             "ws" | "wss" => tracker.ws = Some(addr),
                             "metrics" => tracker.metrics = Some(addr),
+                            "cluster" => tracker.cluster = Some(addr),
                             other => panic!("unknown scheme {other}"),
                         }
                     } else if line.starts_with("aquatic: ready") {

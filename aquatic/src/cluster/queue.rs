@@ -1,0 +1,147 @@
+//! The outgoing queue of each link, and its figures: the router (on the
+//! executor that runs the links) pushes frames, the link's writer takes
+//! them in batches.
+//!
+//! Bounded: a request that meets a full queue is refused at once (the
+//! caller answers "busy" or drops the datagram) and counted; a frame that
+//! must arrive (an answer owed to the other node, a heartbeat reply) has
+//! a reserve of the same size again before it too is dropped and counted.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+};
+
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+
+use crate::cluster::{frame::Frame, members::NodeId};
+
+/// Figures of one link, read by the metrics timer.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Frames written.
+    pub frames_out: Cell<u64>,
+    /// Frames read.
+    pub frames_in: Cell<u64>,
+    /// Bytes written (TLS payload).
+    pub bytes_out: Cell<u64>,
+    /// Bytes read.
+    pub bytes_in: Cell<u64>,
+    /// Frames dropped: queue full or frame too long.
+    pub dropped: Cell<u64>,
+    /// Links made (dialled or accepted) after the first.
+    pub reconnects: Cell<u64>,
+    /// Connections claiming to be this member that failed authentication.
+    pub refused: Cell<u64>,
+    /// The last heartbeat's round trip, microseconds.
+    pub heartbeat_rtt_micros: Cell<u64>,
+    /// Links made so far.
+    pub links: Cell<u64>,
+}
+
+/// Adds one to a counter cell.
+pub fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get().wrapping_add(1));
+}
+
+/// One member's outgoing queue.
+struct Queue {
+    frames: RefCell<VecDeque<Frame>>,
+    wake: LocalSender<()>,
+    woken: RefCell<Option<LocalReceiver<()>>>,
+    stats: LinkStats,
+}
+
+/// The outgoing queues of every link, by member.
+pub struct LinkQueues {
+    queues: Vec<Queue>,
+    capacity: usize,
+}
+
+impl LinkQueues {
+    /// Queues for `members` members, each holding `capacity` requests.
+    pub fn new(members: usize, capacity: usize) -> Self {
+        let queues = (0..members)
+            .map(|_| {
+                let (wake, woken) = local_channel::new_bounded(1);
+                Queue {
+                    frames: RefCell::default(),
+                    wake,
+                    woken: RefCell::new(Some(woken)),
+                    stats: LinkStats::default(),
+                }
+            })
+            .collect();
+        Self {
+            queues,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queues a frame that may be refused; false (counted) when the queue
+    /// is full or the member unknown.
+    pub fn push(&self, to: NodeId, frame: Frame) -> bool {
+        self.push_within(to, frame, self.capacity)
+    }
+
+    /// Queues a frame that must arrive: it may use the reserve.
+    pub fn push_must_arrive(&self, to: NodeId, frame: Frame) -> bool {
+        self.push_within(to, frame, self.capacity.saturating_mul(2))
+    }
+
+    fn push_within(&self, to: NodeId, frame: Frame, limit: usize) -> bool {
+        let Some(queue) = self.queues.get(to.0) else {
+            return false;
+        };
+        let mut frames = queue.frames.borrow_mut();
+        if frames.len() >= limit {
+            bump(&queue.stats.dropped);
+            return false;
+        }
+        frames.push_back(frame);
+        let _ = queue.wake.try_send(());
+        true
+    }
+
+    /// Takes up to `most` frames for `to`, oldest first.
+    pub fn take(&self, to: NodeId, most: usize, into: &mut Vec<Frame>) {
+        if let Some(queue) = self.queues.get(to.0) {
+            let mut frames = queue.frames.borrow_mut();
+            let n = frames.len().min(most);
+            into.extend(frames.drain(..n));
+        }
+    }
+
+    /// Whether frames wait for `to`.
+    pub fn has_frames(&self, to: NodeId) -> bool {
+        self.queues
+            .get(to.0)
+            .is_some_and(|q| !q.frames.borrow().is_empty())
+    }
+
+    /// Drops what waits for a member that left the live set (counted).
+    pub fn clear(&self, to: NodeId) {
+        if let Some(queue) = self.queues.get(to.0) {
+            let n = queue.frames.borrow_mut().drain(..).count() as u64;
+            queue.stats.dropped.set(queue.stats.dropped.get() + n);
+        }
+    }
+
+    /// The wake-up receiver of `to`'s writer (taken once; the writer of
+    /// each new link borrows it back).
+    pub fn take_waker(&self, to: NodeId) -> Option<LocalReceiver<()>> {
+        self.queues.get(to.0)?.woken.borrow_mut().take()
+    }
+
+    /// Gives a waker back when a link ends.
+    pub fn return_waker(&self, to: NodeId, woken: LocalReceiver<()>) {
+        if let Some(queue) = self.queues.get(to.0) {
+            *queue.woken.borrow_mut() = Some(woken);
+        }
+    }
+
+    /// A link's figures.
+    pub fn stats(&self, of: NodeId) -> Option<&LinkStats> {
+        self.queues.get(of.0).map(|q| &q.stats)
+    }
+}

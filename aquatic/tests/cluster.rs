@@ -1,0 +1,462 @@
+//! Three nodes of the real binary, one tracker: peers announcing through
+//! different nodes see each other (UDP, HTTP and a mix), scrapes agree
+//! whichever node answers them, connection ids are valid on every node,
+//! a killed node's torrents move to the survivors and come back when it
+//! rejoins, and links from impostors are refused.
+//!
+//! Certificates are made here with rcgen: a CA, and one certificate per
+//! node with its member name as subjectAltName.
+
+mod common;
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aquatic::cluster::ownership::owner_index;
+use aquatic_common::{
+    connection_id::{ConnectionIdKey, ConnectionIdValidator},
+    time::UnixSeconds,
+    InfoHash,
+};
+use aquatic_http_protocol::bencode::Value;
+use aquatic_udp_protocol::{AnnounceEvent, ConnectionId, OwnedResponse};
+use common::{
+    eventually,
+    http_client::{percent, read_responses},
+    metrics_client::{metrics_text, sum},
+    scratch_dir,
+    udp_client::{counts, peers_v4, Client},
+    Tracker,
+};
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+/// Generous: links come up in well under a second on a quiet machine, but
+/// a test machine is shared.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// A CA and the files of the nodes' certificates.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = params.self_signed(&ca_key).expect("self-signed");
+        std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).expect("write");
+        Pki {
+            dir: dir.to_owned(),
+            ca,
+            ca_key,
+        }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        let name = self
+            .ca
+            .params()
+            .distinguished_name
+            .get(&rcgen::DnType::CommonName)
+            .and_then(|v| match v {
+                rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .expect("CN");
+        self.dir.join(format!("{name}-ca.pem"))
+    }
+
+    /// A certificate naming `san`, written as `<file>.pem` and `<file>.key`.
+    fn node(&self, san: &str, file: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec![san.to_owned()]).expect("params");
+        let cert = params
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .expect("signed");
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).expect("write");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write");
+        (cert_path, key_path)
+    }
+}
+
+/// Free loopback TCP ports for the links (the kernel's choice, released
+/// at once: a member's address must be known before it starts).
+fn free_ports() -> [u16; 3] {
+    let listeners: Vec<_> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect();
+    [ports[0], ports[1], ports[2]]
+}
+
+/// The files and ports of one test's cluster.
+struct Spec {
+    dir: PathBuf,
+    pki: Pki,
+    ports: [u16; 3],
+    key_file: PathBuf,
+}
+
+impl Spec {
+    fn new(name: &str) -> Spec {
+        let dir = scratch_dir(name);
+        let pki = Pki::new(&dir, "cluster");
+        let key_file = dir.join("connection-id.key");
+        let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(&key_file, key).expect("write key");
+        Spec {
+            dir,
+            pki,
+            ports: free_ports(),
+            key_file,
+        }
+    }
+
+    /// Config of node `index`, presenting `cert` and `key` and trusting `ca`.
+    fn config_with(&self, index: usize, ca: &Path, cert: &Path, key: &Path) -> String {
+        let members: Vec<String> = NAMES
+            .iter()
+            .zip(self.ports)
+            .map(|(name, port)| format!("{{ name = \"{name}\", address = \"127.0.0.1:{port}\" }}"))
+            .collect();
+        format!(
+            "{}[metrics]\nenabled = true\naddress = \"127.0.0.1:0\"\n\
+             [cluster]\nenabled = true\nnode = \"{}\"\nlisten = \"127.0.0.1:{}\"\n\
+             members = [{}]\nkey_file = {:?}\nca_certificate_path = {:?}\n\
+             certificate_path = {:?}\nprivate_key_path = {:?}\nfailure_timeout_secs = 2\n",
+            common::base_config(),
+            NAMES[index],
+            self.ports[index],
+            members.join(", "),
+            self.key_file.display().to_string(),
+            ca.display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        )
+    }
+
+    /// Config of node `index` with its own CA-signed certificate.
+    fn config(&self, index: usize) -> String {
+        let (cert, key) = self.pki.node(NAMES[index], NAMES[index]);
+        self.config_with(index, &self.pki.ca_path(), &cert, &key)
+    }
+
+    fn start(&self, index: usize) -> Tracker {
+        Tracker::start(&format!("cluster-{}", NAMES[index]), &self.config(index))
+    }
+}
+
+impl Drop for Spec {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Members every executor of `node` believes live.
+fn live_members(node: &Tracker) -> f64 {
+    let text = metrics_text(node.metrics.expect("metrics on"));
+    sum(&text, "aquatic_cluster_member_live", &[])
+}
+
+/// Waits until every executor of every node sees `members` live members.
+fn wait_live(nodes: &[&Tracker], members: usize) {
+    for node in nodes {
+        // Two executors each.
+        let want = (2 * members) as f64;
+        let seen = eventually(SETTLE, || (live_members(node) == want).then_some(()));
+        assert!(
+            seen.is_some(),
+            "live members: {} of {want}",
+            live_members(node)
+        );
+    }
+}
+
+fn start_cluster(spec: &Spec) -> Vec<Tracker> {
+    let nodes: Vec<Tracker> = (0..3).map(|i| spec.start(i)).collect();
+    wait_live(&nodes.iter().collect::<Vec<_>>(), 3);
+    nodes
+}
+
+/// An info hash whose owner (all three live) is member `owner`.
+fn hash_owned_by(owner: usize, tag: u8) -> [u8; 20] {
+    (0u8..=255)
+        .map(|i| {
+            let mut hash = [tag; 20];
+            hash[19] = i;
+            hash
+        })
+        .find(|hash| owner_index(NAMES, &InfoHash(*hash)) == Some(owner))
+        .expect("some hash of 256 is owned by each member")
+}
+
+fn http_announce(addr: SocketAddr, hash: [u8; 20], peer: u8, port: u16) -> Value {
+    let target = format!(
+        "/announce?info_hash={}&peer_id={}&port={port}&uploaded=0&downloaded=0&left=100&compact=1",
+        percent(&hash),
+        percent(&[peer; 20])
+    );
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let raw = format!("GET {target} HTTP/1.1\r\nHost: tracker\r\nConnection: close\r\n\r\n");
+    stream.write_all(raw.as_bytes()).expect("write");
+    let (status, body) = read_responses(&mut stream, 1).remove(0);
+    assert_eq!(status, 200, "{body:?}");
+    assert!(body.get(b"failure reason").is_none(), "failure: {body:?}");
+    body
+}
+
+/// The ports of a compact HTTP announce response's IPv4 peers.
+fn http_peer_ports(body: &Value) -> Vec<u16> {
+    let Some(Value::Bytes(peers)) = body.get(b"peers") else {
+        panic!("compact peers: {body:?}")
+    };
+    let mut ports: Vec<u16> = peers
+        .chunks_exact(6)
+        .map(|p| u16::from_be_bytes([p[4], p[5]]))
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
+fn sorted(mut ports: Vec<u16>) -> Vec<u16> {
+    ports.sort_unstable();
+    ports
+}
+
+fn udp(node: &Tracker) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], node.udp.expect("udp").port()))
+}
+
+fn http(node: &Tracker) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], node.http.expect("http").port()))
+}
+
+#[test]
+fn peers_through_different_nodes_see_each_other_and_scrapes_agree() {
+    let spec = Spec::new("cluster-swarm");
+    let nodes = start_cluster(&spec);
+    let hashes: Vec<[u8; 20]> = (0..3).map(|owner| hash_owned_by(owner, 1)).collect();
+    for (i, hash) in hashes.iter().enumerate() {
+        // Peer 1 over UDP through A, peer 2 over HTTP through B, peer 3
+        // over UDP through C: each sees those before it.
+        let mut a = Client::new(udp(&nodes[0]));
+        let first = a.announce(*hash, 1, 7001, AnnounceEvent::Started, 10);
+        assert!(peers_v4(&first).is_empty(), "torrent {i}: empty at first");
+        let second = http_announce(http(&nodes[1]), *hash, 2, 7002);
+        assert_eq!(
+            http_peer_ports(&second),
+            [7001],
+            "torrent {i} over HTTP via b"
+        );
+        let mut c = Client::new(udp(&nodes[2]));
+        let third = c.announce(*hash, 3, 7003, AnnounceEvent::Started, 10);
+        assert_eq!(sorted(peers_v4(&third)), [7001, 7002], "torrent {i} via c");
+        assert_eq!(counts(&third), (0, 3), "torrent {i}: one swarm of three");
+    }
+    // Torrent k gets k more peers, so each position has its own figures.
+    for (k, hash) in hashes.iter().enumerate() {
+        for extra in 0..k {
+            let mut b = Client::new(udp(&nodes[1]));
+            b.announce(
+                *hash,
+                10 + extra as u8,
+                8000 + extra as u16,
+                AnnounceEvent::Started,
+                10,
+            );
+        }
+    }
+    let expected: Vec<(i32, i32, i32)> = (0..3).map(|k| (0, 3 + k, 0)).collect();
+    let reversed: Vec<[u8; 20]> = hashes.iter().rev().copied().collect();
+    for node in &nodes {
+        let mut client = Client::new(udp(node));
+        assert_eq!(
+            client.scrape(&hashes),
+            expected,
+            "spanning three owners, in order"
+        );
+        let mut backwards = expected.clone();
+        backwards.reverse();
+        assert_eq!(client.scrape(&reversed), backwards, "in the order asked");
+    }
+}
+
+/// A UDP announce with `connection_id`: the response, or None if the
+/// tracker was silent through a few read timeouts.
+fn announce_with(
+    client: &mut Client,
+    connection_id: ConnectionId,
+    hash: [u8; 20],
+    peer: u8,
+    port: u16,
+) -> Option<OwnedResponse> {
+    client.connection_id = connection_id;
+    let request = client.announce_request(hash, peer, port, AnnounceEvent::Started, 10, -1);
+    let mut bytes = Vec::new();
+    request.write(&mut bytes).expect("write");
+    for _ in 0..3 {
+        client.send_raw(&bytes);
+        while let Some(reply) = client.recv_raw() {
+            if reply.get(4..8) == Some(&bytes[12..16]) {
+                return OwnedResponse::parse(&reply, false).ok();
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn connection_ids_are_valid_on_every_node_and_a_killed_node_is_replaced() {
+    let spec = Spec::new("cluster-ids");
+    let mut nodes = start_cluster(&spec);
+    // An id from a, used at b and c.
+    let from_a = Client::new(udp(&nodes[0])).connection_id;
+    let hash = hash_owned_by(2, 2);
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let mut client = Client::new(udp(node));
+        let answer = announce_with(&mut client, from_a, hash, 20 + i as u8, 9000 + i as u16)
+            .expect("an answer");
+        assert!(
+            matches!(answer, OwnedResponse::AnnounceIpv4 { .. }),
+            "a's id accepted by {}: {answer:?}",
+            NAMES[i]
+        );
+    }
+    // One made with the shared key file is accepted; one with another key
+    // is refused.
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let now = UnixSeconds(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs() as u32,
+    );
+    let id_under = |material: &[u8]| {
+        let key = ConnectionIdKey::from_material(material).expect("32 bytes");
+        let id = ConnectionIdValidator::new(key, Duration::from_secs(120)).create(ip, now);
+        ConnectionId(i64::from_be_bytes(id))
+    };
+    let shared = std::fs::read(&spec.key_file).expect("read key");
+    let mut client = Client::new(udp(&nodes[1]));
+    let good = announce_with(&mut client, id_under(&shared), hash, 30, 9100).expect("answer");
+    assert!(
+        matches!(good, OwnedResponse::AnnounceIpv4 { .. }),
+        "{good:?}"
+    );
+    let bad = announce_with(&mut client, id_under(&[0x5a; 32]), hash, 31, 9101).expect("answer");
+    assert!(
+        matches!(bad, OwnedResponse::Error { .. }),
+        "another key refused: {bad:?}"
+    );
+
+    // kill -9 of c, which owns `hash`: a and b answer for it once they
+    // stop hearing c, and peers through a and b share one swarm.
+    let killed = hash_owned_by(2, 3);
+    nodes[2].child.kill().expect("kill -9");
+    let _ = nodes[2].child.wait();
+    wait_live(&[&nodes[0], &nodes[1]], 2);
+    let mut a = Client::new(udp(&nodes[0]));
+    let id = a.connection_id;
+    let first = announce_with(&mut a, id, killed, 40, 9200).expect("a answers");
+    assert!(
+        matches!(first, OwnedResponse::AnnounceIpv4 { .. }),
+        "{first:?}"
+    );
+    let second = http_announce(http(&nodes[1]), killed, 41, 9201);
+    assert_eq!(
+        http_peer_ports(&second),
+        [9200],
+        "one swarm on the survivors"
+    );
+
+    // c restarts and rejoins: its torrent is its own again, and peers
+    // re-announcing through any node meet there.
+    nodes[2] = spec.start(2);
+    wait_live(&nodes.iter().collect::<Vec<_>>(), 3);
+    let mut c = Client::new(udp(&nodes[2]));
+    c.announce(killed, 42, 9202, AnnounceEvent::Started, 10);
+    let through_a = http_announce(http(&nodes[0]), killed, 43, 9203);
+    assert_eq!(http_peer_ports(&through_a), [9202], "c owns it again");
+}
+
+/// Links refused by `node` so far (on dial or on accept).
+fn refused(node: &Tracker) -> f64 {
+    let text = metrics_text(node.metrics.expect("metrics"));
+    sum(
+        &text,
+        "aquatic_errors_total",
+        &["protocol=\"cluster\"", "kind=\"link_refused\""],
+    )
+}
+
+fn wait_refused(node: &Tracker, name: &str) {
+    let counted = eventually(SETTLE, || (refused(node) >= 1.0).then_some(()));
+    assert!(counted.is_some(), "{name} counted no refused link");
+}
+
+#[test]
+fn a_certificate_of_another_ca_is_refused() {
+    let spec = Spec::new("cluster-rogue");
+    let rogue = Pki::new(&spec.dir, "rogue");
+    let (c_cert, c_key) = rogue.node("c", "c-rogue");
+    let nodes = [
+        spec.start(0),
+        spec.start(1),
+        Tracker::start(
+            "cluster-c",
+            &spec.config_with(2, &spec.pki.ca_path(), &c_cert, &c_key),
+        ),
+    ];
+    // a and b dial c and refuse its certificate; c fails both handshakes.
+    for (node, name) in nodes.iter().zip(NAMES) {
+        wait_refused(node, name);
+    }
+    wait_live(&[&nodes[0], &nodes[1]], 2);
+    assert_eq!(live_members(&nodes[2]), 2.0, "c links with nobody");
+}
+
+#[test]
+fn a_member_certificate_claiming_another_name_is_refused() {
+    let spec = Spec::new("cluster-impostor");
+    // The node configured as b presents the CA's certificate for c.
+    let (b_cert, b_key) = spec.pki.node("c", "b-claims-c");
+    let nodes = [
+        spec.start(0),
+        Tracker::start(
+            "cluster-b",
+            &spec.config_with(1, &spec.pki.ca_path(), &b_cert, &b_key),
+        ),
+        spec.start(2),
+    ];
+    // a dials "b" and finds c's name: refused on dial. "b" dials c and
+    // says it is b with c's certificate: refused on accept.
+    wait_refused(&nodes[0], "a");
+    wait_refused(&nodes[2], "c");
+    // a and c link with each other and with nobody else.
+    wait_live(&[&nodes[0], &nodes[2]], 2);
+    assert_eq!(
+        live_members(&nodes[1]),
+        2.0,
+        "the impostor links with nobody"
+    );
+}
