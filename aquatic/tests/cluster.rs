@@ -460,3 +460,99 @@ fn a_member_certificate_claiming_another_name_is_refused() {
         "the impostor links with nobody"
     );
 }
+
+/// Plays member b in front of a real node a: accepts a's link with b's
+/// certificate, speaking only the oldest frame version a reads, then a
+/// version a does not speak.
+#[test]
+fn the_oldest_frame_version_links_and_an_unknown_one_is_refused() {
+    use aquatic::cluster::frame::{
+        Frame, FrameReader, FrameWriter, FRAME_VERSION, OLDEST_FRAME_VERSION,
+    };
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use std::io::Read;
+
+    let spec = Spec::new("cluster-versions");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", spec.ports[1])).expect("bind b");
+    let (cert, key) = spec.pki.node("b", "b-double");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(spec.pki.ca_path()).expect("ca") {
+        roots.add(ca.expect("ca pem")).expect("root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert)
+        .expect("cert")
+        .collect::<Result<_, _>>()
+        .expect("cert pem");
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, PrivateKeyDer::from_pem_file(&key).expect("key"))
+        .expect("server config");
+
+    let mut a = spec.start(0);
+    let (tcp, _) = listener.accept().expect("a dials b");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let connection = rustls::ServerConnection::new(std::sync::Arc::new(server)).expect("tls");
+    let mut link = rustls::StreamOwned::new(connection, tcp);
+    let mut reader = FrameReader::default();
+    let mut read_frame = |link: &mut rustls::StreamOwned<_, _>| loop {
+        if let Some(frame) = reader.next_frame().expect("a writes valid frames") {
+            return frame;
+        }
+        let mut buf = [0u8; 4096];
+        let n = link.read(&mut buf).expect("read");
+        assert!(n > 0, "a closed the link");
+        reader.feed(&buf[..n]);
+    };
+    assert_eq!(read_frame(&mut link), Frame::Hello { name: "a".into() });
+    let mut writer = FrameWriter::default();
+    assert!(writer.push_version(OLDEST_FRAME_VERSION, &Frame::Hello { name: "b".into() }));
+    link.write_all(writer.bytes()).expect("hello");
+    // a sends heartbeats; answering them in the oldest version keeps b live.
+    let live = eventually(SETTLE, || {
+        if let Frame::Heartbeat { sent_micros } = read_frame(&mut link) {
+            let mut writer = FrameWriter::default();
+            writer.push_version(OLDEST_FRAME_VERSION, &Frame::HeartbeatAck { sent_micros });
+            writer.push_version(OLDEST_FRAME_VERSION, &Frame::Heartbeat { sent_micros: 1 });
+            link.write_all(writer.bytes()).expect("ack");
+        }
+        // a and b, on both of a's executors.
+        (live_members(&a) == 4.0).then_some(())
+    });
+    assert!(live.is_some(), "a took the double for b");
+
+    let mut writer = FrameWriter::default();
+    writer.push_version(FRAME_VERSION + 1, &Frame::Heartbeat { sent_micros: 2 });
+    link.write_all(writer.bytes()).expect("newer frame");
+    let stderr = {
+        // a ends the link: reads end (EOF or reset) once it refuses.
+        let mut buf = [0u8; 4096];
+        let closed = eventually(SETTLE, || match link.read(&mut buf) {
+            Ok(0) | Err(_) => Some(()),
+            Ok(_) => None,
+        });
+        assert!(
+            closed.is_some(),
+            "a kept a link speaking version {}",
+            FRAME_VERSION + 1
+        );
+        a.stderr_text()
+    };
+    let both = format!(
+        "link frame version {} is not one this node speaks ({OLDEST_FRAME_VERSION} to {FRAME_VERSION})",
+        FRAME_VERSION + 1
+    );
+    assert!(
+        stderr.contains(&both),
+        "the log names both versions: {stderr}"
+    );
+}
