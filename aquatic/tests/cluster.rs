@@ -556,3 +556,30 @@ fn the_oldest_frame_version_links_and_an_unknown_one_is_refused() {
         "the log names both versions: {stderr}"
     );
 }
+
+#[test]
+fn the_deploy_example_configs_are_valid() {
+    let dir = scratch_dir("cluster-example");
+    for file in [
+        "connection-id.key",
+        "ca.pem",
+        "a.pem",
+        "a.key",
+        "b.pem",
+        "b.key",
+        "c.pem",
+        "c.key",
+    ] {
+        std::fs::write(dir.join(file), [7u8; 32]).expect("write");
+    }
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster");
+    for (i, name) in NAMES.iter().enumerate() {
+        let text = std::fs::read_to_string(example.join(format!("{name}.toml"))).expect("read");
+        let text = text.replace("\"pki/", &format!("\"{}/", dir.display()));
+        let config = aquatic::config::Config::from_toml(&text, Path::new(name))
+            .unwrap_or_else(|e| panic!("{name}.toml: {e}"));
+        assert_eq!(config.cluster.node, *name);
+        assert_eq!(config.cluster.members[i].address, config.cluster.listen);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
