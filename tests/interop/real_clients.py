@@ -11,6 +11,11 @@ itself is faked there, see fake-webrtc.mjs for why), and two WebTorrent
 pages in headless Chromium move a buffer over real WebRTC, found through
 our tracker only (webtorrent/browser.mjs).
 
+Cluster: two nodes linked over mutual TLS (certificates from
+deploy/cluster/make-pki.sh); libtorrent seeds through node a and aria2c
+downloads through node b, over UDP and over HTTP (the torrent is private:
+they meet only if the nodes share its swarm).
+
 Usage: real_clients.py PATH_TO_AQUATIC_BINARY
 Prints one line per check and ends with "N passed, M failed"; exit 1 on
 any failure.
@@ -57,13 +62,15 @@ _next_host = [10]
 
 
 class Tracker:
-    def __init__(self, binary, workdir):
-        _next_host[0] += 1
-        self.host = f"127.0.0.{_next_host[0]}"
+    def __init__(self, binary, workdir, extra_config="", name="tracker", host=None):
+        if host is None:
+            _next_host[0] += 1
+            host = f"127.0.0.{_next_host[0]}"
+        self.host = host
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.http_port = free_port(socket.SOCK_STREAM)
         self.ws_port = free_port(socket.SOCK_STREAM)
-        config = os.path.join(workdir, "tracker.toml")
+        config = os.path.join(workdir, f"{name}.toml")
         with open(config, "w") as f:
             f.write(
                 f"""workers = 2
@@ -76,9 +83,10 @@ address = "{self.host}:{self.udp_port}"
 address = "{self.host}:{self.http_port}"
 [ws]
 address = "{self.host}:{self.ws_port}"
-"""
+{extra_config}"""
             )
-        self.log = open(os.path.join(workdir, "tracker.log"), "w")
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [binary, "-c", config], stdout=subprocess.PIPE, stderr=self.log, text=True
         )
@@ -109,6 +117,96 @@ address = "{self.host}:{self.ws_port}"
             raise RuntimeError("tracker did not stop within 10 s of SIGTERM")
         if code != 0:
             raise RuntimeError(f"tracker exited with {code}")
+
+
+class Cluster:
+    """Two cluster nodes, a and b, each on its own loopback address, with
+    certificates and the shared key from deploy/cluster/make-pki.sh."""
+
+    def __init__(self, binary, workdir):
+        pki = os.path.join(workdir, "pki")
+        here = os.path.dirname(os.path.abspath(__file__))
+        make_pki = os.path.join(here, "..", "..", "deploy", "cluster", "make-pki.sh")
+        subprocess.run(["sh", make_pki, pki, "a", "b"], check=True, capture_output=True)
+        hosts = []
+        for _ in range(2):
+            _next_host[0] += 1
+            hosts.append(f"127.0.0.{_next_host[0]}")
+        links = [f"{host}:{free_port(socket.SOCK_STREAM)}" for host in hosts]
+        members = ", ".join(f'{{ name = "{n}", address = "{a}" }}' for n, a in zip("ab", links))
+        self.nodes = []
+        for name, host, link in zip("ab", hosts, links):
+            extra = f"""[cluster]
+enabled = true
+node = "{name}"
+listen = "{link}"
+members = [{members}]
+key_file = "{pki}/connection-id.key"
+ca_certificate_path = "{pki}/ca.pem"
+certificate_path = "{pki}/{name}.pem"
+private_key_path = "{pki}/{name}.key"
+"""
+            self.nodes.append(Tracker(binary, workdir, extra, name=name, host=host))
+        self.log_path = self.nodes[0].log_path
+        # Serve only once each node has the other in its live set.
+        deadline = time.time() + 20
+        for node, other in zip(self.nodes, "ba"):
+            while f"cluster member {other} is live" not in open(node.log_path).read():
+                if time.time() > deadline:
+                    raise RuntimeError(f"the nodes did not link: {open(node.log_path).read()[-2000:]}")
+                time.sleep(0.1)
+
+    @property
+    def proc(self):
+        return self.nodes[0].proc
+
+    @property
+    def log(self):
+        return self.nodes[0].log
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
+
+def with_tracker_url(torrent_path, url, out_path):
+    """A copy of a torrent announcing to `url`: same info dictionary, so the
+    same info hash."""
+    with open(torrent_path, "rb") as f:
+        data = lt.bdecode(f.read())
+    data[b"announce"] = url.encode()
+    data.pop(b"announce-list", None)
+    with open(out_path, "wb") as f:
+        f.write(lt.bencode(data))
+    return out_path
+
+
+def check_cluster_lt_seeds_via_a_aria2_downloads_via_b(cluster, work, url_of):
+    """libtorrent announces to node a, aria2c to node b: they find each
+    other only if the nodes share the torrent's swarm."""
+    a, b = cluster.nodes
+    data = os.path.join(work, "seed")
+    os.makedirs(data)
+    src, torrent_a = make_torrent(data, "payload.bin", url_of(a))
+    torrent_b = with_tracker_url(torrent_a, url_of(b), os.path.join(work, "via-b.torrent"))
+    session = lt_session()
+    handle = lt_add(session, torrent_a, data)
+    wait_lt_seeding(handle)
+    handle.force_reannounce()
+    out = os.path.join(work, "aria2-out")
+    os.makedirs(out)
+    proc = aria2(["--seed-time=0", "--dir=" + out, torrent_b], work, CHECK_TIMEOUT)
+    try:
+        output, _ = proc.communicate(timeout=CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        raise RuntimeError("aria2c did not finish in time:\n" + output[-2000:])
+    if proc.returncode != 0:
+        raise RuntimeError(f"aria2c exited {proc.returncode}:\n" + output[-2000:])
+    if sha256(os.path.join(out, "payload.bin")) != sha256(src):
+        raise RuntimeError("checksum mismatch")
+    del session
 
 
 def make_torrent(data_dir, name, tracker_url):
@@ -291,17 +389,22 @@ def main():
         ("udp: aria2c seeds, libtorrent downloads and scrapes", check_aria2_seeds_lt_downloads, Tracker.udp),
         ("ws: npm bittorrent-tracker clients exchange offer and answer", check_npm_clients_offer_and_answer, Tracker.ws),
         ("ws: two WebTorrent pages in Chromium exchange a buffer over WebRTC", check_browsers_exchange_over_webrtc, Tracker.ws),
+        ("cluster udp: libtorrent seeds via node a, aria2c downloads via node b",
+         check_cluster_lt_seeds_via_a_aria2_downloads_via_b, Tracker.udp, Cluster),
+        ("cluster http: libtorrent seeds via node a, aria2c downloads via node b",
+         check_cluster_lt_seeds_via_a_aria2_downloads_via_b, Tracker.http, Cluster),
     ]
     only = os.environ.get("INTEROP_ONLY")
     passed = failed = 0
-    for name, check, url_of in checks:
+    for name, check, url_of, *make in checks:
+        make = make[0] if make else Tracker
         if only and only not in name:
             continue
         work = tempfile.mkdtemp(prefix="aquatic-interop-")
         started = time.time()
         tracker = None
         try:
-            tracker = Tracker(binary, work)
+            tracker = make(binary, work)
             check(tracker, work, url_of)
             tracker.stop()
             tracker = None
@@ -314,7 +417,7 @@ def main():
             if tracker is not None:
                 tracker.proc.kill()
                 tracker.log.flush()
-                with open(os.path.join(work, "tracker.log")) as f:
+                with open(tracker.log_path) as f:
                     print("tracker log tail:\n" + f.read()[-3000:])
         finally:
             if tracker is not None:
