@@ -363,8 +363,12 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     }
 
     let mut cluster = None;
+    let mut cluster_tls = None;
     if let Some(members) = Members::from_config(&config.cluster) {
-        let tls = LinkTls::load(&config.cluster).context("cannot load the cluster certificates")?;
+        let tls = Arc::new(Reloadable::new(
+            LinkTls::load(&config.cluster).context("cannot load the cluster certificates")?,
+        ));
+        cluster_tls = Some(tls.clone());
         let listener = std::net::TcpListener::bind(config.cluster.listen)
             .with_context(|| format!("cannot bind cluster.listen {}", config.cluster.listen))?;
         listening.push(format!("cluster://{}", listener.local_addr()?));
@@ -492,6 +496,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         access_list,
         http_tls,
         ws_tls,
+        cluster_tls,
     };
     serve_until_stopped(&event_rx, workers, &config, &reloadables, &shutdown)
 }
@@ -598,6 +603,9 @@ struct Reloadables {
     access_list: Arc<Reloadable<AccessList>>,
     http_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
     ws_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
+    /// The cluster CA, certificate and key (links made after a reload use
+    /// the new ones; links already up keep theirs).
+    cluster_tls: Option<Arc<Reloadable<LinkTls>>>,
 }
 
 fn reload(config: &Config, reloadables: &Reloadables) {
@@ -610,6 +618,17 @@ fn reload(config: &Config, reloadables: &Reloadables) {
     }
     reload_tls("HTTPS", &reloadables.http_tls, || load_http_tls(config));
     reload_tls("WSS", &reloadables.ws_tls, || load_ws_tls(config));
+    if let Some(current) = &reloadables.cluster_tls {
+        match LinkTls::load(&config.cluster) {
+            Ok(tls) => {
+                log::info!("cluster CA, certificate and key reloaded");
+                current.replace(tls);
+            }
+            Err(err) => {
+                log::error!("cluster certificate reload failed, keeping the old ones: {err}")
+            }
+        }
+    }
 }
 
 /// Swaps in a freshly loaded TLS configuration; a failure keeps the old one.

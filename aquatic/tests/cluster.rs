@@ -583,3 +583,23 @@ fn the_deploy_example_configs_are_valid() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn certificates_are_reloaded_on_sigusr1() {
+    let spec = Spec::new("cluster-reload");
+    // a starts with a CA-signed certificate that names someone else: b
+    // refuses a's links until a has its own.
+    let (cert, key) = spec.pki.node("x", "a-reloaded");
+    let a = Tracker::start(
+        "cluster-a",
+        &spec.config_with(0, &spec.pki.ca_path(), &cert, &key),
+    );
+    let b = spec.start(1);
+    wait_refused(&b, "b");
+    assert_eq!(live_members(&a), 2.0, "a links with nobody yet");
+    let (right_cert, right_key) = spec.pki.node("a", "a-right");
+    std::fs::copy(right_cert, &cert).expect("replace certificate");
+    std::fs::copy(right_key, &key).expect("replace key");
+    a.signal(libc::SIGUSR1);
+    wait_live(&[&a, &b], 2);
+}

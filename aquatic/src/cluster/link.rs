@@ -56,8 +56,8 @@ const LIVENESS_TICK: Duration = Duration::from_millis(100);
 pub struct LinkSetup {
     /// The member list.
     pub members: Arc<Members>,
-    /// Certificates.
-    pub tls: LinkTls,
+    /// Certificates, replaced on SIGUSR1; each new link takes the current ones.
+    pub tls: Arc<Reloadable<LinkTls>>,
     /// The bound link listener.
     pub listener: std::net::TcpListener,
     /// `cluster.failure_timeout_secs`.
@@ -68,7 +68,7 @@ pub struct LinkSetup {
 
 struct Links {
     members: Rc<Members>,
-    tls: LinkTls,
+    tls: Arc<Reloadable<LinkTls>>,
     queues: Rc<LinkQueues>,
     router: Rc<Router>,
     udp: Option<Rc<UdpEndpoint>>,
@@ -200,7 +200,8 @@ async fn accept(links: Rc<Links>, listener: TcpListener) {
         glommio::spawn_local(async move {
             let Ok(peer) = stream.peer_addr() else { return };
             let _ = stream.set_nodelay(true);
-            let acceptor = futures_rustls::TlsAcceptor::from(links.tls.server.clone());
+            let tls_now = links.tls.current().1;
+            let acceptor = futures_rustls::TlsAcceptor::from(tls_now.server.clone());
             let handshake = async {
                 let mut tls = match acceptor.accept(stream).await {
                     Ok(tls) => tls,
@@ -216,7 +217,7 @@ async fn accept(links: Rc<Links>, listener: TcpListener) {
                     return Err((None, format!("{name:?} is not a member")));
                 };
                 let certificates = tls.get_ref().1.peer_certificates().unwrap_or_default();
-                if !links.tls.certifies(certificates, &name) {
+                if !tls_now.certifies(certificates, &name) {
                     return Err((
                         Some(node),
                         format!("its certificate does not name {name:?}"),
@@ -251,7 +252,8 @@ async fn dial(links: Rc<Links>, node: NodeId) {
             let address = links.members.address(node)?;
             let stream = TcpStream::connect(address).await.ok()?;
             let _ = stream.set_nodelay(true);
-            let connector = futures_rustls::TlsConnector::from(links.tls.client.clone());
+            let client = links.tls.current().1.client.clone();
+            let connector = futures_rustls::TlsConnector::from(client);
             let mut tls = match connector.connect(server_name(&name)?, stream).await {
                 Ok(tls) => tls,
                 Err(err) => {
