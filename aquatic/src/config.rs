@@ -648,6 +648,8 @@ pub struct ClusterConfig {
     pub private_key_path: PathBuf,
     /// A member silent this long leaves the live set.
     pub failure_timeout_secs: u64,
+    /// The owner answers forwarded UDP announces from its own socket.
+    pub direct_udp_replies: bool,
 }
 
 /// One node of the cluster.
@@ -681,6 +683,7 @@ impl Default for ClusterConfig {
             certificate_path: PathBuf::new(),
             private_key_path: PathBuf::new(),
             failure_timeout_secs: 5,
+            direct_udp_replies: false,
         }
     }
 }

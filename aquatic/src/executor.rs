@@ -197,6 +197,7 @@ pub async fn run(setup: ExecutorSetup) {
             Rc::new((*cluster.members).clone()),
             (*cluster.live.current().1).clone(),
             link_queues.clone(),
+            config.cluster.direct_udp_replies,
         ),
         None => router,
     };

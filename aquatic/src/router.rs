@@ -230,6 +230,9 @@ struct RouterCluster {
     live: RefCell<LiveSet>,
     /// The links' queues, on the executor that runs the links.
     links: Option<Rc<LinkQueues>>,
+    /// `cluster.direct_udp_replies`: forwarded UDP announces are answered
+    /// from this node's socket rather than returned to the node that got them.
+    direct_udp: bool,
 }
 
 /// The executor that runs the links of a cluster node.
@@ -352,6 +355,7 @@ impl Router {
         members: Rc<Members>,
         live: LiveSet,
         links: Option<Rc<LinkQueues>>,
+        direct_udp: bool,
     ) -> Self {
         // One request slot counter per member too, after the shards'.
         self.in_flight = (0..self.shards + members.len())
@@ -361,6 +365,7 @@ impl Router {
             members,
             live: RefCell::new(live),
             links,
+            direct_udp,
         });
         self
     }
@@ -1042,6 +1047,18 @@ impl Router {
         match frame {
             Frame::Announce { reply, input } => {
                 let input = input.into_input();
+                let direct = self.cluster.as_ref().is_some_and(|c| c.direct_udp);
+                if let (
+                    true,
+                    ReplyTarget::Udp {
+                        client,
+                        transaction_id,
+                    },
+                ) = (direct, reply.target)
+                {
+                    self.answer_udp_directly(input, client, TransactionId(transaction_id), udp);
+                    return;
+                }
                 if self.owner(&input.info_hash) == self.me {
                     // Owned by this executor's shard: no task, no wait.
                     let now = self.now();
@@ -1110,6 +1127,42 @@ impl Router {
             }
             Frame::Hello { .. } | Frame::Heartbeat { .. } | Frame::HeartbeatAck { .. } => {}
         }
+    }
+
+    /// A forwarded UDP announce answered from this node's own socket (the
+    /// nodes share the anycast address the client wrote to): by this
+    /// executor, or by the owning shard's, as a forward between executors
+    /// is answered.
+    fn answer_udp_directly(
+        &self,
+        input: AnnounceInput,
+        client: SocketAddr,
+        transaction_id: TransactionId,
+        udp: Option<&mut dyn UdpAnswers>,
+    ) {
+        let now = self.now();
+        let owner = self.owner(&input.info_hash);
+        let Ok(request) = self.host.with(|host| host.rules().bt_announce(input)) else {
+            return;
+        };
+        if owner != self.me {
+            let reply_to = AnnounceReplyTo::Udp {
+                client,
+                transaction_id,
+            };
+            let message = MeshMessage::Request(ShardRequest::Announce { request, reply_to });
+            let _ = self.send_lossy(owner, message);
+            return;
+        }
+        let Some(udp) = udp else {
+            log::error!("a UDP announce reached an executor without UDP");
+            return;
+        };
+        let mut peers = SelectedPeers::default();
+        let outcome = self
+            .host
+            .with(|host| host.announce(now, &request, &mut peers));
+        udp.answer_announce(client, transaction_id, &outcome, &peers);
     }
 
     /// Hands an announce answer from another member to the executor that

@@ -273,6 +273,19 @@ fn peers_through_different_nodes_see_each_other_and_scrapes_agree() {
         assert_eq!(sorted(peers_v4(&third)), [7001, 7002], "torrent {i} via c");
         assert_eq!(counts(&third), (0, 3), "torrent {i}: one swarm of three");
     }
+    // A forwarded announce is answered from the address the client wrote
+    // to (b owns hashes[1]; the client writes to a).
+    let mut client = Client::new(udp(&nodes[0]));
+    let request = client.announce_request(hashes[1], 60, 7060, AnnounceEvent::Started, 10, -1);
+    let mut bytes = Vec::new();
+    request.write(&mut bytes).expect("write");
+    client.send_raw(&bytes);
+    let mut buf = [0u8; 2048];
+    let (_, from) = client.socket.recv_from(&mut buf).expect("a reply");
+    assert_eq!(&buf[4..8], &bytes[12..16], "the announce's reply");
+    assert_eq!(from, udp(&nodes[0]), "sent by a, which the client wrote to");
+    let stop = client.announce_request(hashes[1], 60, 7060, AnnounceEvent::Stopped, 10, -1);
+    client.request(&stop);
     // Torrent k gets k more peers, so each position has its own figures.
     for (k, hash) in hashes.iter().enumerate() {
         for extra in 0..k {
@@ -602,4 +615,27 @@ fn certificates_are_reloaded_on_sigusr1() {
     std::fs::copy(right_key, &key).expect("replace key");
     a.signal(libc::SIGUSR1);
     wait_live(&[&a, &b], 2);
+}
+
+#[test]
+fn direct_udp_replies_come_from_the_owner() {
+    let spec = Spec::new("cluster-direct");
+    let nodes: Vec<Tracker> = (0..3)
+        .map(|i| {
+            let config = spec.config(i) + "direct_udp_replies = true\n";
+            Tracker::start(&format!("cluster-{}", NAMES[i]), &config)
+        })
+        .collect();
+    wait_live(&nodes.iter().collect::<Vec<_>>(), 3);
+    let hash = hash_owned_by(1, 4);
+    let mut client = Client::new(udp(&nodes[0]));
+    let request = client.announce_request(hash, 50, 9500, AnnounceEvent::Started, 10, -1);
+    let mut bytes = Vec::new();
+    request.write(&mut bytes).expect("write");
+    client.send_raw(&bytes);
+    let mut buf = [0u8; 2048];
+    let (n, from) = client.socket.recv_from(&mut buf).expect("a reply");
+    assert_eq!(&buf[4..8], &bytes[12..16], "the announce's reply");
+    assert!(n >= 20);
+    assert_eq!(from.port(), udp(&nodes[1]).port(), "sent by b, the owner");
 }
