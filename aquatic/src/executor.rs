@@ -58,6 +58,9 @@ const WS_CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub struct ExecutorSockets {
     /// The UDP socket, if UDP is served.
     pub udp: Option<socket2::Socket>,
+    /// Whether the kernel steers the UDP group's datagrams to their
+    /// torrent's executor (`net::steering`).
+    pub udp_steered: bool,
     /// The HTTP listener, if HTTP is served.
     pub http: Option<socket2::Socket>,
     /// The WebSocket listener, if WebTorrent is served.
@@ -87,6 +90,10 @@ pub struct Shared {
 
 /// What the main thread hands one executor thread.
 pub struct ExecutorSetup {
+    /// This executor's index: its shard, the index of its sockets in their
+    /// SO_REUSEPORT groups, and (pinned) its core's offset from
+    /// `runtime.first_core`.
+    pub index: usize,
     /// Executors in all.
     pub shards: usize,
     /// The mesh every executor joins.
@@ -105,6 +112,7 @@ struct Executor {
     host: Rc<SharedHost>,
     stats: Rc<ExecutorStats>,
     udp: Option<Rc<UdpEndpoint>>,
+    udp_steered: bool,
     http: Option<Rc<HttpEndpoint>>,
     ws: Option<Rc<WsEndpoint>>,
 }
@@ -113,6 +121,7 @@ struct Executor {
 /// ready, and returns when the main thread asks it to stop.
 pub async fn run(setup: ExecutorSetup) {
     let ExecutorSetup {
+        index,
         shards,
         mesh,
         sockets,
@@ -124,6 +133,15 @@ pub async fn run(setup: ExecutorSetup) {
         Ok(pair) => pair,
         Err(err) => panic!("an executor could not join the mesh: {err}"),
     };
+    // The kernel steers datagrams by socket index, the router by mesh
+    // peer id: they must be the same number (server.rs makes the
+    // executors in order so that they are).
+    assert_eq!(
+        senders.peer_id(),
+        index,
+        "executor {index} joined the mesh as peer {}: shards and sockets would disagree",
+        senders.peer_id()
+    );
     let requests = glommio::executor().create_task_queue(
         Shares::Static(1000),
         Latency::Matters(Duration::from_millis(10)),
@@ -190,6 +208,7 @@ pub async fn run(setup: ExecutorSetup) {
                 stats.clone(),
             ))
         }),
+        udp_steered: sockets.udp_steered,
         router,
         host,
         stats,
@@ -236,6 +255,8 @@ impl Executor {
             router: self.router.clone(),
             host: self.host.clone(),
             stats: self.stats.clone(),
+            udp: self.udp.clone(),
+            udp_steered: self.udp_steered,
             ws: self.ws.clone(),
         }
     }
@@ -342,6 +363,8 @@ struct SnapshotSource {
     router: Rc<Router>,
     host: Rc<SharedHost>,
     stats: Rc<ExecutorStats>,
+    udp: Option<Rc<UdpEndpoint>>,
+    udp_steered: bool,
     ws: Option<Rc<WsEndpoint>>,
 }
 
@@ -372,6 +395,11 @@ impl SnapshotSource {
             ));
         }
         gauges.push(("ws_connections", Vec::new(), count(ws_open)));
+        gauges.push((
+            "udp_kernel_steering",
+            Vec::new(),
+            i64::from(self.udp_steered),
+        ));
         for (map, capacity) in [
             ("bt_torrents", g.bt_capacity),
             ("ws_torrents", g.ws_capacity),
@@ -380,6 +408,9 @@ impl SnapshotSource {
             gauges.push(("map_capacity", vec![label("map", map)], count(capacity)));
         }
         let mut counters = self.stats.samples();
+        if let Some(drops) = self.udp.as_ref().and_then(|udp| udp.kernel_drops()) {
+            counters.push(("udp_kernel_drops", Vec::new(), drops));
+        }
         // Refused by the owning shard, which keeps its own count: the
         // announce had passed this executor's rules.
         counters.push((

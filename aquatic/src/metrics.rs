@@ -54,6 +54,17 @@ pub struct ExecutorStats {
     pub udp_scrape: Counter,
     /// UDP announce and scrape responses sent.
     pub udp_responses: Counter,
+    /// UDP announces (that passed the rules) for a torrent of this
+    /// executor's own shard: answered here, no mesh hop.
+    pub udp_announce_local: Counter,
+    /// UDP announces (that passed the rules) sent over the mesh to the
+    /// torrent's owner; with kernel steering on, close to none.
+    pub udp_announce_forwarded: Counter,
+    /// UDP scrapes whose torrents all live on this executor's shard.
+    pub udp_scrape_local: Counter,
+    /// UDP scrapes that needed other executors' shards (steering routes a
+    /// scrape by its first hash, so only multi-shard scrapes).
+    pub udp_scrape_forwarded: Counter,
     /// UDP requests with a connection id we did not issue or that expired.
     pub udp_invalid_connection_id: Counter,
     /// UDP replies the kernel refused as longer than the link (EMSGSIZE:
@@ -138,6 +149,7 @@ impl ExecutorStats {
         let proto = |p: &str| ("protocol", p.to_owned());
         let action = |a: &str| ("action", a.to_owned());
         let kind = |k: &str| ("kind", k.to_owned());
+        let route = |r: &str| ("route", r.to_owned());
         let mut out = vec![
             (
                 "requests",
@@ -175,6 +187,26 @@ impl ExecutorStats {
                 self.ws_scrape.get(),
             ),
             ("responses", vec![proto("udp")], self.udp_responses.get()),
+            (
+                "udp_routed",
+                vec![action("announce"), route("local")],
+                self.udp_announce_local.get(),
+            ),
+            (
+                "udp_routed",
+                vec![action("announce"), route("forwarded")],
+                self.udp_announce_forwarded.get(),
+            ),
+            (
+                "udp_routed",
+                vec![action("scrape"), route("local")],
+                self.udp_scrape_local.get(),
+            ),
+            (
+                "udp_routed",
+                vec![action("scrape"), route("forwarded")],
+                self.udp_scrape_forwarded.get(),
+            ),
             ("responses", vec![proto("http")], self.http_responses.get()),
             ("responses", vec![proto("ws")], self.ws_messages_out.get()),
             (
@@ -370,6 +402,9 @@ fn help(name: &str) -> &'static str {
         "peers" => "Peers held, by swarm kind and seeder/leecher",
         "ws_connections" => "Open WebSocket connections",
         "map_capacity" => "Capacity of the executor's maps (to see them shrink)",
+        "udp_routed" => "UDP announces and scrapes answered by the receiving executor (local) or needing another's shard (forwarded)",
+        "udp_kernel_drops" => "Datagrams the kernel dropped for the executor's UDP socket (full receive buffer; SO_RXQ_OVFL's counter)",
+        "udp_kernel_steering" => "1 when the kernel steers UDP datagrams to their torrent's executor (udp.kernel_steering)",
         _ => "aquatic metric",
     }
 }

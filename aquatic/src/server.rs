@@ -31,6 +31,7 @@ use crate::{
     config::{Config, ValidConfig},
     executor::{self, ExecutorSetup, ExecutorSockets, Shared},
     metrics::MetricsHub,
+    net::steering::{CpuPlacement, Steering},
     notify::{monotonic_usec, notify},
     reload::Reloadable,
 };
@@ -316,12 +317,14 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     };
 
     let mut udp_sockets: Vec<Option<Socket>> = (0..workers).map(|_| None).collect();
+    let mut steering = None;
     let mut listening = Vec::new();
     if config.udp.enabled {
         let (address, sockets) = bind_all(config.udp.address, Type::DGRAM, workers, |a| {
             bind_udp(a, &config)
         })?;
         listening.push(format!("udp://{address}"));
+        steering = steer_udp(&config, &sockets);
         for (slot, socket) in udp_sockets.iter_mut().zip(sockets) {
             *slot = Some(socket);
         }
@@ -408,6 +411,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     };
     let shutdown = shared.shutdown.clone();
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
+    let (made_tx, made_rx) = mpsc::channel();
     let listeners = udp_sockets
         .into_iter()
         .zip(http_listeners)
@@ -420,9 +424,15 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
             })
         };
         let setup = ExecutorSetup {
+            index: i,
             shards: workers,
             mesh: mesh.clone(),
-            sockets: ExecutorSockets { udp, http, ws },
+            sockets: ExecutorSockets {
+                udp,
+                udp_steered: steering.is_some(),
+                http,
+                ws,
+            },
             shared: shared.clone(),
             ready,
         };
@@ -436,10 +446,13 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
             .io_memory(config.runtime.io_memory_kib * 1024)
             .ring_depth(config.runtime.ring_depth);
         let events = events.clone();
+        let made = made_tx.clone();
         std::thread::Builder::new()
             .name(format!("aquatic-{i}"))
             .spawn(move || {
-                match builder.make() {
+                let executor = builder.make();
+                let _ = made.send(());
+                match executor {
                     Ok(executor) => executor.run(executor::run(setup)),
                     Err(err) => {
                         let _ = events.send(Event::StartFailed(i, err.to_string()));
@@ -449,6 +462,13 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
                 let _ = events.send(Event::Exited(i));
             })
             .context("cannot start an executor thread")?;
+        // glommio numbers executors as they are made, and the mesh ranks
+        // its members by that number: making them one after the other
+        // makes mesh peer i (shard i) the thread that holds socket i and
+        // is pinned to core first_core + i, which kernel steering needs.
+        if made_rx.recv_timeout(START_TIMEOUT).is_err() {
+            bail!("executor {i} was not created within {START_TIMEOUT:?}");
+        }
     }
     drop(events);
 
@@ -465,7 +485,46 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         http_tls,
         ws_tls,
     };
-    serve_until_stopped(&event_rx, workers, &config, &reloadables, &shutdown)
+    serve_until_stopped(
+        &event_rx,
+        workers,
+        &config,
+        &reloadables,
+        &shutdown,
+        steering,
+    )
+}
+
+/// Attaches the kernel steering program to the UDP group (bound, in
+/// executor order), if configured and there is more than one executor.
+/// Where the kernel refuses it, one line says so and the kernel's hash
+/// spreads datagrams as before.
+fn steer_udp(config: &Config, sockets: &[Socket]) -> Option<Steering> {
+    if !config.udp.kernel_steering || sockets.len() < 2 {
+        return None;
+    }
+    let placement = match u32::try_from(config.runtime.first_core) {
+        Ok(first_core) if config.runtime.pin_cpus => CpuPlacement::Pinned { first_core },
+        _ => CpuPlacement::Unpinned,
+    };
+    match Steering::attach(sockets, placement) {
+        Ok(steering) => {
+            let connects = match placement {
+                CpuPlacement::Pinned { .. } => "the executor of the receiving CPU",
+                CpuPlacement::Unpinned => "the kernel's hash (executors not pinned)",
+            };
+            log::info!(
+                "udp: kernel steering on: announces and scrapes go to their torrent's executor, connects to {connects}"
+            );
+            Some(steering)
+        }
+        Err(err) => {
+            log::warn!(
+                "udp: kernel steering unavailable ({err}): datagrams spread by the kernel's hash and forwarded between executors (udp.kernel_steering = false silences this)"
+            );
+            None
+        }
+    }
 }
 
 fn wait_until_ready(
@@ -509,6 +568,7 @@ fn serve_until_stopped(
     config: &Config,
     reloadables: &Reloadables,
     shutdown: &AtomicBool,
+    steering: Option<Steering>,
 ) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     loop {
@@ -521,6 +581,13 @@ fn serve_until_stopped(
             Ok(Event::Signal(signal @ (SIGTERM | SIGINT))) => {
                 log::info!("signal {signal}: stopping");
                 notify("STOPPING=1");
+                // Before any executor closes its socket: a close moves the
+                // group's last socket into the closed one's index.
+                if let Some(steering) = steering {
+                    if let Err(err) = steering.detach() {
+                        log::warn!("udp: cannot detach the steering program: {err}");
+                    }
+                }
                 shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }

@@ -136,6 +136,12 @@ impl UdpEndpoint {
         }
     }
 
+    /// Datagrams the kernel dropped for this executor's socket so far
+    /// (None where the kernel cannot say).
+    pub fn kernel_drops(&self) -> Option<u64> {
+        super::steering::kernel_drops(self.socket.as_raw_fd()).ok()
+    }
+
     /// Where announces forwarded from other executors are answered: one per
     /// mesh-receiving task, with its own batch.
     pub fn forwarded_answers(self: &Rc<Self>) -> ForwardedAnswers {
@@ -337,8 +343,14 @@ fn handle_datagram(
                 return error(out, req.transaction_id, "invalid connection id");
             }
             match udp.router.check_scrape(req.info_hashes.iter()) {
-                Ok(true) => scrape_here(udp, &req, src, out),
-                Ok(false) => scrape_across_shards(udp, &req, src),
+                Ok(true) => {
+                    stats.udp_scrape_local.bump();
+                    scrape_here(udp, &req, src, out);
+                }
+                Ok(false) => {
+                    stats.udp_scrape_forwarded.bump();
+                    scrape_across_shards(udp, &req, src);
+                }
                 Err(refusal) => {
                     count_refusal(stats, RouteError::Refused(refusal));
                     error(out, req.transaction_id, refusal.failure_reason());
