@@ -3,9 +3,12 @@
 //! ```text
 //! main thread: config -> panic hook -> RLIMIT_MEMLOCK -> access list
 //!              -> bind N SO_REUSEPORT sockets per protocol (port 0 resolved once)
-//!              -> N threads, each a glommio LocalExecutor pinned to a core
+//!              -> UDP: attach the kernel steering program (net::steering)
+//!              -> N threads, each a glommio LocalExecutor pinned to a core,
+//!                 made in order so that mesh peer i is thread i (socket i)
 //!              -> wait for all ready -> print the listening addresses
-//!              -> signals: SIGUSR1 reload, SIGTERM/SIGINT stop (a second one: exit now)
+//!              -> signals: SIGUSR1 reload, SIGTERM/SIGINT stop (detach the
+//!                 steering program, then stop; a second one: exit now)
 //! ```
 //!
 //! A panic on any thread logs the message and ends the whole process with
