@@ -345,3 +345,79 @@ fn every_socket_reports_its_kernel_drops() {
         assert!(text.contains(&line), "{line} in:\n{text}");
     }
 }
+
+/// A seccomp filter that refuses `setsockopt(…, SO_ATTACH_REUSEPORT_CBPF, …)`
+/// with EPERM and allows everything else, as a sandbox might.
+fn refuse_steering_program() -> Vec<libc::sock_filter> {
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xc000_00b7;
+    // struct seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i; the
+    // option name is args[2], whose low 32 bits come first on little endian.
+    #[cfg(target_endian = "little")]
+    const OPTNAME: u32 = 32;
+    #[cfg(target_endian = "big")]
+    const OPTNAME: u32 = 36;
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    vec![
+        f(ld, 0, 0, 4),
+        f(jeq, 0, 5, AUDIT_ARCH),
+        f(ld, 0, 0, 0),
+        f(jeq, 0, 3, libc::SYS_setsockopt as u32),
+        f(ld, 0, 0, OPTNAME),
+        f(jeq, 0, 1, libc::SO_ATTACH_REUSEPORT_CBPF as u32),
+        f(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// Where the kernel refuses the program (here a seccomp filter), one line
+/// says so and the tracker serves as without steering.
+#[test]
+fn a_refused_program_logs_one_line_and_serves_without_steering() {
+    use std::os::unix::process::CommandExt;
+    let workers = 2;
+    let filter = refuse_steering_program();
+    let mut command = common::binary();
+    // SAFETY: between fork and exec only prctl(2), which is
+    // async-signal-safe, on memory allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut tracker =
+        Tracker::try_start_command("udp-steering-refused", &config(workers, true), command)
+            .expect("starts without steering");
+    announce_random_torrents(&tracker, 5);
+    let (_, forwarded) = routed_announces(&tracker, workers, 2 * ANNOUNCES);
+    assert!(
+        forwarded.iter().sum::<f64>() > 0.0,
+        "announces crossed the mesh"
+    );
+    assert_eq!(steering_gauge(&tracker), 0.0);
+    let stderr = tracker.stderr_text();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("kernel steering"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("unavailable"), "{}", lines[0]);
+}

@@ -86,10 +86,20 @@ impl Tracker {
     }
 
     pub fn try_start(name: &str, config: &str) -> Result<Tracker, String> {
+        Self::try_start_command(name, config, binary())
+    }
+
+    /// [`Tracker::try_start`] with a prepared `command` for the binary
+    /// (e.g. with a `pre_exec` hook).
+    pub fn try_start_command(
+        name: &str,
+        config: &str,
+        mut command: Command,
+    ) -> Result<Tracker, String> {
         let dir = scratch_dir(name);
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = binary()
+        let mut child = command
             .arg("-c")
             .arg(&config_path)
             .stdout(Stdio::piped())
