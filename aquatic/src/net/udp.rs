@@ -291,6 +291,11 @@ fn handle_datagram(
 ) {
     #[cfg(feature = "test-hooks")]
     if crate::hooks::udp_datagram(bytes, udp.router.id()) {
+        let ack = crate::hooks::ACK;
+        out.push(src, |buf| {
+            buf.get_mut(..ack.len())?.copy_from_slice(ack);
+            Some(ack.len())
+        });
         return;
     }
     let ip = src.ip().to_canonical();
