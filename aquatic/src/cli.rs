@@ -77,6 +77,24 @@ fn load(path: Option<PathBuf>) -> Result<ValidConfig, String> {
     }
 }
 
+/// Writes `text` to stdout. A reader that went away (`aquatic -p | head`)
+/// is no error: the output was wanted only up to there.
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("aquatic: cannot write to stdout: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The binary's entry point: the one place errors are reported.
 pub fn main() -> ExitCode {
     let action = match parse_args(std::env::args().skip(1)) {
@@ -95,16 +113,10 @@ pub fn main() -> ExitCode {
             println!("aquatic {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Action::PrintDefault => {
-            print!("{DEFAULT_CONFIG_TOML}");
-            return ExitCode::SUCCESS;
-        }
+        Action::PrintDefault => return print_out(DEFAULT_CONFIG_TOML),
         Action::PrintParsed(path) => {
             return match load(path).and_then(|c| toml::to_string(&c).map_err(|e| e.to_string())) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
+                Ok(text) => print_out(&text),
                 Err(message) => {
                     eprintln!("aquatic: {message}");
                     ExitCode::FAILURE
@@ -121,12 +133,7 @@ pub fn main() -> ExitCode {
         }
     };
     crate::server::install_panic_hook();
-    if let Err(err) = simple_logger::SimpleLogger::new()
-        .with_level(config.log_level.filter())
-        .init()
-    {
-        eprintln!("aquatic: cannot start logging: {err}");
-    }
+    crate::logging::init(config.log_level.filter());
     // server::run still takes a plain Config; it will take the ValidConfig.
     match crate::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,7 @@ pub mod hooks;
 pub mod host;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod invariants;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod notify;

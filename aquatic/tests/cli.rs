@@ -120,3 +120,78 @@ fn privileges_are_dropped_after_binding() {
         }
     }
 }
+
+#[test]
+fn print_config_into_a_closed_pipe_exits_quietly() {
+    // `aquatic -p | head -3`: the reader has gone before the write. The
+    // read end is closed before the child starts, so the write surely
+    // meets EPIPE.
+    for flag in ["-p", "--print-parsed-config"] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = binary()
+            .arg(flag)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{flag}: no panic");
+    }
+}
+
+/// Runs a tracker that fails at once (its UDP address is not local) with
+/// stderr in a file, `JOURNAL_STREAM` set from `journal_stream` (given the
+/// file's device and inode), and returns what it logged.
+fn failing_start_stderr(name: &str, journal_stream: impl Fn(u64, u64) -> String) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch_dir(name);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "log_level = \"info\"\n[udp]\naddress = \"192.0.2.1:0\"\n[http]\nenabled = false\n\
+         [ws]\nenabled = false\n[runtime]\npin_cpus = false\n",
+    )
+    .expect("write");
+    let log = dir.join("stderr.log");
+    let file = std::fs::File::create(&log).expect("create");
+    let meta = file.metadata().expect("metadata");
+    let status = binary()
+        .arg("-c")
+        .arg(&config)
+        .env("JOURNAL_STREAM", journal_stream(meta.dev(), meta.ino()))
+        .stdout(Stdio::null())
+        .stderr(file)
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(1));
+    std::fs::read_to_string(&log).expect("read log")
+}
+
+#[test]
+fn journal_lines_have_priorities_and_no_timestamp() {
+    let text = failing_start_stderr("cli-journal", |dev, ino| format!("{dev}:{ino}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains("cannot bind"))
+        .unwrap_or_else(|| panic!("the bind error is logged: {text}"));
+    // `<priority>LEVEL [target] message`: nothing, no timestamp, between
+    // the level and the target.
+    assert!(line.starts_with("<3>ERROR [aquatic"), "{line}");
+}
+
+#[test]
+fn lines_elsewhere_keep_their_timestamp() {
+    // The variable inherited from a journal-connected parent, but stderr
+    // is a file: a device:inode that is not stderr's.
+    let text = failing_start_stderr("cli-not-journal", |dev, ino| format!("{dev}:{}", ino + 1));
+    let line = text
+        .lines()
+        .find(|l| l.contains("cannot bind") && l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("the bind error is logged: {text}"));
+    assert!(!line.starts_with('<'), "{line}");
+    assert!(
+        line.chars().next().is_some_and(|c| c.is_ascii_digit()),
+        "starts with a timestamp: {line}"
+    );
+}
