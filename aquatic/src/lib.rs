@@ -22,6 +22,7 @@
 //! `timing`; `host` and `swarm/` are plain synchronous code.
 #![warn(unreachable_pub)]
 
+pub mod check;
 pub mod cli;
 pub mod codec;
 pub mod config;

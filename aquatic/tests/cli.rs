@@ -195,3 +195,91 @@ fn lines_elsewhere_keep_their_timestamp() {
         "starts with a timestamp: {line}"
     );
 }
+
+#[test]
+fn check_config_lists_every_problem_with_its_key() {
+    let dir = scratch_dir("cli-check");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "wrokers = 2\n[udp]\nadress = \"[::]:0\"\n[tracker]\nmax_numwant = 5000\n\
+         [access_list]\nmode = \"allow\"\npath = \"/nonexistent/list\"\n",
+    )
+    .expect("write");
+    for flag in ["--check-config", "-t"] {
+        let out = binary().arg(flag).arg(&path).output().expect("run");
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let prefix = format!("{}: ", path.display());
+        for problem in [
+            "udp.adress: unknown key",
+            "wrokers: unknown key",
+            "tracker.max_numwant: must be at most 3000",
+        ] {
+            assert!(
+                stderr.lines().any(|l| l == format!("{prefix}{problem}")),
+                "{flag}: {problem}: {stderr}"
+            );
+        }
+        // The values are checked even though there are unknown keys; the
+        // named file only once the values are valid.
+        assert!(!stderr.contains("access_list.path"), "{stderr}");
+    }
+
+    std::fs::write(
+        &path,
+        "[access_list]\nmode = \"allow\"\npath = \"/nonexistent/list\"\n",
+    )
+    .expect("write");
+    let out = binary().arg("-t").arg(&path).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}: access_list.path: ", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_passes_a_good_file_without_binding() {
+    let dir = scratch_dir("cli-check-ok");
+    // A port that is already taken: checking must not try to bind it.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let path = dir.join("good.toml");
+    std::fs::write(
+        &path,
+        format!("{}[udp]\naddress = \"127.0.0.1:{port}\"\n", "workers = 2\n"),
+    )
+    .expect("write");
+    let out = binary()
+        .arg("-c")
+        .arg(&path)
+        .arg("-t")
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+    // The printed defaults are a good file too.
+    let printed = binary().arg("-p").output().expect("run").stdout;
+    std::fs::write(&path, printed).expect("write");
+    let out = binary()
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = binary()
+        .arg("--check-config")
+        .arg(dir.join("missing.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
