@@ -169,7 +169,7 @@ pub fn main() -> ExitCode {
         Action::Check(path) => return check_config(path),
         Action::Run(path) => path,
     };
-    let config = match load(path) {
+    let config = match load(path.clone()) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("aquatic: {message}");
@@ -178,8 +178,7 @@ pub fn main() -> ExitCode {
     };
     crate::server::install_panic_hook();
     crate::logging::init(config.log_level.filter());
-    // server::run still takes a plain Config; it will take the ValidConfig.
-    match crate::server::run(config) {
+    match crate::server::run(config, path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{err:#}");
