@@ -39,5 +39,6 @@ pub mod notify;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod status;
 pub mod swarm;
 pub mod timing;

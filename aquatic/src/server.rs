@@ -378,7 +378,7 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
         let hub = metrics.clone();
         std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || crate::metrics::serve(listener, hub))
+            .spawn(move || crate::status::serve(listener, hub))
             .context("cannot start the metrics thread")?;
     }
 
