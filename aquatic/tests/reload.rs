@@ -131,3 +131,39 @@ fn sighup_applies_runtime_keys_and_logs_the_rest() {
     assert_eq!(interval_and_peers(&r).0, 77);
     assert_eq!(http_announce(&mut keep_alive, hashes[0], 9), 77);
 }
+
+#[test]
+fn sighup_switches_the_access_list_mode_and_file() {
+    let tracker = Tracker::start("reload-access-list", &base_config());
+    let mut client = Client::new(tracker.udp_v4());
+    let (listed, unlisted) = (hash_on_shard(0, 2, 3), hash_on_shard(1, 2, 3));
+    for hash in [listed, unlisted] {
+        let r = client.announce(hash, 1, 6881, AnnounceEvent::Started, 10);
+        assert!(
+            matches!(r, OwnedResponse::AnnounceIpv4 { .. }),
+            "mode off: {r:?}"
+        );
+    }
+    let list = tracker.dir.join("allowed");
+    let hex: String = listed.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&list, format!("{hex}\n")).expect("write list");
+    std::fs::write(
+        &tracker.config_path,
+        format!(
+            "{}[access_list]\nmode = \"allow\"\npath = {:?}\n",
+            base_config(),
+            list.display().to_string()
+        ),
+    )
+    .expect("write");
+    tracker.signal(libc::SIGHUP);
+    // The unlisted hash is refused once the executors took the new list;
+    // the listed one is still served.
+    let refused = eventually(WAIT, || {
+        let r = client.announce(unlisted, 2, 6882, AnnounceEvent::Started, 10);
+        matches!(r, OwnedResponse::Error { .. }).then_some(())
+    });
+    assert!(refused.is_some(), "the allow list is in force after SIGHUP");
+    let r = client.announce(listed, 2, 6882, AnnounceEvent::Started, 10);
+    assert!(matches!(r, OwnedResponse::AnnounceIpv4 { .. }), "{r:?}");
+}
