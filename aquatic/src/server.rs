@@ -587,10 +587,22 @@ fn reload_config(reloadables: &Reloadables) {
         log::info!("config reload: no config file (built-in defaults): nothing to re-read");
         return;
     };
-    let file = match Config::load(path) {
+    // Every problem, as --check-config lists them, not only serde's first.
+    let checked = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read the file: {err}"))
+        .and_then(|text| {
+            crate::check::check_text(&text).map_err(|findings| {
+                let list: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+                format!("{} problem(s): {}", list.len(), list.join("; "))
+            })
+        });
+    let file = match checked {
         Ok(file) => file,
-        Err(err) => {
-            log::error!("config reload failed, nothing changed: {err}");
+        Err(problems) => {
+            log::error!(
+                "config reload of {} failed, nothing changed: {problems}",
+                path.display()
+            );
             return;
         }
     };
