@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     time::Duration,
 };
@@ -166,4 +166,63 @@ fn sighup_switches_the_access_list_mode_and_file() {
     assert!(refused.is_some(), "the allow list is in force after SIGHUP");
     let r = client.announce(listed, 2, 6882, AnnounceEvent::Started, 10);
     assert!(matches!(r, OwnedResponse::AnnounceIpv4 { .. }), "{r:?}");
+}
+
+/// A keep-alive scrape on `stream`; whether it got a 200.
+fn scrape_ok(stream: &mut (impl Read + Write)) -> bool {
+    let request = format!(
+        "GET /scrape?info_hash={} HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n",
+        percent(&hash_on_shard(0, 2, 9))
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    if stream.read_exact(&mut head).is_err() || &head != b"HTTP/1.1 200" {
+        return false;
+    }
+    // The rest of this response: headers and a short bencoded body.
+    let mut rest = [0u8; 512];
+    stream.read(&mut rest).is_ok()
+}
+
+#[test]
+fn sighup_moves_the_tls_certificate_without_dropping_connections() {
+    let (first, second) = (
+        common::TestCertificate::new("reload-tls-a"),
+        common::TestCertificate::new("reload-tls-b"),
+    );
+    let with_tls = |cert: &common::TestCertificate| {
+        base_config()
+            .replace("log_level = \"warn\"", "log_level = \"info\"")
+            .replacen("[http]\n", &format!("[http]\n{}", cert.config_lines), 1)
+    };
+    let tracker = Tracker::start("reload-tls", &with_tls(&first));
+    let https = SocketAddr::from(([127, 0, 0, 1], tracker.http.expect("http").port()));
+    let mut open = first.connect(https);
+    assert!(scrape_ok(&mut open), "served with the first certificate");
+    assert!(
+        !scrape_ok(&mut second.connect(https)),
+        "a client that trusts only the second certificate is refused at first"
+    );
+
+    std::fs::write(&tracker.config_path, with_tls(&second)).expect("write");
+    tracker.signal(libc::SIGHUP);
+    assert!(tracker
+        .wait_for_stderr(
+            "applied http.tls_certificate_path, http.tls_private_key_path",
+            WAIT
+        )
+        .is_some());
+    // New connections get the second certificate; the connection opened
+    // before the reload goes on.
+    let served = eventually(WAIT, || scrape_ok(&mut second.connect(https)).then_some(()));
+    assert!(
+        served.is_some(),
+        "the second certificate is served after SIGHUP"
+    );
+    assert!(
+        scrape_ok(&mut open),
+        "the open connection survived the reload"
+    );
 }
