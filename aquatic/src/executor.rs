@@ -70,8 +70,12 @@ pub struct ExecutorSockets {
 /// What every executor shares with the main thread.
 #[derive(Clone)]
 pub struct Shared {
-    /// The validated configuration.
+    /// The validated configuration the process started with: what the
+    /// restart-only keys say.
     pub config: Arc<ValidConfig>,
+    /// The configuration in force, replaced by a SIGHUP reload (only its
+    /// runtime keys ever differ from `config`'s).
+    pub live_config: Arc<Reloadable<ValidConfig>>,
     /// The clock's zero.
     pub start: ServerStartInstant,
     /// The connection id key.
@@ -173,14 +177,7 @@ pub async fn run(setup: ExecutorSetup) {
     let ws_tls = shared.ws_tls.clone().map(|t| Rc::new(LocalCopy::new(t)));
     let ex = Executor {
         udp: sockets.udp.map(|socket| {
-            let settings = UdpSettings {
-                validator: shared.validator.clone(),
-                announce_interval: config.tracker.announce_interval_secs,
-                max_scrape_torrents: config.tracker.max_scrape_torrents,
-                max_reply_bytes_v4: config.udp.max_reply_bytes(false),
-                max_reply_bytes_v6: config.udp.max_reply_bytes(true),
-                max_scrapes_in_flight: config.udp.max_scrapes_in_flight,
-            };
+            let settings = UdpSettings::new(config, shared.validator.clone());
             Rc::new(UdpEndpoint::new(
                 socket,
                 settings,
@@ -228,9 +225,15 @@ pub async fn run(setup: ExecutorSetup) {
         let answers = ex.udp.as_ref().map(|udp| udp.forwarded_answers());
         spawn(requests, receive_mesh(ex.router.clone(), answers, stream));
     }
+    let live_config = Rc::new(LocalCopy::new(shared.live_config.clone()));
     spawn(
         background,
-        clean_periodically(ex.router.clone(), ex.host.clone(), config.clone(), shards),
+        clean_periodically(
+            ex.router.clone(),
+            ex.host.clone(),
+            live_config.clone(),
+            shards,
+        ),
     );
     if let Some(hub) = shared.metrics.clone() {
         spawn(background, publish_metrics(ex.snapshot_source(), hub));
@@ -238,7 +241,7 @@ pub async fn run(setup: ExecutorSetup) {
     let tls_copies = [http_tls, ws_tls].into_iter().flatten().collect();
     spawn(
         background,
-        refresh_reloadables(ex.host.clone(), access_list, tls_copies),
+        refresh_reloadables(ex.reload_targets(), live_config, access_list, tls_copies),
     );
 
     ready();
@@ -249,6 +252,16 @@ pub async fn run(setup: ExecutorSetup) {
 }
 
 impl Executor {
+    fn reload_targets(&self) -> ReloadTargets {
+        ReloadTargets {
+            id: self.router.id().0,
+            host: self.host.clone(),
+            udp: self.udp.clone(),
+            http: self.http.clone(),
+            ws: self.ws.clone(),
+        }
+    }
+
     fn snapshot_source(&self) -> SnapshotSource {
         SnapshotSource {
             id: self.router.id().0,
@@ -326,16 +339,17 @@ async fn receive_mesh(
 async fn clean_periodically(
     router: Rc<Router>,
     host: Rc<SharedHost>,
-    config: Arc<ValidConfig>,
+    config: Rc<LocalCopy<ValidConfig>>,
     shards: usize,
 ) {
-    let interval = config.tracker.cleaning_interval();
+    let interval = config.get().tracker.cleaning_interval();
     let id = router.id().0;
     // Stagger the executors so their cleaning passes do not coincide.
     let offset = interval.mul_f64(id as f64 / shards.max(1) as f64);
     sleep(offset).await;
     loop {
-        sleep(interval).await;
+        // Read each time: a reload may change it.
+        sleep(config.get().tracker.cleaning_interval()).await;
         let now = router.now();
         let ((bt, ws), gauges) = host.with(|host| (host.clean(now), host.gauges()));
         router.shrink();
@@ -443,13 +457,46 @@ fn release_free_memory() {
     }
 }
 
-async fn refresh_reloadables(
+/// The parts of an executor a reloaded configuration reaches.
+struct ReloadTargets {
+    id: usize,
     host: Rc<SharedHost>,
+    udp: Option<Rc<UdpEndpoint>>,
+    http: Option<Rc<HttpEndpoint>>,
+    ws: Option<Rc<WsEndpoint>>,
+}
+
+impl ReloadTargets {
+    /// Hands every part the runtime keys of `config` (see
+    /// `reload::RUNTIME_KEYS`); nothing is dropped: swarms, connections
+    /// and queues stay.
+    fn apply(&self, config: &ValidConfig) {
+        self.host.with(|host| host.apply_config(config));
+        if let Some(udp) = &self.udp {
+            udp.apply_config(config);
+        }
+        if let Some(http) = &self.http {
+            http.apply_config(config);
+        }
+        if let Some(ws) = &self.ws {
+            ws.apply_config(config);
+        }
+        log::debug!("executor {} took the reloaded configuration", self.id);
+    }
+}
+
+async fn refresh_reloadables(
+    targets: ReloadTargets,
+    config: Rc<LocalCopy<ValidConfig>>,
     access_list: LocalCopy<AccessList>,
     tls_configs: Vec<Rc<LocalCopy<rustls::ServerConfig>>>,
 ) {
+    let host = targets.host.clone();
     loop {
         sleep(Duration::from_millis(200)).await;
+        if let Some(config) = config.refresh() {
+            targets.apply(&config);
+        }
         if let Some(list) = access_list.refresh() {
             host.with(|host| host.set_access_list(list));
             log::debug!("an executor took the new access list");

@@ -22,6 +22,7 @@
 //! `timing`; `host` and `swarm/` are plain synchronous code.
 #![warn(unreachable_pub)]
 
+pub mod check;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -31,11 +32,13 @@ pub mod hooks;
 pub mod host;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod invariants;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod status;
 pub mod swarm;
 pub mod timing;

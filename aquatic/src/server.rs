@@ -7,9 +7,18 @@
 //!              -> N threads, each a glommio LocalExecutor pinned to a core,
 //!                 made in order so that mesh peer i is thread i (socket i)
 //!              -> wait for all ready -> print the listening addresses
-//!              -> signals: SIGUSR1 reload, SIGTERM/SIGINT stop (detach the
+//!              -> signals: SIGHUP config reload (then what SIGUSR1 does),
+//!                 SIGUSR1 files reload, SIGTERM/SIGINT stop (detach the
 //!                 steering program, then stop; a second one: exit now)
 //! ```
+//!
+//! Reloads run on the main thread and only ever swap [`Reloadable`]s; the
+//! executors pick the new values up on a timer (`executor.rs`), so a
+//! reload never blocks or touches the request path. SIGHUP re-reads the
+//! config file, applies the keys `reload::RUNTIME_KEYS` lists and logs the
+//! others as needing a restart; other features that reload on a signal add
+//! their step to [`reload_files`] (SIGUSR1, also run after every SIGHUP) or,
+//! for their config keys, to `RUNTIME_KEYS` and the executors' `apply_config`.
 //!
 //! A panic on any thread logs the message and ends the whole process with
 //! status 101, so that systemd restarts it: a tracker with a dead shard is
@@ -17,6 +26,7 @@
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     sync::{atomic::AtomicBool, mpsc, Arc},
     time::{Duration, Instant},
 };
@@ -304,8 +314,10 @@ where
     Ok((address, sockets))
 }
 
-/// Runs the tracker until SIGTERM or SIGINT.
-pub fn run(config: ValidConfig) -> anyhow::Result<()> {
+/// Runs the tracker until SIGTERM or SIGINT. `config_path` is the file
+/// `config` came from, re-read on SIGHUP (None: the built-in defaults).
+pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let live_config = Arc::new(Reloadable::new(config.clone()));
     let config = Arc::new(config);
     let workers = config.worker_count();
     raise_memlock(memlock_per_executor(&config) * workers as u64)?;
@@ -372,7 +384,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         let hub = metrics.clone();
         std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || crate::metrics::serve(listener, hub))
+            .spawn(move || crate::status::serve(listener, hub))
             .context("cannot start the metrics thread")?;
     }
 
@@ -383,6 +395,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGUSR1,
+        signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
     {
@@ -401,6 +414,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
 
     let shared = Shared {
         config: config.clone(),
+        live_config: live_config.clone(),
         start: ServerStartInstant::new(),
         validator: ConnectionIdValidator::new(
             ConnectionIdKey::random(),
@@ -484,6 +498,8 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     log::info!("serving {} with {workers} workers", listening.join(", "));
 
     let reloadables = Reloadables {
+        config_path,
+        config: live_config,
         access_list,
         http_tls,
         ws_tls,
@@ -491,7 +507,6 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     serve_until_stopped(
         &event_rx,
         workers,
-        &config,
         &reloadables,
         &shutdown,
         steering,
@@ -568,17 +583,19 @@ fn wait_until_ready(
 fn serve_until_stopped(
     events: &mpsc::Receiver<Event>,
     workers: usize,
-    config: &Config,
     reloadables: &Reloadables,
     shutdown: &AtomicBool,
     steering: Option<Steering>,
 ) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     loop {
         match events.recv() {
-            Ok(Event::Signal(SIGUSR1)) => {
+            Ok(Event::Signal(signal @ (SIGHUP | SIGUSR1))) => {
                 notify(&format!("RELOADING=1\n{}", monotonic_usec()));
-                reload(config, reloadables);
+                if signal == SIGHUP {
+                    reload_config(reloadables);
+                }
+                reload_files(&reloadables.config.current().1, reloadables);
                 notify("READY=1");
             }
             Ok(Event::Signal(signal @ (SIGTERM | SIGINT))) => {
@@ -619,14 +636,82 @@ fn serve_until_stopped(
     Ok(())
 }
 
-/// What SIGUSR1 reloads.
+/// What SIGHUP and SIGUSR1 reload.
 struct Reloadables {
+    /// The file SIGHUP re-reads.
+    config_path: Option<PathBuf>,
+    /// The configuration in force.
+    config: Arc<Reloadable<ValidConfig>>,
     access_list: Arc<Reloadable<AccessList>>,
     http_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
     ws_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
 }
 
-fn reload(config: &Config, reloadables: &Reloadables) {
+/// SIGHUP: re-reads the config file and puts its runtime keys in force
+/// (the executors take them within a fraction of a second). A file that
+/// does not validate, alone or with the running restart-only values,
+/// changes nothing.
+fn reload_config(reloadables: &Reloadables) {
+    let Some(path) = &reloadables.config_path else {
+        log::info!("config reload: no config file (built-in defaults): nothing to re-read");
+        return;
+    };
+    // Every problem, as --check-config lists them, not only serde's first.
+    let checked = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read the file: {err}"))
+        .and_then(|text| {
+            crate::check::check_text(&text).map_err(|findings| {
+                let list: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+                format!("{} problem(s): {}", list.len(), list.join("; "))
+            })
+        });
+    let file = match checked {
+        Ok(file) => file,
+        Err(problems) => {
+            log::error!(
+                "config reload of {} failed, nothing changed: {problems}",
+                path.display()
+            );
+            return;
+        }
+    };
+    let running = reloadables.config.current().1;
+    let plan = match crate::reload::plan(&running, &file) {
+        Ok(plan) => plan,
+        Err(err) => {
+            log::error!(
+                "config reload of {} failed, nothing changed: {err}",
+                path.display()
+            );
+            return;
+        }
+    };
+    if !plan.not_applied.is_empty() {
+        log::warn!(
+            "config reload of {}: not applied, these keys need a restart (running values kept): {}",
+            path.display(),
+            plan.not_applied.join(", ")
+        );
+    }
+    if plan.applied.is_empty() {
+        log::info!(
+            "config reload of {}: no runtime-changeable key changed",
+            path.display()
+        );
+        return;
+    }
+    crate::logging::set_level(plan.config.log_level.filter());
+    log::info!(
+        "config reload of {}: applied {}",
+        path.display(),
+        plan.applied.join(", ")
+    );
+    reloadables.config.replace(plan.config);
+}
+
+/// SIGUSR1 (and the end of every SIGHUP): re-reads the files `config`
+/// names; a file that fails to load keeps the old one.
+fn reload_files(config: &Config, reloadables: &Reloadables) {
     match AccessList::load(config.access_list.mode, &config.access_list.path) {
         Ok(list) => {
             log::info!("access list reloaded: {} info hashes", list.len());

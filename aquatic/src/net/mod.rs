@@ -70,12 +70,13 @@ impl Listener {
     }
 
     /// Accepts connections forever and runs `serve` for each one that fits
-    /// under `max` as its own task. Connections over the cap are closed at
+    /// under `max()` (read per connection: a reload may change it) as its
+    /// own task. Connections over the cap are closed at
     /// once and reported to `refused`; a stopping listener admits none.
     pub(crate) async fn accept_loop<F, Fut>(
         &self,
         protocol: &str,
-        max: usize,
+        max: impl Fn() -> usize,
         refused: impl Fn(),
         mut serve: F,
     ) where
@@ -95,7 +96,7 @@ impl Listener {
             if self.stopping.get() {
                 continue;
             }
-            let Some(open) = self.admit(max) else {
+            let Some(open) = self.admit(max()) else {
                 refused();
                 continue;
             };

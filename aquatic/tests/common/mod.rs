@@ -24,6 +24,8 @@ pub struct Tracker {
     pub config_path: PathBuf,
     pub dir: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// What the process has written to stderr so far, line by line.
+    stderr_lines: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 /// A fresh scratch directory for one test.
@@ -107,11 +109,24 @@ impl Tracker {
             .spawn()
             .expect("spawn aquatic");
         let stdout = child.stdout.take().expect("stdout");
-        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = child.stderr.take().expect("stderr");
+        let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let lines = stderr_lines.clone();
         let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&line);
+                line.clear();
+            }
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            let mut all = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            all.push_str(&rest);
+            all
         });
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -131,6 +146,7 @@ impl Tracker {
             config_path,
             dir,
             stderr: Some(stderr),
+            stderr_lines,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -193,6 +209,24 @@ impl Tracker {
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
         assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// What the process has written to stderr so far, while it runs.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr_lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits up to `timeout` for a line of stderr containing `text`.
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> Option<String> {
+        eventually(timeout, || {
+            self.stderr_so_far()
+                .lines()
+                .find(|l| l.contains(text))
+                .map(str::to_owned)
+        })
     }
 
     /// Everything the process wrote to stderr (after it exited).
