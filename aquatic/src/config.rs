@@ -388,6 +388,9 @@ pub struct UdpConfig {
     pub max_datagram_bytes: usize,
     /// Cross-shard scrapes waiting for other executors, per executor.
     pub max_scrapes_in_flight: usize,
+    /// Steer announces and scrapes to their torrent's executor in the
+    /// kernel (`SO_ATTACH_REUSEPORT_CBPF`).
+    pub kernel_steering: bool,
 }
 
 /// Declares the table of a protocol served on a TCP listener (`[http]`,
@@ -837,6 +840,7 @@ impl Default for UdpConfig {
             // A 1500-byte MTU (Ethernet) less the IPv4 and UDP headers.
             max_datagram_bytes: 1472,
             max_scrapes_in_flight: 256,
+            kernel_steering: true,
         }
     }
 }

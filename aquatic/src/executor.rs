@@ -64,6 +64,9 @@ const WS_CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub struct ExecutorSockets {
     /// The UDP socket, if UDP is served.
     pub udp: Option<socket2::Socket>,
+    /// Whether the kernel steers the UDP group's datagrams to their
+    /// torrent's executor (`net::steering`).
+    pub udp_steered: bool,
     /// The HTTP listener, if HTTP is served.
     pub http: Option<socket2::Socket>,
     /// The WebSocket listener, if WebTorrent is served.
@@ -86,8 +89,12 @@ pub struct ClusterShared {
 /// What every executor shares with the main thread.
 #[derive(Clone)]
 pub struct Shared {
-    /// The validated configuration.
+    /// The validated configuration the process started with: what the
+    /// restart-only keys say.
     pub config: Arc<ValidConfig>,
+    /// The configuration in force, replaced by a SIGHUP reload (only its
+    /// runtime keys ever differ from `config`'s).
+    pub live_config: Arc<Reloadable<ValidConfig>>,
     /// The clock's zero.
     pub start: ServerStartInstant,
     /// The connection id key.
@@ -108,6 +115,10 @@ pub struct Shared {
 
 /// What the main thread hands one executor thread.
 pub struct ExecutorSetup {
+    /// This executor's index: its shard, the index of its sockets in their
+    /// SO_REUSEPORT groups, and (pinned) its core's offset from
+    /// `runtime.first_core`.
+    pub index: usize,
     /// Executors in all.
     pub shards: usize,
     /// The mesh every executor joins.
@@ -126,6 +137,7 @@ struct Executor {
     host: Rc<SharedHost>,
     stats: Rc<ExecutorStats>,
     udp: Option<Rc<UdpEndpoint>>,
+    udp_steered: bool,
     http: Option<Rc<HttpEndpoint>>,
     ws: Option<Rc<WsEndpoint>>,
 }
@@ -134,6 +146,7 @@ struct Executor {
 /// ready, and returns when the main thread asks it to stop.
 pub async fn run(setup: ExecutorSetup) {
     let ExecutorSetup {
+        index,
         shards,
         mesh,
         sockets,
@@ -145,6 +158,15 @@ pub async fn run(setup: ExecutorSetup) {
         Ok(pair) => pair,
         Err(err) => panic!("an executor could not join the mesh: {err}"),
     };
+    // The kernel steers datagrams by socket index, the router by mesh
+    // peer id: they must be the same number (server.rs makes the
+    // executors in order so that they are).
+    assert_eq!(
+        senders.peer_id(),
+        index,
+        "executor {index} joined the mesh as peer {}: shards and sockets would disagree",
+        senders.peer_id()
+    );
     let senders_id = senders.peer_id();
     let requests = glommio::executor().create_task_queue(
         Shares::Static(1000),
@@ -176,6 +198,7 @@ pub async fn run(setup: ExecutorSetup) {
         udp: udp_socket,
         http: http_socket,
         ws: ws_socket,
+        udp_steered,
     } = sockets;
     let link_setup = match &shared.cluster {
         Some(cluster) if ShardId(senders_id) == LINK_EXECUTOR => cluster
@@ -206,14 +229,7 @@ pub async fn run(setup: ExecutorSetup) {
     let ws_tls = shared.ws_tls.clone().map(|t| Rc::new(LocalCopy::new(t)));
     let ex = Executor {
         udp: udp_socket.map(|socket| {
-            let settings = UdpSettings {
-                validator: shared.validator.clone(),
-                announce_interval: config.tracker.announce_interval_secs,
-                max_scrape_torrents: config.tracker.max_scrape_torrents,
-                max_reply_bytes_v4: config.udp.max_reply_bytes(false),
-                max_reply_bytes_v6: config.udp.max_reply_bytes(true),
-                max_scrapes_in_flight: config.udp.max_scrapes_in_flight,
-            };
+            let settings = UdpSettings::new(config, shared.validator.clone());
             Rc::new(UdpEndpoint::new(
                 socket,
                 settings,
@@ -241,6 +257,7 @@ pub async fn run(setup: ExecutorSetup) {
                 stats.clone(),
             ))
         }),
+        udp_steered,
         router,
         host,
         stats,
@@ -260,6 +277,7 @@ pub async fn run(setup: ExecutorSetup) {
         let answers = ex.udp.as_ref().map(|udp| udp.forwarded_answers());
         spawn(requests, receive_mesh(ex.router.clone(), answers, stream));
     }
+    let live_config = Rc::new(LocalCopy::new(shared.live_config.clone()));
     if let (Some(setup), Some(queues)) = (link_setup, link_queues) {
         spawn(
             requests,
@@ -268,7 +286,12 @@ pub async fn run(setup: ExecutorSetup) {
     }
     spawn(
         background,
-        clean_periodically(ex.router.clone(), ex.host.clone(), config.clone(), shards),
+        clean_periodically(
+            ex.router.clone(),
+            ex.host.clone(),
+            live_config.clone(),
+            shards,
+        ),
     );
     if let Some(hub) = shared.metrics.clone() {
         spawn(background, publish_metrics(ex.snapshot_source(), hub));
@@ -281,8 +304,9 @@ pub async fn run(setup: ExecutorSetup) {
     spawn(
         background,
         refresh_reloadables(
-            ex.host.clone(),
+            ex.reload_targets(),
             ex.router.clone(),
+            live_config,
             access_list,
             tls_copies,
             live,
@@ -297,12 +321,24 @@ pub async fn run(setup: ExecutorSetup) {
 }
 
 impl Executor {
+    fn reload_targets(&self) -> ReloadTargets {
+        ReloadTargets {
+            id: self.router.id().0,
+            host: self.host.clone(),
+            udp: self.udp.clone(),
+            http: self.http.clone(),
+            ws: self.ws.clone(),
+        }
+    }
+
     fn snapshot_source(&self) -> SnapshotSource {
         SnapshotSource {
             id: self.router.id().0,
             router: self.router.clone(),
             host: self.host.clone(),
             stats: self.stats.clone(),
+            udp: self.udp.clone(),
+            udp_steered: self.udp_steered,
             ws: self.ws.clone(),
         }
     }
@@ -372,16 +408,17 @@ async fn receive_mesh(
 async fn clean_periodically(
     router: Rc<Router>,
     host: Rc<SharedHost>,
-    config: Arc<ValidConfig>,
+    config: Rc<LocalCopy<ValidConfig>>,
     shards: usize,
 ) {
-    let interval = config.tracker.cleaning_interval();
+    let interval = config.get().tracker.cleaning_interval();
     let id = router.id().0;
     // Stagger the executors so their cleaning passes do not coincide.
     let offset = interval.mul_f64(id as f64 / shards.max(1) as f64);
     sleep(offset).await;
     loop {
-        sleep(interval).await;
+        // Read each time: a reload may change it.
+        sleep(config.get().tracker.cleaning_interval()).await;
         let now = router.now();
         let ((bt, ws), gauges) = host.with(|host| (host.clean(now), host.gauges()));
         router.shrink();
@@ -409,6 +446,8 @@ struct SnapshotSource {
     router: Rc<Router>,
     host: Rc<SharedHost>,
     stats: Rc<ExecutorStats>,
+    udp: Option<Rc<UdpEndpoint>>,
+    udp_steered: bool,
     ws: Option<Rc<WsEndpoint>>,
 }
 
@@ -439,6 +478,11 @@ impl SnapshotSource {
             ));
         }
         gauges.push(("ws_connections", Vec::new(), count(ws_open)));
+        gauges.push((
+            "udp_kernel_steering",
+            Vec::new(),
+            i64::from(self.udp_steered),
+        ));
         for (map, capacity) in [
             ("bt_torrents", g.bt_capacity),
             ("ws_torrents", g.ws_capacity),
@@ -447,6 +491,9 @@ impl SnapshotSource {
             gauges.push(("map_capacity", vec![label("map", map)], count(capacity)));
         }
         let mut counters = self.stats.samples();
+        if let Some(drops) = self.udp.as_ref().and_then(|udp| udp.kernel_drops()) {
+            counters.push(("udp_kernel_drops", Vec::new(), drops));
+        }
         // Refused by the owning shard, which keeps its own count: the
         // announce had passed this executor's rules.
         counters.push((
@@ -532,17 +579,50 @@ fn release_free_memory() {
     }
 }
 
-async fn refresh_reloadables(
+/// The parts of an executor a reloaded configuration reaches.
+struct ReloadTargets {
+    id: usize,
     host: Rc<SharedHost>,
+    udp: Option<Rc<UdpEndpoint>>,
+    http: Option<Rc<HttpEndpoint>>,
+    ws: Option<Rc<WsEndpoint>>,
+}
+
+impl ReloadTargets {
+    /// Hands every part the runtime keys of `config` (see
+    /// `reload::RUNTIME_KEYS`); nothing is dropped: swarms, connections
+    /// and queues stay.
+    fn apply(&self, config: &ValidConfig) {
+        self.host.with(|host| host.apply_config(config));
+        if let Some(udp) = &self.udp {
+            udp.apply_config(config);
+        }
+        if let Some(http) = &self.http {
+            http.apply_config(config);
+        }
+        if let Some(ws) = &self.ws {
+            ws.apply_config(config);
+        }
+        log::debug!("executor {} took the reloaded configuration", self.id);
+    }
+}
+
+async fn refresh_reloadables(
+    targets: ReloadTargets,
     router: Rc<Router>,
+    config: Rc<LocalCopy<ValidConfig>>,
     access_list: LocalCopy<AccessList>,
     tls_configs: Vec<Rc<LocalCopy<rustls::ServerConfig>>>,
     live: Option<LocalCopy<LiveSet>>,
 ) {
+    let host = targets.host.clone();
     loop {
         sleep(Duration::from_millis(200)).await;
         if let Some(live) = live.as_ref().and_then(LocalCopy::refresh) {
             router.set_live((*live).clone());
+        }
+        if let Some(config) = config.refresh() {
+            targets.apply(&config);
         }
         if let Some(list) = access_list.refresh() {
             host.with(|host| host.set_access_list(list));

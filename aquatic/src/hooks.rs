@@ -22,7 +22,12 @@ const EXECUTOR: &[u8] = b"aquatic-test-hook:executor";
 
 static MESH_STALLED: AtomicBool = AtomicBool::new(false);
 
-/// Acts on a hook datagram; true if `bytes` was one (then it gets no reply).
+/// The reply to a stall or resume datagram, sent once the hook has taken
+/// effect, so that a test waits on it instead of sleeping.
+pub const ACK: &[u8] = b"aquatic-test-hook:ok";
+
+/// Acts on a hook datagram; true if `bytes` was one (then it gets [`ACK`]
+/// as its only reply).
 pub fn udp_datagram(bytes: &[u8], executor: ShardId) -> bool {
     if bytes == PANIC {
         panic!("test hook: panic requested on executor {}", executor.0);

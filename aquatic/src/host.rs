@@ -169,6 +169,17 @@ impl ShardHost {
         &self.rules
     }
 
+    /// Takes a reloaded configuration's rules: limits, peer timeout and
+    /// the WebTorrent interval. The swarms stay as they are.
+    pub fn apply_config(&mut self, config: &Config) {
+        self.rules.set_limits(Limits::from_config(config));
+        self.peer_timeout = config.tracker.peer_timeout();
+        self.ws_timing = WsTiming {
+            peer_timeout: config.tracker.peer_timeout(),
+            announce_interval: config.ws.announce_interval_secs,
+        };
+    }
+
     /// Takes a reloaded access list.
     pub fn set_access_list(&mut self, access_list: Arc<AccessList>) {
         self.rules.set_access_list(access_list);

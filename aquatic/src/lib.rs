@@ -30,6 +30,7 @@
 //! never knows a request came from another node.
 #![warn(unreachable_pub)]
 
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod codec;
@@ -40,11 +41,13 @@ pub mod hooks;
 pub mod host;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod invariants;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod status;
 pub mod swarm;
 pub mod timing;

@@ -1,10 +1,14 @@
 //! Per-executor counters.
 //!
 //! Each executor counts into its own plain cells: no atomics, no sharing on
-//! the request path. Readers (the periodic log line, the metrics endpoint)
-//! collect the figures from every executor.
+//! the request path. Readers (the periodic log line, the metrics endpoint,
+//! the status page in `status.rs`) collect the figures from every executor.
 
-use std::cell::Cell;
+use std::{
+    cell::Cell,
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 /// Index of UDP in per-protocol counters.
 pub const UDP: usize = 0;
@@ -54,6 +58,17 @@ pub struct ExecutorStats {
     pub udp_scrape: Counter,
     /// UDP announce and scrape responses sent.
     pub udp_responses: Counter,
+    /// UDP announces (that passed the rules) for a torrent of this
+    /// executor's own shard: answered here, no mesh hop.
+    pub udp_announce_local: Counter,
+    /// UDP announces (that passed the rules) sent over the mesh to the
+    /// torrent's owner; with kernel steering on, close to none.
+    pub udp_announce_forwarded: Counter,
+    /// UDP scrapes whose torrents all live on this executor's shard.
+    pub udp_scrape_local: Counter,
+    /// UDP scrapes that needed other executors' shards (steering routes a
+    /// scrape by its first hash, so only multi-shard scrapes).
+    pub udp_scrape_forwarded: Counter,
     /// UDP requests with a connection id we did not issue or that expired.
     pub udp_invalid_connection_id: Counter,
     /// UDP replies the kernel refused as longer than the link (EMSGSIZE:
@@ -141,6 +156,7 @@ impl ExecutorStats {
         let proto = |p: &str| ("protocol", p.to_owned());
         let action = |a: &str| ("action", a.to_owned());
         let kind = |k: &str| ("kind", k.to_owned());
+        let route = |r: &str| ("route", r.to_owned());
         let mut out = vec![
             (
                 "requests",
@@ -178,6 +194,26 @@ impl ExecutorStats {
                 self.ws_scrape.get(),
             ),
             ("responses", vec![proto("udp")], self.udp_responses.get()),
+            (
+                "udp_routed",
+                vec![action("announce"), route("local")],
+                self.udp_announce_local.get(),
+            ),
+            (
+                "udp_routed",
+                vec![action("announce"), route("forwarded")],
+                self.udp_announce_forwarded.get(),
+            ),
+            (
+                "udp_routed",
+                vec![action("scrape"), route("local")],
+                self.udp_scrape_local.get(),
+            ),
+            (
+                "udp_routed",
+                vec![action("scrape"), route("forwarded")],
+                self.udp_scrape_forwarded.get(),
+            ),
             ("responses", vec![proto("http")], self.http_responses.get()),
             ("responses", vec![proto("ws")], self.ws_messages_out.get()),
             (
@@ -281,29 +317,130 @@ impl ExecutorStats {
     }
 }
 
+/// How far back request and error rates look.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// One executor's request and error totals by protocol at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct Totals {
+    /// When they were published.
+    pub at: Instant,
+    /// Requests by protocol (`UDP`, `HTTP`, `WS`).
+    pub requests: [u64; 3],
+    /// Errors by protocol.
+    pub errors: [u64; 3],
+}
+
+impl Totals {
+    fn of(snapshot: &Snapshot, at: Instant) -> Self {
+        let mut totals = Totals {
+            at,
+            requests: [0; 3],
+            errors: [0; 3],
+        };
+        for (name, labels, value) in &snapshot.counters {
+            let slot = match *name {
+                "requests" => &mut totals.requests,
+                "errors" => &mut totals.errors,
+                _ => continue,
+            };
+            let protocol = labels
+                .iter()
+                .find(|(k, _)| *k == "protocol")
+                .and_then(|(_, v)| PROTOCOLS.iter().position(|p| p == v));
+            if let Some(p) = protocol {
+                slot[p] = slot[p].saturating_add(*value);
+            }
+        }
+        totals
+    }
+}
+
+/// An executor's published figures: the last snapshot and the totals of
+/// the last [`RATE_WINDOW`] (the oldest entry is the newest one at least
+/// that old, so rates cover the whole window once it has passed).
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    /// The last snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// Totals, oldest first.
+    pub history: VecDeque<Totals>,
+}
+
+impl Published {
+    /// Requests and errors per second by protocol over the window: the
+    /// difference between the newest and the oldest totals kept.
+    pub fn rates(&self) -> ([f64; 3], [f64; 3]) {
+        let (Some(first), Some(last)) = (self.history.front(), self.history.back()) else {
+            return ([0.0; 3], [0.0; 3]);
+        };
+        let secs = last.at.saturating_duration_since(first.at).as_secs_f64();
+        if secs <= 0.0 {
+            return ([0.0; 3], [0.0; 3]);
+        }
+        let rate = |a: [u64; 3], b: [u64; 3]| {
+            std::array::from_fn(|i| b[i].saturating_sub(a[i]) as f64 / secs)
+        };
+        (
+            rate(first.requests, last.requests),
+            rate(first.errors, last.errors),
+        )
+    }
+}
+
 /// Where executors publish their snapshots and the endpoint reads them.
 ///
 /// Each executor writes its own slot once a second from a timer task, so
 /// the request path never touches this lock.
-#[derive(Default)]
 pub struct MetricsHub {
-    slots: std::sync::Mutex<Vec<Option<Snapshot>>>,
+    slots: std::sync::Mutex<Vec<Published>>,
+    started: Instant,
 }
 
 impl MetricsHub {
     /// A hub for `executors` slots.
     pub fn new(executors: usize) -> Self {
         Self {
-            slots: std::sync::Mutex::new(vec![None; executors]),
+            slots: std::sync::Mutex::new(vec![Published::default(); executors]),
+            started: Instant::now(),
         }
     }
 
-    /// Replaces executor `index`'s snapshot.
+    /// When the hub (the process) started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Replaces executor `index`'s snapshot and records its totals.
     pub fn publish(&self, index: usize, snapshot: Snapshot) {
+        let now = Instant::now();
+        let totals = Totals::of(&snapshot, now);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = slots.get_mut(index) {
-            *slot = Some(snapshot);
+            slot.snapshot = Some(snapshot);
+            if slot.history.is_empty() {
+                // Every count was zero at start: the first rates cover
+                // the requests made before the first publication too.
+                slot.history.push_back(Totals {
+                    at: self.started,
+                    requests: [0; 3],
+                    errors: [0; 3],
+                });
+            }
+            slot.history.push_back(totals);
+            while slot
+                .history
+                .get(1)
+                .is_some_and(|next| now.saturating_duration_since(next.at) >= RATE_WINDOW)
+            {
+                slot.history.pop_front();
+            }
         }
+    }
+
+    /// Every executor's published figures, by executor.
+    pub fn published(&self) -> Vec<Published> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Every executor's figures in the Prometheus / OpenMetrics text format.
@@ -314,7 +451,13 @@ impl MetricsHub {
             registry::Registry,
         };
         type Labels = Vec<(String, String)>;
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let slots: Vec<Option<Snapshot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|p| p.snapshot.clone())
+            .collect();
         let mut counters: Vec<(&'static str, Family<Labels, PCounter>)> = Vec::new();
         let mut gauges: Vec<(&'static str, Family<Labels, Gauge>)> = Vec::new();
         for (index, snapshot) in slots.iter().enumerate() {
@@ -378,25 +521,9 @@ fn help(name: &str) -> &'static str {
         "peers" => "Peers held, by swarm kind and seeder/leecher",
         "ws_connections" => "Open WebSocket connections",
         "map_capacity" => "Capacity of the executor's maps (to see them shrink)",
+        "udp_routed" => "UDP announces and scrapes answered by the receiving executor (local) or needing another's shard (forwarded)",
+        "udp_kernel_drops" => "Datagrams the kernel dropped for the executor's UDP socket (full receive buffer; SO_RXQ_OVFL's counter)",
+        "udp_kernel_steering" => "1 when the kernel steers UDP datagrams to their torrent's executor (udp.kernel_steering)",
         _ => "aquatic metric",
-    }
-}
-
-/// Serves the metrics text over plain HTTP on `listener`, forever, on its
-/// own thread: every request gets the current figures.
-pub fn serve(listener: std::net::TcpListener, hub: std::sync::Arc<MetricsHub>) {
-    use std::io::{Read, Write};
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(2)));
-        let mut head = [0u8; 1024];
-        let _ = stream.read(&mut head);
-        let body = hub.encode();
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(response.as_bytes());
     }
 }

@@ -651,8 +651,10 @@ impl Router {
         self.host.with(|host| {
             let request = host.rules().bt_announce(input)?;
             if owner == self.me {
+                self.stats.udp_announce_local.bump();
                 return Ok(Some(host.announce(now, &request, out)));
             }
+            self.stats.udp_announce_forwarded.bump();
             let reply_to = AnnounceReplyTo::Udp {
                 client,
                 transaction_id,

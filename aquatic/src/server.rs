@@ -3,10 +3,22 @@
 //! ```text
 //! main thread: config -> panic hook -> RLIMIT_MEMLOCK -> access list
 //!              -> bind N SO_REUSEPORT sockets per protocol (port 0 resolved once)
-//!              -> N threads, each a glommio LocalExecutor pinned to a core
+//!              -> UDP: attach the kernel steering program (net::steering)
+//!              -> N threads, each a glommio LocalExecutor pinned to a core,
+//!                 made in order so that mesh peer i is thread i (socket i)
 //!              -> wait for all ready -> print the listening addresses
-//!              -> signals: SIGUSR1 reload, SIGTERM/SIGINT stop (a second one: exit now)
+//!              -> signals: SIGHUP config reload (then what SIGUSR1 does),
+//!                 SIGUSR1 files reload, SIGTERM/SIGINT stop (detach the
+//!                 steering program, then stop; a second one: exit now)
 //! ```
+//!
+//! Reloads run on the main thread and only ever swap [`Reloadable`]s; the
+//! executors pick the new values up on a timer (`executor.rs`), so a
+//! reload never blocks or touches the request path. SIGHUP re-reads the
+//! config file, applies the keys `reload::RUNTIME_KEYS` lists and logs the
+//! others as needing a restart; other features that reload on a signal add
+//! their step to [`reload_files`] (SIGUSR1, also run after every SIGHUP) or,
+//! for their config keys, to `RUNTIME_KEYS` and the executors' `apply_config`.
 //!
 //! A panic on any thread logs the message and ends the whole process with
 //! status 101, so that systemd restarts it: a tracker with a dead shard is
@@ -14,6 +26,7 @@
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     sync::{atomic::AtomicBool, mpsc, Arc},
     time::{Duration, Instant},
 };
@@ -36,6 +49,7 @@ use crate::{
     config::{Config, ValidConfig},
     executor::{self, ClusterShared, ExecutorSetup, ExecutorSockets, Shared},
     metrics::MetricsHub,
+    net::steering::{CpuPlacement, Steering},
     notify::{monotonic_usec, notify},
     reload::Reloadable,
 };
@@ -305,8 +319,10 @@ where
     Ok((address, sockets))
 }
 
-/// Runs the tracker until SIGTERM or SIGINT.
-pub fn run(config: ValidConfig) -> anyhow::Result<()> {
+/// Runs the tracker until SIGTERM or SIGINT. `config_path` is the file
+/// `config` came from, re-read on SIGHUP (None: the built-in defaults).
+pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let live_config = Arc::new(Reloadable::new(config.clone()));
     let config = Arc::new(config);
     let workers = config.worker_count();
     raise_memlock(memlock_per_executor(&config) * workers as u64)?;
@@ -321,12 +337,14 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     };
 
     let mut udp_sockets: Vec<Option<Socket>> = (0..workers).map(|_| None).collect();
+    let mut steering = None;
     let mut listening = Vec::new();
     if config.udp.enabled {
         let (address, sockets) = bind_all(config.udp.address, Type::DGRAM, workers, |a| {
             bind_udp(a, &config)
         })?;
         listening.push(format!("udp://{address}"));
+        steering = steer_udp(&config, &sockets);
         for (slot, socket) in udp_sockets.iter_mut().zip(sockets) {
             *slot = Some(socket);
         }
@@ -397,7 +415,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         let hub = metrics.clone();
         std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || crate::metrics::serve(listener, hub))
+            .spawn(move || crate::status::serve(listener, hub))
             .context("cannot start the metrics thread")?;
     }
 
@@ -408,6 +426,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGUSR1,
+        signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
     {
@@ -426,6 +445,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
 
     let shared = Shared {
         config: config.clone(),
+        live_config: live_config.clone(),
         start: ServerStartInstant::new(),
         validator: ConnectionIdValidator::new(
             connection_id_key(&config)?,
@@ -440,6 +460,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     };
     let shutdown = shared.shutdown.clone();
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
+    let (made_tx, made_rx) = mpsc::channel();
     let listeners = udp_sockets
         .into_iter()
         .zip(http_listeners)
@@ -452,9 +473,15 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
             })
         };
         let setup = ExecutorSetup {
+            index: i,
             shards: workers,
             mesh: mesh.clone(),
-            sockets: ExecutorSockets { udp, http, ws },
+            sockets: ExecutorSockets {
+                udp,
+                udp_steered: steering.is_some(),
+                http,
+                ws,
+            },
             shared: shared.clone(),
             ready,
         };
@@ -468,10 +495,13 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
             .io_memory(config.runtime.io_memory_kib * 1024)
             .ring_depth(config.runtime.ring_depth);
         let events = events.clone();
+        let made = made_tx.clone();
         std::thread::Builder::new()
             .name(format!("aquatic-{i}"))
             .spawn(move || {
-                match builder.make() {
+                let executor = builder.make();
+                let _ = made.send(());
+                match executor {
                     Ok(executor) => executor.run(executor::run(setup)),
                     Err(err) => {
                         let _ = events.send(Event::StartFailed(i, err.to_string()));
@@ -481,6 +511,13 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
                 let _ = events.send(Event::Exited(i));
             })
             .context("cannot start an executor thread")?;
+        // glommio numbers executors as they are made, and the mesh ranks
+        // its members by that number: making them one after the other
+        // makes mesh peer i (shard i) the thread that holds socket i and
+        // is pinned to core first_core + i, which kernel steering needs.
+        if made_rx.recv_timeout(START_TIMEOUT).is_err() {
+            bail!("executor {i} was not created within {START_TIMEOUT:?}");
+        }
     }
     drop(events);
 
@@ -493,12 +530,46 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     log::info!("serving {} with {workers} workers", listening.join(", "));
 
     let reloadables = Reloadables {
+        config_path,
+        config: live_config,
         access_list,
         http_tls,
         ws_tls,
         cluster_tls,
     };
-    serve_until_stopped(&event_rx, workers, &config, &reloadables, &shutdown)
+    serve_until_stopped(&event_rx, workers, &reloadables, &shutdown, steering)
+}
+
+/// Attaches the kernel steering program to the UDP group (bound, in
+/// executor order), if configured and there is more than one executor.
+/// Where the kernel refuses it, one line says so and the kernel's hash
+/// spreads datagrams as before.
+fn steer_udp(config: &Config, sockets: &[Socket]) -> Option<Steering> {
+    if !config.udp.kernel_steering || sockets.len() < 2 {
+        return None;
+    }
+    let placement = match u32::try_from(config.runtime.first_core) {
+        Ok(first_core) if config.runtime.pin_cpus => CpuPlacement::Pinned { first_core },
+        _ => CpuPlacement::Unpinned,
+    };
+    match Steering::attach(sockets, placement) {
+        Ok(steering) => {
+            let connects = match placement {
+                CpuPlacement::Pinned { .. } => "the executor of the receiving CPU",
+                CpuPlacement::Unpinned => "the kernel's hash (executors not pinned)",
+            };
+            log::info!(
+                "udp: kernel steering on: announces and scrapes go to their torrent's executor, connects to {connects}"
+            );
+            Some(steering)
+        }
+        Err(err) => {
+            log::warn!(
+                "udp: kernel steering unavailable ({err}): datagrams spread by the kernel's hash and forwarded between executors (udp.kernel_steering = false silences this)"
+            );
+            None
+        }
+    }
 }
 
 /// The key connection ids are made with: the file the cluster's members
@@ -555,21 +626,31 @@ fn wait_until_ready(
 fn serve_until_stopped(
     events: &mpsc::Receiver<Event>,
     workers: usize,
-    config: &Config,
     reloadables: &Reloadables,
     shutdown: &AtomicBool,
+    steering: Option<Steering>,
 ) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     loop {
         match events.recv() {
-            Ok(Event::Signal(SIGUSR1)) => {
+            Ok(Event::Signal(signal @ (SIGHUP | SIGUSR1))) => {
                 notify(&format!("RELOADING=1\n{}", monotonic_usec()));
-                reload(config, reloadables);
+                if signal == SIGHUP {
+                    reload_config(reloadables);
+                }
+                reload_files(&reloadables.config.current().1, reloadables);
                 notify("READY=1");
             }
             Ok(Event::Signal(signal @ (SIGTERM | SIGINT))) => {
                 log::info!("signal {signal}: stopping");
                 notify("STOPPING=1");
+                // Before any executor closes its socket: a close moves the
+                // group's last socket into the closed one's index.
+                if let Some(steering) = steering {
+                    if let Err(err) = steering.detach() {
+                        log::warn!("udp: cannot detach the steering program: {err}");
+                    }
+                }
                 shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }
@@ -598,8 +679,12 @@ fn serve_until_stopped(
     Ok(())
 }
 
-/// What SIGUSR1 reloads.
+/// What SIGHUP and SIGUSR1 reload.
 struct Reloadables {
+    /// The file SIGHUP re-reads.
+    config_path: Option<PathBuf>,
+    /// The configuration in force.
+    config: Arc<Reloadable<ValidConfig>>,
     access_list: Arc<Reloadable<AccessList>>,
     http_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
     ws_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
@@ -608,7 +693,71 @@ struct Reloadables {
     cluster_tls: Option<Arc<Reloadable<LinkTls>>>,
 }
 
-fn reload(config: &Config, reloadables: &Reloadables) {
+/// SIGHUP: re-reads the config file and puts its runtime keys in force
+/// (the executors take them within a fraction of a second). A file that
+/// does not validate, alone or with the running restart-only values,
+/// changes nothing.
+fn reload_config(reloadables: &Reloadables) {
+    let Some(path) = &reloadables.config_path else {
+        log::info!("config reload: no config file (built-in defaults): nothing to re-read");
+        return;
+    };
+    // Every problem, as --check-config lists them, not only serde's first.
+    let checked = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read the file: {err}"))
+        .and_then(|text| {
+            crate::check::check_text(&text).map_err(|findings| {
+                let list: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+                format!("{} problem(s): {}", list.len(), list.join("; "))
+            })
+        });
+    let file = match checked {
+        Ok(file) => file,
+        Err(problems) => {
+            log::error!(
+                "config reload of {} failed, nothing changed: {problems}",
+                path.display()
+            );
+            return;
+        }
+    };
+    let running = reloadables.config.current().1;
+    let plan = match crate::reload::plan(&running, &file) {
+        Ok(plan) => plan,
+        Err(err) => {
+            log::error!(
+                "config reload of {} failed, nothing changed: {err}",
+                path.display()
+            );
+            return;
+        }
+    };
+    if !plan.not_applied.is_empty() {
+        log::warn!(
+            "config reload of {}: not applied, these keys need a restart (running values kept): {}",
+            path.display(),
+            plan.not_applied.join(", ")
+        );
+    }
+    if plan.applied.is_empty() {
+        log::info!(
+            "config reload of {}: no runtime-changeable key changed",
+            path.display()
+        );
+        return;
+    }
+    crate::logging::set_level(plan.config.log_level.filter());
+    log::info!(
+        "config reload of {}: applied {}",
+        path.display(),
+        plan.applied.join(", ")
+    );
+    reloadables.config.replace(plan.config);
+}
+
+/// SIGUSR1 (and the end of every SIGHUP): re-reads the files `config`
+/// names; a file that fails to load keeps the old one.
+fn reload_files(config: &Config, reloadables: &Reloadables) {
     match AccessList::load(config.access_list.mode, &config.access_list.path) {
         Ok(list) => {
             log::info!("access list reloaded: {} info hashes", list.len());

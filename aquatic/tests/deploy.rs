@@ -54,18 +54,22 @@ fn verify(unit_text: &str, name: &str) -> Result<(), String> {
 fn systemd_unit_verifies() {
     let unit = std::fs::read_to_string(deploy("aquatic.service")).expect("read unit");
     // verify checks that ExecStart's binary exists: use the one under test.
+    for needed in [
+        "ExecStartPre=/usr/local/bin/aquatic --check-config /etc/aquatic/config.toml\n",
+        "ExecStart=/usr/local/bin/aquatic -c /etc/aquatic/config.toml\n",
+        "ExecReload=/usr/local/bin/aquatic --check-config /etc/aquatic/config.toml\n\
+         ExecReload=/bin/kill -HUP $MAINPID\n",
+    ] {
+        assert!(unit.contains(needed), "the unit lacks {needed:?}");
+    }
     let unit = swap(
         &unit,
-        "ExecStart=/usr/local/bin/aquatic -c /etc/aquatic/config.toml",
-        &format!(
-            "ExecStart={} -c /etc/aquatic/config.toml",
-            env!("CARGO_BIN_EXE_aquatic")
-        ),
+        "/usr/local/bin/aquatic",
+        env!("CARGO_BIN_EXE_aquatic"),
     );
     for needed in [
         "Type=notify\n",
         "NotifyAccess=main",
-        "ExecReload=/bin/kill -USR1 $MAINPID",
         "Restart=on-failure",
         "LimitMEMLOCK=",
         "LimitNOFILE=",

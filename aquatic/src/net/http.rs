@@ -12,6 +12,7 @@
 //! closes after `keep_alive_timeout_secs`, and writes time out too.
 
 use std::{
+    cell::RefCell,
     net::{IpAddr, SocketAddr},
     rc::Rc,
     time::{Duration, Instant},
@@ -37,15 +38,33 @@ use crate::{
 /// Bytes read per system call.
 const READ_CHUNK: usize = 2048;
 
-/// The HTTP side of one executor.
-pub struct HttpEndpoint {
-    listener: Listener,
-    tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
+/// What the HTTP side reads from the configuration. A reload replaces it
+/// whole: a connection takes its settings when it is accepted, and an
+/// announce response the interval in force when it is written.
+struct HttpSettings {
     config: HttpConfig,
     /// The socket peers whose `reverse_proxy_ip_header` is believed.
     trusted_proxies: Vec<IpNetwork>,
     announce_interval: u32,
     max_scrape_torrents: usize,
+}
+
+impl HttpSettings {
+    fn new(config: &ValidConfig) -> Self {
+        Self {
+            config: config.http.clone(),
+            trusted_proxies: config.trusted_proxies().to_vec(),
+            announce_interval: config.tracker.announce_interval_secs,
+            max_scrape_torrents: config.tracker.max_scrape_torrents,
+        }
+    }
+}
+
+/// The HTTP side of one executor.
+pub struct HttpEndpoint {
+    listener: Listener,
+    tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
+    settings: RefCell<Rc<HttpSettings>>,
     router: Rc<Router>,
     stats: Rc<ExecutorStats>,
 }
@@ -62,10 +81,7 @@ impl HttpEndpoint {
         Self {
             listener: Listener::new(listener),
             tls,
-            config: config.http.clone(),
-            trusted_proxies: config.trusted_proxies().to_vec(),
-            announce_interval: config.tracker.announce_interval_secs,
-            max_scrape_torrents: config.tracker.max_scrape_torrents,
+            settings: RefCell::new(Rc::new(HttpSettings::new(config))),
             router,
             stats,
         }
@@ -75,11 +91,21 @@ impl HttpEndpoint {
     pub fn listener(&self) -> &Listener {
         &self.listener
     }
+
+    /// Takes a reloaded configuration's runtime values (see
+    /// `reload::RUNTIME_KEYS`) for the connections accepted from now on.
+    pub fn apply_config(&self, config: &ValidConfig) {
+        *self.settings.borrow_mut() = Rc::new(HttpSettings::new(config));
+    }
+
+    fn settings(&self) -> Rc<HttpSettings> {
+        self.settings.borrow().clone()
+    }
 }
 
 /// Accepts connections forever, one task each.
 pub async fn run(endpoint: Rc<HttpEndpoint>) {
-    let max = endpoint.config.max_connections_per_worker;
+    let max = || endpoint.settings().config.max_connections_per_worker;
     let refused = || endpoint.stats.http_connections_refused.bump();
     endpoint
         .listener
@@ -89,7 +115,8 @@ pub async fn run(endpoint: Rc<HttpEndpoint>) {
             async move {
                 let _open = open;
                 let Ok(peer) = stream.peer_addr() else { return };
-                let handshake_timeout = Duration::from_secs(endpoint.config.request_timeout_secs);
+                let handshake_timeout =
+                    Duration::from_secs(endpoint.settings().config.request_timeout_secs);
                 match tls {
                     None => serve(&endpoint, stream, peer).await,
                     Some(config) => {
@@ -113,11 +140,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
 ) {
-    let config = &endpoint.config;
+    let settings = endpoint.settings();
+    let config = &settings.config;
     let stats = &endpoint.stats;
     let limits = ParseLimits {
         max_request_bytes: config.max_request_bytes,
-        max_scrape_torrents: endpoint.max_scrape_torrents,
+        max_scrape_torrents: settings.max_scrape_torrents,
         ..ParseLimits::default()
     };
     let request_timeout = Duration::from_secs(config.request_timeout_secs);
@@ -138,7 +166,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     stats.requests_by_family[HTTP][family(peer.ip())].bump();
                     consumed += parsed.consumed;
                     let keep_alive = parsed.keep_alive;
-                    let client_ip = client_ip(config, &endpoint.trusted_proxies, &parsed, peer);
+                    let client_ip = client_ip(config, &settings.trusted_proxies, &parsed, peer);
                     let request = parsed.request;
                     let mut reply = Reply {
                         out: &mut out,
@@ -343,7 +371,7 @@ async fn answer_announce(
     match endpoint.router.announce(input, selected).await {
         Ok(outcome) => {
             let response = Response::Announce(AnnounceResponse {
-                interval: endpoint.announce_interval,
+                interval: endpoint.settings.borrow().announce_interval,
                 complete: outcome.seeders,
                 incomplete: outcome.leechers,
                 peers_v4: &selected.v4,

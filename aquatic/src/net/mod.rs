@@ -6,6 +6,7 @@
 //! adapters only know their wire formats, connections and timeouts.
 
 pub mod http;
+pub mod steering;
 pub mod udp;
 mod udp_batch;
 pub mod ws;
@@ -69,12 +70,13 @@ impl Listener {
     }
 
     /// Accepts connections forever and runs `serve` for each one that fits
-    /// under `max` as its own task. Connections over the cap are closed at
+    /// under `max()` (read per connection: a reload may change it) as its
+    /// own task. Connections over the cap are closed at
     /// once and reported to `refused`; a stopping listener admits none.
     pub(crate) async fn accept_loop<F, Fut>(
         &self,
         protocol: &str,
-        max: usize,
+        max: impl Fn() -> usize,
         refused: impl Fn(),
         mut serve: F,
     ) where
@@ -94,7 +96,7 @@ impl Listener {
             if self.stopping.get() {
                 continue;
             }
-            let Some(open) = self.admit(max) else {
+            let Some(open) = self.admit(max()) else {
                 refused();
                 continue;
             };

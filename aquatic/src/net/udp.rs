@@ -64,16 +64,42 @@ fn peers_that_fit(reply_bytes: usize, peer_bytes: usize) -> usize {
 pub struct UdpSettings {
     /// Lifetime and key of connection ids.
     pub validator: ConnectionIdValidator,
-    /// The interval told to clients.
-    pub announce_interval: u32,
-    /// Most hashes in one scrape.
-    pub max_scrape_torrents: usize,
+    /// The interval told to clients (reloadable).
+    pub announce_interval: Cell<u32>,
+    /// Most hashes in one scrape (reloadable).
+    pub max_scrape_torrents: Cell<usize>,
     /// Longest reply to an IPv4 client (`udp.max_datagram_bytes`).
     pub max_reply_bytes_v4: usize,
     /// Longest reply to an IPv6 client (20 bytes less).
     pub max_reply_bytes_v6: usize,
-    /// Most cross-shard scrapes waiting for other executors at once.
-    pub max_scrapes_in_flight: usize,
+    /// Most cross-shard scrapes waiting for other executors at once
+    /// (reloadable).
+    pub max_scrapes_in_flight: Cell<usize>,
+}
+
+impl UdpSettings {
+    /// The settings a configuration gives, with `validator`'s ids.
+    pub fn new(config: &crate::config::Config, validator: ConnectionIdValidator) -> Self {
+        Self {
+            validator,
+            announce_interval: Cell::new(config.tracker.announce_interval_secs),
+            max_scrape_torrents: Cell::new(config.tracker.max_scrape_torrents),
+            max_reply_bytes_v4: config.udp.max_reply_bytes(false),
+            max_reply_bytes_v6: config.udp.max_reply_bytes(true),
+            max_scrapes_in_flight: Cell::new(config.udp.max_scrapes_in_flight),
+        }
+    }
+
+    /// Takes the reloadable values of a reloaded configuration (see
+    /// `reload::RUNTIME_KEYS`); the datagram sizes stay.
+    pub fn apply_config(&self, config: &crate::config::Config) {
+        self.announce_interval
+            .set(config.tracker.announce_interval_secs);
+        self.max_scrape_torrents
+            .set(config.tracker.max_scrape_torrents);
+        self.max_scrapes_in_flight
+            .set(config.udp.max_scrapes_in_flight);
+    }
 }
 
 /// The UDP side of one executor: its socket and what it needs to answer.
@@ -136,6 +162,17 @@ impl UdpEndpoint {
         }
     }
 
+    /// Datagrams the kernel dropped for this executor's socket so far
+    /// (None where the kernel cannot say).
+    pub fn kernel_drops(&self) -> Option<u64> {
+        super::steering::kernel_drops(self.socket.as_raw_fd()).ok()
+    }
+
+    /// Takes a reloaded configuration's runtime values.
+    pub fn apply_config(&self, config: &crate::config::Config) {
+        self.settings.apply_config(config);
+    }
+
     /// Where announces forwarded from other executors are answered: one per
     /// mesh-receiving task, with its own batch.
     pub fn forwarded_answers(self: &Rc<Self>) -> ForwardedAnswers {
@@ -177,7 +214,7 @@ impl UdpAnswers for ForwardedAnswers {
         outcome: &AnnounceOutcome,
         peers: &SelectedPeers,
     ) {
-        let interval = self.endpoint.settings.announce_interval;
+        let interval = self.endpoint.settings.announce_interval.get();
         queue_announce(
             &mut self.batch,
             &mut self.wire,
@@ -285,6 +322,11 @@ fn handle_datagram(
 ) {
     #[cfg(feature = "test-hooks")]
     if crate::hooks::udp_datagram(bytes, udp.router.id()) {
+        let ack = crate::hooks::ACK;
+        out.push(src, |buf| {
+            buf.get_mut(..ack.len())?.copy_from_slice(ack);
+            Some(ack.len())
+        });
         return;
     }
     let ip = src.ip().to_canonical();
@@ -293,7 +335,7 @@ fn handle_datagram(
     let error = |out: &mut DatagramBatch, transaction_id, message: &str| {
         queue_error(out, src, transaction_id, message, bytes.len());
     };
-    match Request::parse(bytes, udp.settings.max_scrape_torrents) {
+    match Request::parse(bytes, udp.settings.max_scrape_torrents.get()) {
         Ok(Request::Connect(req)) => {
             stats.udp_connect.bump();
             let id = udp.settings.validator.create(ip, now);
@@ -317,7 +359,7 @@ fn handle_datagram(
                 .announce_udp(input, src, req.transaction_id, selected)
             {
                 Ok(Some(outcome)) => {
-                    let interval = udp.settings.announce_interval;
+                    let interval = udp.settings.announce_interval.get();
                     let tid = req.transaction_id;
                     queue_announce(out, wire, src, tid, interval, &outcome, selected);
                     stats.udp_responses.bump();
@@ -337,8 +379,14 @@ fn handle_datagram(
                 return error(out, req.transaction_id, "invalid connection id");
             }
             match udp.router.check_scrape(req.info_hashes.iter()) {
-                Ok(true) => scrape_here(udp, &req, src, out),
-                Ok(false) => scrape_across_shards(udp, &req, src),
+                Ok(true) => {
+                    stats.udp_scrape_local.bump();
+                    scrape_here(udp, &req, src, out);
+                }
+                Ok(false) => {
+                    stats.udp_scrape_forwarded.bump();
+                    scrape_across_shards(udp, &req, src);
+                }
                 Err(refusal) => {
                     count_refusal(stats, RouteError::Refused(refusal));
                     error(out, req.transaction_id, refusal.failure_reason());
@@ -451,7 +499,7 @@ impl Drop for ScrapeInFlight {
 /// a reply and counted.
 fn scrape_across_shards(udp: &Rc<UdpEndpoint>, req: &ScrapeRequest<'_>, src: SocketAddr) {
     let in_flight = udp.scrapes_in_flight.get();
-    if in_flight >= udp.settings.max_scrapes_in_flight {
+    if in_flight >= udp.settings.max_scrapes_in_flight.get() {
         udp.stats.udp_scrape_overload.bump();
         log::trace!("udp scrape from {src} dropped: {in_flight} scrapes in flight");
         return;

@@ -11,7 +11,7 @@
 //! tells each owning shard, and the peer leaves those swarms.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -46,7 +46,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct WsEndpoint {
     listener: Listener,
     tls: Option<Rc<LocalCopy<rustls::ServerConfig>>>,
-    config: WsConfig,
+    /// Replaced whole on reload; a connection takes it when accepted.
+    config: RefCell<Rc<WsConfig>>,
     router: Rc<Router>,
     stats: Rc<ExecutorStats>,
     next_connection: Cell<u64>,
@@ -64,7 +65,7 @@ impl WsEndpoint {
         Self {
             listener: Listener::new(listener),
             tls,
-            config: config.ws.clone(),
+            config: RefCell::new(Rc::new(config.ws.clone())),
             router,
             stats,
             next_connection: Cell::new(0),
@@ -75,11 +76,21 @@ impl WsEndpoint {
     pub fn listener(&self) -> &Listener {
         &self.listener
     }
+
+    /// Takes a reloaded configuration's runtime values (see
+    /// `reload::RUNTIME_KEYS`) for the connections accepted from now on.
+    pub fn apply_config(&self, config: &crate::config::Config) {
+        *self.config.borrow_mut() = Rc::new(config.ws.clone());
+    }
+
+    fn config(&self) -> Rc<WsConfig> {
+        self.config.borrow().clone()
+    }
 }
 
 /// Accepts connections forever, one task each.
 pub async fn run(endpoint: Rc<WsEndpoint>) {
-    let max = endpoint.config.max_connections_per_worker;
+    let max = || endpoint.config().max_connections_per_worker;
     let refused = || endpoint.stats.ws_connections_refused.bump();
     endpoint
         .listener
@@ -95,7 +106,7 @@ pub async fn run(endpoint: Rc<WsEndpoint>) {
             let endpoint = endpoint.clone();
             let ip_family = stream.peer_addr().map_or(0, |a| family(a.ip()));
             async move {
-                let config = &endpoint.config;
+                let config = endpoint.config();
                 let handshake_timeout = Duration::from_secs(config.handshake_timeout_secs);
                 // tungstenite's default 128 KiB read buffer per connection
                 // would dominate memory; tracker messages are small.
@@ -162,17 +173,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ip_family: usize,
     open: OpenConnection,
 ) {
+    let config = endpoint.config();
     let router = &*endpoint.router;
     let stats = &endpoint.stats;
     let queue: LocalReceiver<OwnedOutMessage> =
-        router.ws_register(connection.connection, endpoint.config.outgoing_queue);
+        router.ws_register(connection.connection, config.outgoing_queue);
     let mut registration = Registration {
         router,
         connection,
         peers: ConnectionPeers::default(),
         _open: open,
     };
-    let idle = Duration::from_secs(endpoint.config.idle_timeout_secs);
+    let idle = Duration::from_secs(config.idle_timeout_secs);
     let mut last_heard = Instant::now();
     let mut pinged = false;
     let mut out = Vec::with_capacity(512);

@@ -132,6 +132,11 @@ impl Rules {
         }
     }
 
+    /// Takes reloaded limits.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// Takes a reloaded access list.
     pub fn set_access_list(&mut self, access_list: Arc<AccessList>) {
         self.access_list = access_list;

@@ -26,6 +26,8 @@ pub struct Tracker {
     pub config_path: PathBuf,
     pub dir: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// What the process has written to stderr so far, line by line.
+    stderr_lines: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 /// A fresh scratch directory for one test.
@@ -88,10 +90,20 @@ impl Tracker {
     }
 
     pub fn try_start(name: &str, config: &str) -> Result<Tracker, String> {
+        Self::try_start_command(name, config, binary())
+    }
+
+    /// [`Tracker::try_start`] with a prepared `command` for the binary
+    /// (e.g. with a `pre_exec` hook).
+    pub fn try_start_command(
+        name: &str,
+        config: &str,
+        mut command: Command,
+    ) -> Result<Tracker, String> {
         let dir = scratch_dir(name);
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = binary()
+        let mut child = command
             .arg("-c")
             .arg(&config_path)
             .stdout(Stdio::piped())
@@ -99,11 +111,24 @@ impl Tracker {
             .spawn()
             .expect("spawn aquatic");
         let stdout = child.stdout.take().expect("stdout");
-        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = child.stderr.take().expect("stderr");
+        let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let lines = stderr_lines.clone();
         let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&line);
+                line.clear();
+            }
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            let mut all = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            all.push_str(&rest);
+            all
         });
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -124,6 +149,7 @@ impl Tracker {
             config_path,
             dir,
             stderr: Some(stderr),
+            stderr_lines,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -187,6 +213,24 @@ impl Tracker {
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
         assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// What the process has written to stderr so far, while it runs.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr_lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits up to `timeout` for a line of stderr containing `text`.
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> Option<String> {
+        eventually(timeout, || {
+            self.stderr_so_far()
+                .lines()
+                .find(|l| l.contains(text))
+                .map(str::to_owned)
+        })
     }
 
     /// Everything the process wrote to stderr (after it exited).
