@@ -311,7 +311,38 @@ fn peers_through_different_nodes_see_each_other_and_scrapes_agree() {
         let mut backwards = expected.clone();
         backwards.reverse();
         assert_eq!(client.scrape(&reversed), backwards, "in the order asked");
+        // The same figures over HTTP (a dictionary by hash).
+        let query: Vec<String> = hashes
+            .iter()
+            .map(|h| format!("info_hash={}", percent(h)))
+            .collect();
+        let body = http_get(http(node), &format!("/scrape?{}", query.join("&")));
+        let Some(Value::Dict(files)) = body.get(b"files") else {
+            panic!("files: {body:?}")
+        };
+        for (hash, (_, leechers, _)) in hashes.iter().zip(&expected) {
+            let incomplete = files
+                .get(hash.as_slice())
+                .and_then(|s| s.get(b"incomplete"));
+            assert_eq!(
+                incomplete,
+                Some(&Value::Int(i64::from(*leechers))),
+                "{body:?}"
+            );
+        }
     }
+}
+
+fn http_get(addr: SocketAddr, target: &str) -> Value {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let raw = format!("GET {target} HTTP/1.1\r\nHost: tracker\r\nConnection: close\r\n\r\n");
+    stream.write_all(raw.as_bytes()).expect("write");
+    let (status, body) = read_responses(&mut stream, 1).remove(0);
+    assert_eq!(status, 200, "{body:?}");
+    body
 }
 
 /// A UDP announce with `connection_id`: the response, or None if the
