@@ -25,6 +25,7 @@
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod database;
 pub mod executor;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;

@@ -280,6 +280,8 @@ impl ExecutorStats {
 #[derive(Default)]
 pub struct MetricsHub {
     slots: std::sync::Mutex<Vec<Option<Snapshot>>>,
+    /// Private mode's database thread, if it runs.
+    database: std::sync::OnceLock<std::sync::Arc<crate::database::DatabaseStats>>,
 }
 
 impl MetricsHub {
@@ -287,7 +289,13 @@ impl MetricsHub {
     pub fn new(executors: usize) -> Self {
         Self {
             slots: std::sync::Mutex::new(vec![None; executors]),
+            database: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Adds the database thread's figures.
+    pub fn set_database(&self, stats: std::sync::Arc<crate::database::DatabaseStats>) {
+        let _ = self.database.set(stats);
     }
 
     /// Replaces executor `index`'s snapshot.
@@ -342,6 +350,47 @@ impl MetricsHub {
                 family.get_or_create(&labelled(labels)).set(*value);
             }
         }
+        if let Some(db) = self.database.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let figures = [
+                ("private_pending_rows", db.pending_rows.load(Relaxed), false),
+                ("private_users", db.users.load(Relaxed), false),
+                ("private_torrents", db.torrents.load(Relaxed), false),
+                (
+                    "private_write_failures",
+                    db.write_failures.load(Relaxed),
+                    true,
+                ),
+                (
+                    "private_load_failures",
+                    db.load_failures.load(Relaxed),
+                    true,
+                ),
+                (
+                    "private_batches_written",
+                    db.batches_written.load(Relaxed),
+                    true,
+                ),
+                ("private_rows_written", db.rows_written.load(Relaxed), true),
+                (
+                    "private_batches_already_applied",
+                    db.batches_already_applied.load(Relaxed),
+                    true,
+                ),
+            ];
+            for (name, value, counter) in figures {
+                if counter {
+                    let f: Family<Labels, PCounter> = Family::default();
+                    f.get_or_create(&Vec::new()).inc_by(value);
+                    counters.push((name, f));
+                } else {
+                    let f: Family<Labels, Gauge> = Family::default();
+                    f.get_or_create(&Vec::new())
+                        .set(i64::try_from(value).unwrap_or(i64::MAX));
+                    gauges.push((name, f));
+                }
+            }
+        }
         let mut registry = Registry::with_prefix("aquatic");
         for (name, family) in counters {
             registry.register(name, help(name), family);
@@ -370,6 +419,16 @@ fn help(name: &str) -> &'static str {
         "peers" => "Peers held, by swarm kind and seeder/leecher",
         "ws_connections" => "Open WebSocket connections",
         "map_capacity" => "Capacity of the executor's maps (to see them shrink)",
+        "private_pending_rows" => "Private mode: statistics rows waiting to be written",
+        "private_users" => "Private mode: users in the last load",
+        "private_torrents" => "Private mode: torrents in the last load",
+        "private_write_failures" => "Private mode: failed attempts to write statistics",
+        "private_load_failures" => "Private mode: failed loads of users and torrents",
+        "private_batches_written" => "Private mode: statistics batches committed",
+        "private_rows_written" => "Private mode: statistics rows written",
+        "private_batches_already_applied" => {
+            "Private mode: retried batches found already committed (not applied twice)"
+        }
         _ => "aquatic metric",
     }
 }

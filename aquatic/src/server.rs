@@ -29,7 +29,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     config::{Config, ValidConfig},
-    executor::{self, ExecutorSetup, ExecutorSockets, Shared},
+    database::{self, DatabaseStats, DatabaseThread, DbMessage},
+    executor::{self, ExecutorSetup, ExecutorSockets, PrivateShared, Shared},
     metrics::MetricsHub,
     notify::{monotonic_usec, notify},
     reload::Reloadable,
@@ -51,6 +52,8 @@ pub enum Event {
     Exited(usize),
     /// A signal arrived.
     Signal(i32),
+    /// Private mode: the first load of users and torrents succeeded.
+    PrivateLoaded,
 }
 
 /// Makes a panic on any thread end the process with a non-zero status.
@@ -393,6 +396,33 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
             .context("cannot start the signal thread")?;
     }
 
+    let private = if config.private.enabled {
+        let catalog = Arc::new(Reloadable::new(crate::swarm::private::Catalog::starting()));
+        let stats = Arc::new(DatabaseStats::default());
+        metrics.set_database(stats.clone());
+        let (sender, receiver) = database::channel(config.private.channel_batches);
+        let loaded = {
+            let events = events.clone();
+            Box::new(move || {
+                let _ = events.send(Event::PrivateLoaded);
+            })
+        };
+        let thread = DatabaseThread::new(config.private.clone(), catalog.clone(), stats, loaded);
+        let handle = std::thread::Builder::new()
+            .name("database".into())
+            .spawn(move || thread.run(receiver))
+            .context("cannot start the database thread")?;
+        Some((
+            PrivateShared {
+                catalog,
+                database: sender,
+            },
+            handle,
+        ))
+    } else {
+        None
+    };
+
     let shared = Shared {
         config: config.clone(),
         start: ServerStartInstant::new(),
@@ -405,6 +435,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         ws_tls: ws_tls.clone(),
         metrics: config.metrics.enabled.then(|| metrics.clone()),
         shutdown: Arc::new(AtomicBool::new(false)),
+        private: private.as_ref().map(|(p, _)| p.clone()),
     };
     let shutdown = shared.shutdown.clone();
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
@@ -452,33 +483,94 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
     }
     drop(events);
 
-    wait_until_ready(&event_rx, workers, &config)?;
+    let loaded = wait_until_ready(&event_rx, workers, &config)?;
     for address in &listening {
         println!("aquatic: listening on {address}");
     }
     println!("aquatic: ready with {workers} workers");
-    notify("READY=1");
+    let mut state = ServeState {
+        ready_notified: false,
+    };
+    if private.is_none() || loaded {
+        private_loaded(&mut state, private.is_some());
+    } else {
+        log::info!("private: READY=1 waits for the first load of users and torrents");
+    }
     log::info!("serving {} with {workers} workers", listening.join(", "));
 
     let reloadables = Reloadables {
         access_list,
         http_tls,
         ws_tls,
+        database: private.as_ref().map(|(p, _)| p.database.clone()),
     };
-    serve_until_stopped(&event_rx, workers, &config, &reloadables, &shutdown)
+    let result = serve_until_stopped(
+        &event_rx,
+        workers,
+        &config,
+        &reloadables,
+        &shutdown,
+        &mut state,
+    );
+    if let Some((shared, handle)) = private {
+        drop(reloadables);
+        stop_database(shared, handle, &config);
+    }
+    result
 }
 
+/// What the main thread remembers while serving.
+struct ServeState {
+    /// READY=1 was sent (in private mode only after the first load).
+    ready_notified: bool,
+}
+
+/// Sends READY=1 the first time the tracker can answer members.
+fn private_loaded(state: &mut ServeState, private: bool) {
+    if state.ready_notified {
+        return;
+    }
+    state.ready_notified = true;
+    if private {
+        println!("aquatic: private data loaded");
+    }
+    notify("READY=1");
+}
+
+/// Asks the database thread for its last flush and waits for it (it gives
+/// up by itself after `private.stop_flush_timeout_secs`).
+fn stop_database(shared: PrivateShared, handle: std::thread::JoinHandle<()>, config: &Config) {
+    // A blocking send: the thread keeps emptying the channel.
+    let _ = shared.database.send(DbMessage::Stop);
+    drop(shared);
+    let deadline = Instant::now()
+        + Duration::from_secs(config.private.stop_flush_timeout_secs)
+        + Duration::from_secs(2);
+    while !handle.is_finished() {
+        if Instant::now() >= deadline {
+            log::error!("private: the database thread did not finish its last flush; exiting");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = handle.join();
+}
+
+/// Waits until every executor serves; true if the private catalog's first
+/// load arrived meanwhile.
 fn wait_until_ready(
     events: &mpsc::Receiver<Event>,
     workers: usize,
     config: &Config,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut ready = 0;
+    let mut loaded = false;
     while ready < workers {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
             Ok(Event::Ready(_)) => ready += 1,
+            Ok(Event::PrivateLoaded) => loaded = true,
             Ok(Event::StartFailed(i, err)) => {
                 let hint = if err.contains("memory")
                     || err.contains("ENOMEM")
@@ -500,7 +592,7 @@ fn wait_until_ready(
             Err(_) => bail!("executors did not start within {START_TIMEOUT:?}"),
         }
     }
-    Ok(())
+    Ok(loaded)
 }
 
 fn serve_until_stopped(
@@ -509,10 +601,12 @@ fn serve_until_stopped(
     config: &Config,
     reloadables: &Reloadables,
     shutdown: &AtomicBool,
+    state: &mut ServeState,
 ) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     loop {
         match events.recv() {
+            Ok(Event::PrivateLoaded) => private_loaded(state, true),
             Ok(Event::Signal(SIGUSR1)) => {
                 notify(&format!("RELOADING=1\n{}", monotonic_usec()));
                 reload(config, reloadables);
@@ -554,9 +648,18 @@ struct Reloadables {
     access_list: Arc<Reloadable<AccessList>>,
     http_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
     ws_tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
+    /// Private mode: the database thread reloads users and torrents.
+    database: Option<mpsc::SyncSender<DbMessage>>,
 }
 
 fn reload(config: &Config, reloadables: &Reloadables) {
+    if let Some(database) = &reloadables.database {
+        if database.try_send(DbMessage::Reload).is_err() {
+            log::warn!(
+                "private: reload not queued (the database thread is busy); it runs on its timer"
+            );
+        }
+    }
     match AccessList::load(config.access_list.mode, &config.access_list.path) {
         Ok(list) => {
             log::info!("access list reloaded: {} info hashes", list.len());
