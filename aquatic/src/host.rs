@@ -203,7 +203,6 @@ impl ShardHost {
         let outcome = self
             .private_bt
             .announce(self.peer_timeout, now, &mut self.rng, request, out);
-        let snatched = request.completed && request.bytes_left == Some(0);
         self.ledger.record(
             now,
             self.peer_timeout,
@@ -213,7 +212,8 @@ impl ShardHost {
             request.ip,
             request.port,
             request.stopped,
-            snatched,
+            request.completed,
+            request.bytes_left,
         );
         outcome
     }

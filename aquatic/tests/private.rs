@@ -232,6 +232,13 @@ fn reload(tracker: &Tracker) {
     tracker.signal(libc::SIGUSR1);
 }
 
+/// Addresses, snatches, and seeders/leechers/snatched per torrent, as read back.
+type Outcome = (
+    Vec<(u32, String, u16)>,
+    Vec<(u32, u32, u32)>,
+    Vec<(u32, u32, u32, u32)>,
+);
+
 #[test]
 fn refusals_accounting_addresses_and_reloads() {
     let db = MariaDb::start("accounting");
@@ -320,33 +327,37 @@ fn refusals_accounting_addresses_and_reloads() {
     wait_transfer(&db, 1, 12, (0, 0));
     wait_flushed(&tracker);
     let mut conn = db.conn();
-    let address: Vec<(u32, String, u16)> = conn
-        .query(
-            "SELECT user_id, INET6_NTOA(last_ip), last_port FROM tracker_transfer \
-             WHERE torrent_id = 10 ORDER BY user_id",
-        )
-        .expect("query");
-    assert_eq!(
-        address,
-        [
-            (1, "127.0.0.1".to_owned(), 6001),
-            (4, "::1".to_owned(), 6004)
-        ]
-    );
-    let snatches: Vec<(u32, u32, u32)> = conn
-        .query("SELECT user_id, torrent_id, times FROM tracker_snatches")
-        .expect("query");
-    assert_eq!(snatches, [(1, 10, 1)]);
-    let stats: Vec<(u32, u32, u32, u32)> = conn
-        .query(
-            "SELECT torrent_id, seeders, leechers, snatched FROM tracker_torrent_stats \
-             ORDER BY torrent_id",
-        )
-        .expect("query");
-    assert_eq!(
-        stats,
-        [(10, 1, 1, 1), (11, 1, 1, 0), (12, 0, 1, 0)],
-        "seeders/leechers/snatched per torrent"
+    // What the database should hold once every hand-over is written.
+    let expected_addresses = vec![
+        (1, "127.0.0.1".to_owned(), 6001),
+        (4, "::1".to_owned(), 6004),
+    ];
+    let expected_snatches = vec![(1, 10, 1)];
+    let expected_stats = vec![(10, 1, 1, 1), (11, 1, 1, 0), (12, 0, 1, 0)];
+    let mut read = || -> Outcome {
+        let addresses = conn
+            .query(
+                "SELECT user_id, INET6_NTOA(last_ip), last_port FROM tracker_transfer \
+                 WHERE torrent_id = 10 ORDER BY user_id",
+            )
+            .expect("query");
+        let snatches = conn
+            .query("SELECT user_id, torrent_id, times FROM tracker_snatches")
+            .expect("query");
+        let stats = conn
+            .query(
+                "SELECT torrent_id, seeders, leechers, snatched FROM tracker_torrent_stats \
+                 ORDER BY torrent_id",
+            )
+            .expect("query");
+        (addresses, snatches, stats)
+    };
+    let expected = (expected_addresses, expected_snatches, expected_stats);
+    let matched = eventually(FLUSH_WAIT, || (read() == expected).then_some(()));
+    assert!(
+        matched.is_some(),
+        "(addresses, snatches, seeders/leechers/snatched): expected {expected:?}, database has {:?}",
+        read()
     );
     // The private swarm is scraped with a passkey.
     let (_, body) = get(

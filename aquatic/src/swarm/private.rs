@@ -239,6 +239,8 @@ impl Batch {
 struct Baseline {
     uploaded: u64,
     downloaded: u64,
+    /// The last announce said `left = 0`.
+    seeding: bool,
     valid_until: ValidUntil,
 }
 
@@ -256,9 +258,13 @@ pub struct Ledger {
 impl Ledger {
     /// Records an announce the shard applied: credits the counters'
     /// growth since the peer's last announce (none on its first: what it
-    /// did before is not known to be uncredited), a snatch for
-    /// `completed` with nothing left, and marks the torrent's counts for
-    /// writing.
+    /// did before is not known to be uncredited), and marks the torrent's
+    /// counts for writing.
+    ///
+    /// A snatch is a `completed` announce with nothing left, or a peer
+    /// seen leeching that now reports nothing left (aria2c, stopping right
+    /// after its download, sends `stopped` with `left = 0` and never
+    /// `completed`); a peer already seeding never snatches again.
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &mut self,
@@ -270,11 +276,19 @@ impl Ledger {
         ip: IpAddr,
         port: u16,
         stopped: bool,
-        snatched: bool,
+        completed: bool,
+        left: Option<u64>,
     ) {
         let key = (info_hash, peer.user, peer_id);
         let (mut up, mut down) = (0, 0);
-        if let Some(base) = self.baselines.get(&key) {
+        let previous = self.baselines.get(&key);
+        let seeding = left == Some(0);
+        let snatched = seeding
+            && match previous {
+                None => completed,
+                Some(base) => !base.seeding,
+            };
+        if let Some(base) = previous {
             // Counters that went backwards (a client restart) reset the
             // baseline without credit.
             if peer.uploaded >= base.uploaded && peer.downloaded >= base.downloaded {
@@ -295,6 +309,7 @@ impl Ledger {
                 Baseline {
                     uploaded: peer.uploaded,
                     downloaded: peer.downloaded,
+                    seeding,
                     valid_until: ValidUntil::after(now, peer_timeout),
                 },
             );
@@ -446,7 +461,13 @@ mod tests {
         }
     }
 
-    fn record(ledger: &mut Ledger, peer_id: u8, p: PrivatePeer, stopped: bool, snatched: bool) {
+    fn record(ledger: &mut Ledger, peer_id: u8, p: PrivatePeer, stopped: bool, completed: bool) {
+        // left: 0 once downloaded is at least 12 (the tests' "done").
+        let left = Some(if p.downloaded >= 12 && completed {
+            0
+        } else {
+            1
+        });
         ledger.record(
             SecondsSinceStart(0),
             Duration::from_secs(60),
@@ -456,8 +477,41 @@ mod tests {
             IpAddr::from([127, 0, 0, 1]),
             6881,
             stopped,
-            snatched,
+            completed,
+            left,
         );
+    }
+
+    #[test]
+    fn a_snatch_is_counted_once_per_download() {
+        let mut ledger = Ledger::default();
+        let p = peer(Freeleech::None, 0, 0);
+        let mut announce = |peer_id: u8, stopped, completed, left| {
+            ledger.record(
+                SecondsSinceStart(0),
+                Duration::from_secs(60),
+                InfoHash([1; 20]),
+                PeerId([peer_id; 20]),
+                &p,
+                IpAddr::from([127, 0, 0, 1]),
+                6881,
+                stopped,
+                completed,
+                Some(left),
+            );
+        };
+        // Leeching, then completed, then completed again: one snatch.
+        announce(1, false, false, 5);
+        announce(1, false, true, 0);
+        announce(1, false, true, 0);
+        // Leeching, then stopped with nothing left (aria2c): one snatch.
+        announce(2, false, false, 5);
+        announce(2, true, false, 0);
+        // A seeder from the start: none.
+        announce(3, false, false, 0);
+        announce(3, true, false, 0);
+        let batch = ledger.drain(|_| PeerCounts::default());
+        assert_eq!(batch.snatches.get(&(UserId(1), TorrentId(10))), Some(&2));
     }
 
     fn credited(batch: &Batch) -> (u64, u64) {

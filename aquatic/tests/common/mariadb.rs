@@ -44,12 +44,16 @@ impl MariaDb {
             "{MARIADBD} is missing: install Debian's mariadb-server (.ci/test does)"
         );
         let dir = super::scratch_dir(&format!("mariadb-{name}"));
+        // Its own temporary directory: servers bootstrapping at once in
+        // the shared /tmp collide on their temporary tables.
+        std::fs::create_dir_all(dir.join("tmp")).expect("tmp dir");
         let install = Command::new("mariadb-install-db")
             .arg("--no-defaults")
             .arg("--user=root")
             .arg(format!("--datadir={}", dir.join("data").display()))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
             .output()
             .expect("run mariadb-install-db");
         assert!(
@@ -89,6 +93,7 @@ impl MariaDb {
             ))
             .arg("--innodb-buffer-pool-size=32M")
             .arg("--skip-log-bin")
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some((cert, key)) = &self.tls {
