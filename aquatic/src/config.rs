@@ -119,6 +119,29 @@ pub enum Reason {
         /// The key whose value needs this one.
         needed_by: &'static str,
     },
+    /// Private mode without the HTTP tracker that carries the passkeys.
+    #[error("private mode serves members over HTTP(S): enable http")]
+    PrivateNeedsHttp,
+    /// Private swarms are not forwarded between nodes (yet): a member's
+    /// announce reaching a node that does not own the torrent would land
+    /// in a public swarm elsewhere.
+    #[error("private mode does not run on a cluster node yet: disable one of them")]
+    PrivateOnCluster,
+    /// A protocol that cannot carry a passkey is enabled in private mode
+    /// without being kept explicitly as a public tracker.
+    #[error(
+        "{protocol} cannot carry a passkey, so it would serve only public swarms: set {keep} = \
+         true to keep it as a public tracker (it never sees the private swarms), or set \
+         {disable} = false"
+    )]
+    CannotCarryPasskey {
+        /// The protocol.
+        protocol: &'static str,
+        /// The key that keeps it public.
+        keep: &'static str,
+        /// The key that disables it.
+        disable: &'static str,
+    },
     /// Every protocol is disabled: there would be nothing to serve.
     #[error("all false: nothing to serve, enable at least one")]
     NothingEnabled,
@@ -334,6 +357,8 @@ pub struct Config {
     pub access_list: AccessListConfig,
     /// Several nodes serving one tracker.
     pub cluster: ClusterConfig,
+    /// Private tracker mode: passkeys and accounting in MariaDB.
+    pub private: PrivateConfig,
 }
 
 /// Executor placement and io_uring sizes.
@@ -618,6 +643,129 @@ impl Default for WsConfig {
     }
 }
 
+/// Private tracker mode: the `[private]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivateConfig {
+    /// Make the HTTP(S) tracker private.
+    pub enabled: bool,
+    /// Keep UDP as a public tracker next to the private HTTP one.
+    pub public_udp: bool,
+    /// Keep WebTorrent as a public tracker next to the private HTTP one.
+    pub public_ws: bool,
+    /// Database server host name or address.
+    pub database_host: String,
+    /// Database server TCP port.
+    pub database_port: u32,
+    /// Database (schema) name.
+    pub database_name: String,
+    /// Database user.
+    pub database_user: String,
+    /// File holding the database password (first line); empty: none.
+    pub database_password_file: PathBuf,
+    /// PEM CA certificate of the database server; set: TLS required.
+    pub database_tls_ca_path: PathBuf,
+    /// Seconds to connect to the database.
+    pub connect_timeout_secs: u64,
+    /// Seconds a database read or write may take.
+    pub io_timeout_secs: u64,
+    /// Seconds between reloads of users, torrents and whitelist; 0: only on SIGUSR1.
+    pub reload_interval_secs: u64,
+    /// Seconds between writes of the accumulated statistics.
+    pub flush_interval_secs: u64,
+    /// Seconds the last write on stop may take.
+    pub stop_flush_timeout_secs: u64,
+    /// Batches of statistics waiting between the executors and the database thread.
+    pub channel_batches: usize,
+}
+
+impl Default for PrivateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            public_udp: false,
+            public_ws: false,
+            database_host: "127.0.0.1".to_owned(),
+            database_port: 3306,
+            database_name: "aquatic".to_owned(),
+            database_user: "aquatic".to_owned(),
+            database_password_file: PathBuf::new(),
+            database_tls_ca_path: PathBuf::new(),
+            connect_timeout_secs: 5,
+            io_timeout_secs: 10,
+            reload_interval_secs: 300,
+            flush_interval_secs: 3,
+            stop_flush_timeout_secs: 10,
+            channel_batches: 64,
+        }
+    }
+}
+
+impl PrivateConfig {
+    fn check(&self, config: &Config, check: &mut Checker) {
+        check.range("private.database_port", self.database_port, 1..=65535);
+        check.range(
+            "private.connect_timeout_secs",
+            self.connect_timeout_secs,
+            1..=3600,
+        );
+        check.range("private.io_timeout_secs", self.io_timeout_secs, 1..=3600);
+        check.range(
+            "private.reload_interval_secs",
+            self.reload_interval_secs,
+            0..=DAY_SECS,
+        );
+        check.range(
+            "private.flush_interval_secs",
+            self.flush_interval_secs,
+            1..=3600,
+        );
+        check.range(
+            "private.stop_flush_timeout_secs",
+            self.stop_flush_timeout_secs,
+            1..=3600,
+        );
+        check.range("private.channel_batches", self.channel_batches, 1..=65536);
+        if !self.enabled {
+            return;
+        }
+        if !config.http.enabled {
+            check.push("private.enabled, http.enabled", Reason::PrivateNeedsHttp);
+        }
+        if config.cluster.enabled {
+            check.push("private.enabled, cluster.enabled", Reason::PrivateOnCluster);
+        }
+        if config.udp.enabled && !self.public_udp {
+            check.push(
+                "private.enabled, udp.enabled",
+                Reason::CannotCarryPasskey {
+                    protocol: "UDP",
+                    keep: "private.public_udp",
+                    disable: "udp.enabled",
+                },
+            );
+        }
+        if config.ws.enabled && !self.public_ws {
+            check.push(
+                "private.enabled, ws.enabled",
+                Reason::CannotCarryPasskey {
+                    protocol: "WebTorrent",
+                    keep: "private.public_ws",
+                    disable: "ws.enabled",
+                },
+            );
+        }
+        if self.database_host.is_empty() {
+            check.push(
+                "private.database_host",
+                Reason::Missing {
+                    needed_by: "private.enabled",
+                },
+            );
+        }
+    }
+}
+
 /// Allow / deny list of info hashes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -800,6 +948,7 @@ impl Default for Config {
             privileges: PrivilegesConfig::default(),
             access_list: AccessListConfig::default(),
             cluster: ClusterConfig::default(),
+            private: PrivateConfig::default(),
         }
     }
 }
@@ -928,6 +1077,7 @@ impl Config {
         }
         self.check_scrape_limits(&mut check);
         self.cluster.check(&mut check);
+        self.private.check(&self, &mut check);
         if !self.udp.enabled && !self.http.enabled && !self.ws.enabled {
             check.push(
                 "udp.enabled, http.enabled, ws.enabled",
@@ -1449,11 +1599,39 @@ mod tests {
             ("ws.idle_timeout_secs", 1),
             ("ws.announce_interval_secs", 1),
             ("cluster.failure_timeout_secs", 1),
+            ("private.database_port", 1),
+            ("private.connect_timeout_secs", 1),
+            ("private.io_timeout_secs", 1),
+            ("private.flush_interval_secs", 1),
+            ("private.stop_flush_timeout_secs", 1),
+            ("private.channel_batches", 1),
         ];
         let mut found = found;
         found.sort_unstable();
         expected.sort_unstable();
         assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn private_mode_refuses_listeners_that_cannot_carry_a_passkey() {
+        let found = problems("[private]\nenabled = true");
+        assert_eq!(
+            keys(&found),
+            [
+                "private.enabled, udp.enabled",
+                "private.enabled, ws.enabled"
+            ]
+        );
+        let text = found[0].to_string();
+        assert!(text.contains("private.public_udp = true"), "{text}");
+        assert!(text.contains("udp.enabled = false"), "{text}");
+        let kept = "[private]\nenabled = true\npublic_udp = true\npublic_ws = true";
+        assert!(Config::from_toml(kept, Path::new("x")).is_ok());
+        let http_only = "[udp]\nenabled = false\n[ws]\nenabled = false\n[private]\nenabled = true";
+        assert!(Config::from_toml(http_only, Path::new("x")).is_ok());
+        let no_http = "[http]\nenabled = false\n[ws]\nenabled = false\n\
+                       [private]\nenabled = true\npublic_udp = true";
+        assert_eq!(keys(&problems(no_http)), ["private.enabled, http.enabled"]);
     }
 
     #[test]

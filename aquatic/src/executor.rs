@@ -44,6 +44,7 @@ use crate::{
         queue::LinkQueues,
     },
     config::ValidConfig,
+    database::DbMessage,
     host::{ShardHost, SharedHost},
     metrics::{ExecutorStats, MetricsHub, Snapshot},
     net::{
@@ -53,8 +54,14 @@ use crate::{
     },
     reload::{LocalCopy, Reloadable},
     router::{MeshMessage, Router, UdpAnswers, LINK_EXECUTOR, REPLY_DEADLINE},
-    swarm::Refusal,
+    swarm::{private::Catalog, Refusal},
 };
+
+/// How often an executor hands its private accounting to the database
+/// thread (which writes every `flush_interval_secs`).
+const HAND_OVER_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a stopping executor keeps trying to hand over its last accounting.
+const HAND_OVER_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a stopping executor waits for WebSocket close handshakes.
 const WS_CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -111,6 +118,18 @@ pub struct Shared {
     pub shutdown: Arc<AtomicBool>,
     /// The cluster, if this node is a member of one.
     pub cluster: Option<ClusterShared>,
+    /// Private mode's catalog and database thread.
+    pub private: Option<PrivateShared>,
+}
+
+/// What private mode shares: the catalog the database thread loads, and
+/// the bounded channel to that thread.
+#[derive(Clone)]
+pub struct PrivateShared {
+    /// Users, torrents and whitelist, replaced on each load.
+    pub catalog: Arc<Reloadable<Catalog>>,
+    /// Accounting goes here.
+    pub database: std::sync::mpsc::SyncSender<DbMessage>,
 }
 
 /// What the main thread hands one executor thread.
@@ -184,6 +203,13 @@ pub async fn run(setup: ExecutorSetup) {
         config,
         access_list.get(),
     )));
+    let catalog = shared
+        .private
+        .as_ref()
+        .map(|p| LocalCopy::new(p.catalog.clone()));
+    if let Some(catalog) = &catalog {
+        host.with(|host| host.set_catalog(catalog.get()));
+    }
     let stats = Rc::new(ExecutorStats::default());
     let (router, outbox_woken) = Router::new(
         senders,
@@ -308,16 +334,70 @@ pub async fn run(setup: ExecutorSetup) {
             ex.router.clone(),
             live_config,
             access_list,
+            catalog,
             tls_copies,
             live,
         ),
     );
+    if let Some(private) = &shared.private {
+        spawn(
+            background,
+            hand_over_periodically(ex.host.clone(), private.database.clone()),
+        );
+    }
 
     ready();
     while !shared.shutdown.load(Ordering::Relaxed) {
         sleep(Duration::from_millis(50)).await;
     }
     ex.stop().await;
+    if let Some(private) = &shared.private {
+        hand_over_last(&ex.host, &private.database).await;
+    }
+}
+
+/// Hands the private accounting to the database thread, forever. A full
+/// channel (the database is slow or away) keeps it here, merging with
+/// what comes next.
+async fn hand_over_periodically(
+    host: Rc<SharedHost>,
+    database: std::sync::mpsc::SyncSender<DbMessage>,
+) {
+    loop {
+        sleep(HAND_OVER_INTERVAL).await;
+        hand_over(&host, &database);
+    }
+}
+
+/// One hand-over; true when nothing is left here.
+fn hand_over(host: &SharedHost, database: &std::sync::mpsc::SyncSender<DbMessage>) -> bool {
+    let batch = host.with(|host| host.drain_private());
+    if batch.is_empty() {
+        return true;
+    }
+    match database.try_send(DbMessage::Batch(batch)) {
+        Ok(()) => true,
+        Err(std::sync::mpsc::TrySendError::Full(DbMessage::Batch(batch))) => {
+            host.with(|host| host.restore_private(batch));
+            false
+        }
+        Err(_) => {
+            log::warn!("private: the database thread is gone; accounting dropped");
+            true
+        }
+    }
+}
+
+/// The last hand-over of a stopping executor, retried for a short while.
+async fn hand_over_last(host: &SharedHost, database: &std::sync::mpsc::SyncSender<DbMessage>) {
+    let deadline = std::time::Instant::now() + HAND_OVER_GRACE;
+    while !hand_over(host, database) {
+        if std::time::Instant::now() >= deadline {
+            log::error!("private: could not hand over the last accounting: channel full");
+            return;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl Executor {
@@ -612,6 +692,7 @@ async fn refresh_reloadables(
     router: Rc<Router>,
     config: Rc<LocalCopy<ValidConfig>>,
     access_list: LocalCopy<AccessList>,
+    catalog: Option<LocalCopy<Catalog>>,
     tls_configs: Vec<Rc<LocalCopy<rustls::ServerConfig>>>,
     live: Option<LocalCopy<LiveSet>>,
 ) {
@@ -627,6 +708,10 @@ async fn refresh_reloadables(
         if let Some(list) = access_list.refresh() {
             host.with(|host| host.set_access_list(list));
             log::debug!("an executor took the new access list");
+        }
+        if let Some(catalog) = catalog.as_ref().and_then(|c| c.refresh()) {
+            host.with(|host| host.set_catalog(catalog));
+            log::debug!("an executor took the new private catalog");
         }
         for tls in &tls_configs {
             tls.refresh();

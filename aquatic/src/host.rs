@@ -29,6 +29,7 @@ use rand::{rngs::SmallRng, SeedableRng};
 use crate::{
     config::Config,
     swarm::{
+        private::{Batch, Catalog, Ledger},
         BtAnnounce, BtShard, CleanReport, ConnectionRef, Limits, Rules, SwarmKind, WsAnnounce,
         WsShard, WsTiming,
     },
@@ -131,6 +132,10 @@ pub struct HostGauges {
 pub struct ShardHost {
     bt: BtShard,
     ws: WsShard,
+    /// The private tracker's swarms: public listeners never see them.
+    private_bt: BtShard,
+    /// The private swarms' accounting.
+    ledger: Ledger,
     rules: Rules,
     rng: SmallRng,
     peer_timeout: Duration,
@@ -147,6 +152,8 @@ impl ShardHost {
         Self {
             bt: BtShard::default(),
             ws: WsShard::default(),
+            private_bt: BtShard::default(),
+            ledger: Ledger::default(),
             rules: Rules::new(Limits::from_config(config), access_list),
             rng,
             peer_timeout: config.tracker.peer_timeout(),
@@ -185,16 +192,59 @@ impl ShardHost {
         self.rules.set_access_list(access_list);
     }
 
+    /// Takes a reloaded private catalog.
+    pub fn set_catalog(&mut self, catalog: Arc<Catalog>) {
+        self.rules.set_catalog(catalog);
+    }
+
     /// Applies a UDP or HTTP announce for a torrent this shard owns; the
-    /// chosen peers land in `out`.
+    /// chosen peers land in `out`. A private announce goes to the private
+    /// swarms and is accounted.
     pub fn announce(
         &mut self,
         now: SecondsSinceStart,
         request: &BtAnnounce,
         out: &mut SelectedPeers,
     ) -> AnnounceOutcome {
-        self.bt
-            .announce(self.peer_timeout, now, &mut self.rng, request, out)
+        let Some(peer) = &request.private else {
+            return self
+                .bt
+                .announce(self.peer_timeout, now, &mut self.rng, request, out);
+        };
+        let outcome = self
+            .private_bt
+            .announce(self.peer_timeout, now, &mut self.rng, request, out);
+        self.ledger.record(
+            now,
+            self.peer_timeout,
+            request.info_hash,
+            request.peer_id,
+            peer,
+            request.ip,
+            request.port,
+            request.stopped,
+            request.completed,
+            request.bytes_left,
+        );
+        outcome
+    }
+
+    /// Takes the private accounting gathered since the last drain.
+    pub fn drain_private(&mut self) -> Batch {
+        let swarms = &self.private_bt;
+        self.ledger.drain(|hash| {
+            let s = swarms.scrape(hash);
+            PeerCounts {
+                seeders: s.seeders,
+                leechers: s.leechers,
+            }
+        })
+    }
+
+    /// Puts back accounting that could not be handed to the database
+    /// thread; it goes with the next drain.
+    pub fn restore_private(&mut self, batch: Batch) {
+        self.ledger.restore(batch);
     }
 
     /// Scrape figures of one torrent this shard owns.
@@ -202,6 +252,7 @@ impl ShardHost {
         match kind {
             SwarmKind::Bt => self.bt.scrape(info_hash),
             SwarmKind::Ws => self.ws.scrape(info_hash),
+            SwarmKind::Private => self.private_bt.scrape(info_hash),
         }
     }
 
@@ -275,15 +326,22 @@ impl ShardHost {
 
     /// Removes expired peers and empty torrents, shrinks sparse maps.
     pub fn clean(&mut self, now: SecondsSinceStart) -> (CleanReport, CleanReport) {
-        (self.bt.clean(now), self.ws.clean(now))
+        let mut bt = self.bt.clean(now);
+        let private = self.private_bt.clean(now);
+        self.ledger.clean(now);
+        bt.peers_removed += private.peers_removed;
+        bt.torrents_removed += private.torrents_removed;
+        (bt, self.ws.clean(now))
     }
 
     /// Figures for metrics and logs.
     pub fn gauges(&self) -> HostGauges {
+        let mut bt_peers = self.bt.peer_counts();
+        bt_peers += self.private_bt.peer_counts();
         HostGauges {
-            bt_torrents: self.bt.torrents(),
-            bt_peers: self.bt.peer_counts(),
-            bt_capacity: self.bt.capacity(),
+            bt_torrents: self.bt.torrents() + self.private_bt.torrents(),
+            bt_peers,
+            bt_capacity: self.bt.capacity() + self.private_bt.capacity(),
             ws_torrents: self.ws.torrents(),
             ws_peers: self.ws.peer_counts(),
             ws_capacity: self.ws.capacity(),
@@ -376,6 +434,7 @@ mod tests {
             bytes_left: Some(1),
             numwant: None,
             max_peers: None,
+            private: None,
         };
         host.rules().bt_announce(input).expect("valid")
     }

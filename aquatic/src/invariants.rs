@@ -169,6 +169,7 @@ fn bt_announce(
         bytes_left: left,
         numwant: Some(numwant).filter(|&n| n > 0),
         max_peers: None,
+        private: None,
     };
     let request = host
         .rules()

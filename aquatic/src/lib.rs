@@ -35,6 +35,7 @@ pub mod cli;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod database;
 pub mod executor;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;

@@ -395,6 +395,8 @@ impl Published {
 pub struct MetricsHub {
     slots: std::sync::Mutex<Vec<Published>>,
     started: Instant,
+    /// Private mode's database thread, if it runs.
+    database: std::sync::OnceLock<std::sync::Arc<crate::database::DatabaseStats>>,
 }
 
 impl MetricsHub {
@@ -403,7 +405,13 @@ impl MetricsHub {
         Self {
             slots: std::sync::Mutex::new(vec![Published::default(); executors]),
             started: Instant::now(),
+            database: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Adds the database thread's figures.
+    pub fn set_database(&self, stats: std::sync::Arc<crate::database::DatabaseStats>) {
+        let _ = self.database.set(stats);
     }
 
     /// When the hub (the process) started.
@@ -493,6 +501,47 @@ impl MetricsHub {
                 family.get_or_create(&labelled(labels)).set(*value);
             }
         }
+        if let Some(db) = self.database.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let figures = [
+                ("private_pending_rows", db.pending_rows.load(Relaxed), false),
+                ("private_users", db.users.load(Relaxed), false),
+                ("private_torrents", db.torrents.load(Relaxed), false),
+                (
+                    "private_write_failures",
+                    db.write_failures.load(Relaxed),
+                    true,
+                ),
+                (
+                    "private_load_failures",
+                    db.load_failures.load(Relaxed),
+                    true,
+                ),
+                (
+                    "private_batches_written",
+                    db.batches_written.load(Relaxed),
+                    true,
+                ),
+                ("private_rows_written", db.rows_written.load(Relaxed), true),
+                (
+                    "private_batches_already_applied",
+                    db.batches_already_applied.load(Relaxed),
+                    true,
+                ),
+            ];
+            for (name, value, counter) in figures {
+                if counter {
+                    let f: Family<Labels, PCounter> = Family::default();
+                    f.get_or_create(&Vec::new()).inc_by(value);
+                    counters.push((name, f));
+                } else {
+                    let f: Family<Labels, Gauge> = Family::default();
+                    f.get_or_create(&Vec::new())
+                        .set(i64::try_from(value).unwrap_or(i64::MAX));
+                    gauges.push((name, f));
+                }
+            }
+        }
         let mut registry = Registry::with_prefix("aquatic");
         for (name, family) in counters {
             registry.register(name, help(name), family);
@@ -524,6 +573,16 @@ fn help(name: &str) -> &'static str {
         "udp_routed" => "UDP announces and scrapes answered by the receiving executor (local) or needing another's shard (forwarded)",
         "udp_kernel_drops" => "Datagrams the kernel dropped for the executor's UDP socket (full receive buffer; SO_RXQ_OVFL's counter)",
         "udp_kernel_steering" => "1 when the kernel steers UDP datagrams to their torrent's executor (udp.kernel_steering)",
+        "private_pending_rows" => "Private mode: statistics rows waiting to be written",
+        "private_users" => "Private mode: users in the last load",
+        "private_torrents" => "Private mode: torrents in the last load",
+        "private_write_failures" => "Private mode: failed attempts to write statistics",
+        "private_load_failures" => "Private mode: failed loads of users and torrents",
+        "private_batches_written" => "Private mode: statistics batches committed",
+        "private_rows_written" => "Private mode: statistics rows written",
+        "private_batches_already_applied" => {
+            "Private mode: retried batches found already committed (not applied twice)"
+        }
         _ => "aquatic metric",
     }
 }

@@ -730,6 +730,16 @@ impl Router {
         }
     }
 
+    /// Checks that a private request's passkey names a member who may use
+    /// the tracker.
+    pub fn check_member(
+        &self,
+        passkey: Option<&aquatic_http_protocol::Passkey>,
+    ) -> Result<(), Refusal> {
+        self.host
+            .with(|host| host.rules().private_member(passkey).map(|_| ()))
+    }
+
     /// Checks a scrape against the rules; true when this shard owns every
     /// hash (the caller may then answer with [`Router::scrape_here`]).
     pub fn check_scrape(
@@ -1451,6 +1461,7 @@ mod tests {
                 bytes_left: Some(1),
                 numwant: None,
                 max_peers: None,
+                private: None,
             };
             let (mut a, mut b) = (SelectedPeers::default(), SelectedPeers::default());
             // The first fills the silent shard's channel and waits; the

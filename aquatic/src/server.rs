@@ -47,7 +47,8 @@ use crate::{
         tls::LinkTls,
     },
     config::{Config, ValidConfig},
-    executor::{self, ClusterShared, ExecutorSetup, ExecutorSockets, Shared},
+    database::{self, DatabaseStats, DatabaseThread, DbMessage},
+    executor::{self, ClusterShared, ExecutorSetup, ExecutorSockets, PrivateShared, Shared},
     metrics::MetricsHub,
     net::steering::{CpuPlacement, Steering},
     notify::{monotonic_usec, notify},
@@ -70,6 +71,8 @@ pub enum Event {
     Exited(usize),
     /// A signal arrived.
     Signal(i32),
+    /// Private mode: the first load of users and torrents succeeded.
+    PrivateLoaded,
 }
 
 /// Makes a panic on any thread end the process with a non-zero status.
@@ -443,6 +446,33 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
             .context("cannot start the signal thread")?;
     }
 
+    let private = if config.private.enabled {
+        let catalog = Arc::new(Reloadable::new(crate::swarm::private::Catalog::starting()));
+        let stats = Arc::new(DatabaseStats::default());
+        metrics.set_database(stats.clone());
+        let (sender, receiver) = database::channel(config.private.channel_batches);
+        let loaded = {
+            let events = events.clone();
+            Box::new(move || {
+                let _ = events.send(Event::PrivateLoaded);
+            })
+        };
+        let thread = DatabaseThread::new(config.private.clone(), catalog.clone(), stats, loaded);
+        let handle = std::thread::Builder::new()
+            .name("database".into())
+            .spawn(move || thread.run(receiver))
+            .context("cannot start the database thread")?;
+        Some((
+            PrivateShared {
+                catalog,
+                database: sender,
+            },
+            handle,
+        ))
+    } else {
+        None
+    };
+
     let shared = Shared {
         config: config.clone(),
         live_config: live_config.clone(),
@@ -457,6 +487,7 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
         metrics: config.metrics.enabled.then(|| metrics.clone()),
         shutdown: Arc::new(AtomicBool::new(false)),
         cluster,
+        private: private.as_ref().map(|(p, _)| p.clone()),
     };
     let shutdown = shared.shutdown.clone();
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
@@ -521,12 +552,19 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
     }
     drop(events);
 
-    wait_until_ready(&event_rx, workers, &config)?;
+    let loaded = wait_until_ready(&event_rx, workers, &config)?;
     for address in &listening {
         println!("aquatic: listening on {address}");
     }
     println!("aquatic: ready with {workers} workers");
-    notify("READY=1");
+    let mut state = ServeState {
+        ready_notified: false,
+    };
+    if private.is_none() || loaded {
+        private_loaded(&mut state, private.is_some());
+    } else {
+        log::info!("private: READY=1 waits for the first load of users and torrents");
+    }
     log::info!("serving {} with {workers} workers", listening.join(", "));
 
     let reloadables = Reloadables {
@@ -536,8 +574,21 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
         http_tls,
         ws_tls,
         cluster_tls,
+        database: private.as_ref().map(|(p, _)| p.database.clone()),
     };
-    serve_until_stopped(&event_rx, workers, &reloadables, &shutdown, steering)
+    let result = serve_until_stopped(
+        &event_rx,
+        workers,
+        &reloadables,
+        &shutdown,
+        steering,
+        &mut state,
+    );
+    if let Some((shared, handle)) = private {
+        drop(reloadables);
+        stop_database(shared, handle, &config);
+    }
+    result
 }
 
 /// Attaches the kernel steering program to the UDP group (bound, in
@@ -588,17 +639,58 @@ fn connection_id_key(config: &Config) -> anyhow::Result<ConnectionIdKey> {
         .with_context(|| format!("cluster.key_file {}", path.display()))
 }
 
+/// What the main thread remembers while serving.
+struct ServeState {
+    /// READY=1 was sent (in private mode only after the first load).
+    ready_notified: bool,
+}
+
+/// Sends READY=1 the first time the tracker can answer members.
+fn private_loaded(state: &mut ServeState, private: bool) {
+    if state.ready_notified {
+        return;
+    }
+    state.ready_notified = true;
+    if private {
+        println!("aquatic: private data loaded");
+    }
+    notify("READY=1");
+}
+
+/// Asks the database thread for its last flush and waits for it (it gives
+/// up by itself after `private.stop_flush_timeout_secs`).
+fn stop_database(shared: PrivateShared, handle: std::thread::JoinHandle<()>, config: &Config) {
+    // A blocking send: the thread keeps emptying the channel.
+    let _ = shared.database.send(DbMessage::Stop);
+    drop(shared);
+    let deadline = Instant::now()
+        + Duration::from_secs(config.private.stop_flush_timeout_secs)
+        + Duration::from_secs(2);
+    while !handle.is_finished() {
+        if Instant::now() >= deadline {
+            log::error!("private: the database thread did not finish its last flush; exiting");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = handle.join();
+}
+
+/// Waits until every executor serves; true if the private catalog's first
+/// load arrived meanwhile.
 fn wait_until_ready(
     events: &mpsc::Receiver<Event>,
     workers: usize,
     config: &Config,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut ready = 0;
+    let mut loaded = false;
     while ready < workers {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
             Ok(Event::Ready(_)) => ready += 1,
+            Ok(Event::PrivateLoaded) => loaded = true,
             Ok(Event::StartFailed(i, err)) => {
                 let hint = if err.contains("memory")
                     || err.contains("ENOMEM")
@@ -620,7 +712,7 @@ fn wait_until_ready(
             Err(_) => bail!("executors did not start within {START_TIMEOUT:?}"),
         }
     }
-    Ok(())
+    Ok(loaded)
 }
 
 fn serve_until_stopped(
@@ -629,10 +721,12 @@ fn serve_until_stopped(
     reloadables: &Reloadables,
     shutdown: &AtomicBool,
     steering: Option<Steering>,
+    state: &mut ServeState,
 ) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     loop {
         match events.recv() {
+            Ok(Event::PrivateLoaded) => private_loaded(state, true),
             Ok(Event::Signal(signal @ (SIGHUP | SIGUSR1))) => {
                 notify(&format!("RELOADING=1\n{}", monotonic_usec()));
                 if signal == SIGHUP {
@@ -691,6 +785,8 @@ struct Reloadables {
     /// The cluster CA, certificate and key (links made after a reload use
     /// the new ones; links already up keep theirs).
     cluster_tls: Option<Arc<Reloadable<LinkTls>>>,
+    /// Private mode: the database thread reloads users and torrents.
+    database: Option<mpsc::SyncSender<DbMessage>>,
 }
 
 /// SIGHUP: re-reads the config file and puts its runtime keys in force
@@ -758,6 +854,13 @@ fn reload_config(reloadables: &Reloadables) {
 /// SIGUSR1 (and the end of every SIGHUP): re-reads the files `config`
 /// names; a file that fails to load keeps the old one.
 fn reload_files(config: &Config, reloadables: &Reloadables) {
+    if let Some(database) = &reloadables.database {
+        if database.try_send(DbMessage::Reload).is_err() {
+            log::warn!(
+                "private: reload not queued (the database thread is busy); it runs on its timer"
+            );
+        }
+    }
     match AccessList::load(config.access_list.mode, &config.access_list.path) {
         Ok(list) => {
             log::info!("access list reloaded: {} info hashes", list.len());

@@ -65,6 +65,10 @@ pub enum RequestError {
     /// The path is neither `/announce` nor `/scrape`.
     #[error("unknown path")]
     UnknownPath,
+    /// `/<segment>/announce` or `/<segment>/scrape` whose segment is not a
+    /// passkey (32 ASCII letters and digits).
+    #[error("invalid passkey")]
+    InvalidPasskey,
     /// A required parameter (`info_hash`, `peer_id` or `port`) is absent.
     #[error("missing parameter {0}")]
     MissingParameter(Param),
@@ -92,6 +96,7 @@ impl RequestError {
     pub fn failure_reason(&self) -> &'static str {
         match self {
             RequestError::UnknownPath => "unknown path",
+            RequestError::InvalidPasskey => "invalid passkey",
             RequestError::MissingParameter(p) => match p {
                 Param::InfoHash => "missing info_hash",
                 Param::PeerId => "missing peer_id",

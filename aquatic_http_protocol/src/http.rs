@@ -290,6 +290,7 @@ mod tests {
                 key: PeerKey::new(b"ABCD1234"),
                 compact: true,
                 no_peer_id: true,
+                passkey: None,
             }))
         );
     }
@@ -357,7 +358,8 @@ mod tests {
         assert_eq!(
             parsed.request,
             Ok(Request::Scrape(ScrapeRequest {
-                info_hashes: vec![InfoHash([b'a'; 20]), InfoHash([b'b'; 20])]
+                info_hashes: vec![InfoHash([b'a'; 20]), InfoHash([b'b'; 20])],
+                passkey: None,
             }))
         );
         let parsed = complete(b"GET /scrape HTTP/1.1\r\n\r\n");

@@ -79,7 +79,7 @@ pub use aquatic_common::{InfoHash, PeerId};
 pub use client::{parse_http_response, HttpResponse, ResponseParseError};
 pub use error::{ConnectionError, Param, RequestError};
 pub use http::{parse_request, ParseLimits, Parsed, ParsedRequest, MAX_HEADERS};
-pub use request::{AnnounceEvent, AnnounceRequest, PeerKey, Request, ScrapeRequest};
+pub use request::{AnnounceEvent, AnnounceRequest, Passkey, PeerKey, Request, ScrapeRequest};
 pub use response::{
     write_http_head, write_http_response, AnnounceResponse, FailureResponse, Response,
     ResponsePeer, ScrapeResponse, ScrapeStatistics,

@@ -1,5 +1,7 @@
 //! Tracker requests: their types, parsing from a request target
-//! (`/announce?…`, `/scrape?…`) and, for clients and tests, writing them back.
+//! (`/announce?…`, `/scrape?…`, and a private tracker's
+//! `/<passkey>/announce?…`, `/<passkey>/scrape?…`) and, for clients and
+//! tests, writing them back.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -73,6 +75,45 @@ impl PeerKey {
     }
 }
 
+/// A private tracker member's passkey, the first path segment of
+/// `/<passkey>/announce`: exactly [`Passkey::LEN`] ASCII letters and digits,
+/// as Gazelle sites issue them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Passkey(pub [u8; Passkey::LEN]);
+
+impl Passkey {
+    /// Characters in a passkey.
+    pub const LEN: usize = 32;
+
+    /// The passkey spelled by `bytes`, or `None` unless they are exactly
+    /// [`Passkey::LEN`] ASCII letters and digits.
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        let bytes: [u8; Self::LEN] = bytes.try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
+            .then_some(Self(bytes))
+    }
+
+    /// The passkey as text (always ASCII).
+    pub fn as_str(&self) -> &str {
+        // Only ASCII alphanumerics get in (see `new`); the fallback is
+        // never taken but keeps this free of a panic path.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for Passkey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Passkeys are credentials: logs get a prefix only.
+        write!(
+            f,
+            "Passkey({}…)",
+            &self.as_str()[..4.min(self.as_str().len())]
+        )
+    }
+}
+
 impl fmt::Debug for PeerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PeerKey({:?})", String::from_utf8_lossy(self.as_bytes()))
@@ -109,6 +150,8 @@ pub struct AnnounceRequest {
     pub compact: bool,
     /// `no_peer_id=1`: leave `peer id` out of non-compact peer dictionaries.
     pub no_peer_id: bool,
+    /// The passkey of `/<passkey>/announce`; `None` for `/announce`.
+    pub passkey: Option<Passkey>,
 }
 
 /// A BEP 48 scrape of one or more torrents.
@@ -118,6 +161,8 @@ pub struct ScrapeRequest {
     /// most [`ParseLimits::max_scrape_torrents`](crate::ParseLimits::max_scrape_torrents)
     /// long when parsed.
     pub info_hashes: Vec<InfoHash>,
+    /// The passkey of `/<passkey>/scrape`; `None` for `/scrape`.
+    pub passkey: Option<Passkey>,
 }
 
 /// A tracker request.
@@ -139,15 +184,27 @@ impl Request {
             Some(i) => (&target[..i], &target[i + 1..]),
             None => (target, &[][..]),
         };
+        let (passkey, path) = split_passkey(path)?;
         match path {
-            b"/announce" => parse_announce(query).map(Request::Announce),
-            b"/scrape" => parse_scrape(query, max_scrape_torrents).map(Request::Scrape),
+            b"/announce" => {
+                parse_announce(query).map(|r| Request::Announce(AnnounceRequest { passkey, ..r }))
+            }
+            b"/scrape" => parse_scrape(query, max_scrape_torrents)
+                .map(|r| Request::Scrape(ScrapeRequest { passkey, ..r })),
             _ => Err(RequestError::UnknownPath),
         }
     }
 
-    /// Writes the request target, e.g. `/announce?info_hash=…&port=6881…`.
+    /// Writes the request target, e.g. `/announce?info_hash=…&port=6881…`
+    /// (`/<passkey>/announce?…` when the request carries a passkey).
     pub fn write_target(&self, w: &mut impl Write) -> io::Result<()> {
+        let passkey = match self {
+            Request::Announce(r) => r.passkey,
+            Request::Scrape(r) => r.passkey,
+        };
+        if let Some(passkey) = passkey {
+            write!(w, "/{}", passkey.as_str())?;
+        }
         match self {
             Request::Announce(r) => {
                 w.write_all(b"/announce?")?;
@@ -229,6 +286,27 @@ impl ScrapeRequest {
             percent::encode(w, &info_hash.0)?;
         }
         Ok(())
+    }
+}
+
+/// Splits `/<passkey>/rest` into the passkey and `/rest`; a path of one
+/// segment has no passkey. A first segment of two or more that is not a
+/// passkey is refused as one, so a mistyped passkey says so instead of
+/// "unknown path".
+fn split_passkey(path: &[u8]) -> Result<(Option<Passkey>, &[u8]), RequestError> {
+    let Some(rest) = path.strip_prefix(b"/") else {
+        return Ok((None, path));
+    };
+    match rest.iter().position(|&b| b == b'/') {
+        None => Ok((None, path)),
+        Some(i) => {
+            let tail = &rest[i..];
+            if tail != b"/announce" && tail != b"/scrape" {
+                return Err(RequestError::UnknownPath);
+            }
+            let passkey = Passkey::new(&rest[..i]).ok_or(RequestError::InvalidPasskey)?;
+            Ok((Some(passkey), tail))
+        }
     }
 }
 
@@ -365,6 +443,7 @@ fn parse_announce(query: &[u8]) -> Result<AnnounceRequest, RequestError> {
         key,
         compact,
         no_peer_id,
+        passkey: None,
     })
 }
 
@@ -381,7 +460,10 @@ fn parse_scrape(query: &[u8], max_scrape_torrents: usize) -> Result<ScrapeReques
     if info_hashes.is_empty() {
         return Err(RequestError::FullScrapeNotSupported);
     }
-    Ok(ScrapeRequest { info_hashes })
+    Ok(ScrapeRequest {
+        info_hashes,
+        passkey: None,
+    })
 }
 
 #[cfg(test)]
@@ -419,6 +501,7 @@ pub(crate) mod tests {
                 key: None,
                 compact: false,
                 no_peer_id: false,
+                passkey: None,
             }
         );
     }
@@ -586,7 +669,8 @@ pub(crate) mod tests {
         assert_eq!(
             r,
             Ok(Request::Scrape(ScrapeRequest {
-                info_hashes: vec![InfoHash([b'a'; 20]), InfoHash(second)]
+                info_hashes: vec![InfoHash([b'a'; 20]), InfoHash(second)],
+                passkey: None,
             }))
         );
         let many = "&info_hash=aaaaaaaaaaaaaaaaaaaa".repeat(11);
@@ -625,6 +709,7 @@ pub(crate) mod tests {
                         key: key.and_then(|k| PeerKey::new(&k)),
                         compact,
                         no_peer_id,
+                        passkey: None,
                     }
                 },
             )
@@ -634,13 +719,65 @@ pub(crate) mod tests {
         prop_oneof![
             arb_announce().prop_map(Request::Announce),
             proptest::collection::vec(any::<[u8; 20]>().prop_map(InfoHash), 1..=max_scrape)
-                .prop_map(|info_hashes| Request::Scrape(ScrapeRequest { info_hashes })),
+                .prop_map(|info_hashes| Request::Scrape(ScrapeRequest {
+                    info_hashes,
+                    passkey: None
+                })),
         ]
+    }
+
+    /// A request with or without a passkey.
+    pub(crate) fn arb_private_request(max_scrape: usize) -> impl Strategy<Value = Request> {
+        let passkey = proptest::option::of("[a-zA-Z0-9]{32}")
+            .prop_map(|p| p.and_then(|p| Passkey::new(p.as_bytes())));
+        (arb_request(max_scrape), passkey).prop_map(|(request, passkey)| match request {
+            Request::Announce(r) => Request::Announce(AnnounceRequest { passkey, ..r }),
+            Request::Scrape(r) => Request::Scrape(ScrapeRequest { passkey, ..r }),
+        })
+    }
+
+    const PASSKEY: &str = "0123456789abcdefABCDEF0123456789";
+
+    #[test]
+    fn passkey_paths() {
+        let passkey = Passkey::new(PASSKEY.as_bytes());
+        assert!(passkey.is_some());
+        match target(&format!("/{PASSKEY}/announce?{BASE}")) {
+            Ok(Request::Announce(r)) => assert_eq!(r.passkey, passkey),
+            other => panic!("not an announce: {other:?}"),
+        }
+        match target(&format!("/{PASSKEY}/scrape?info_hash=aaaaaaaaaaaaaaaaaaaa")) {
+            Ok(Request::Scrape(r)) => assert_eq!(r.passkey, passkey),
+            other => panic!("not a scrape: {other:?}"),
+        }
+        assert_eq!(announce(BASE).expect("public").passkey, None);
+        for bad in [
+            format!("/{}/announce?{BASE}", &PASSKEY[..31]),
+            format!("/{PASSKEY}0/announce?{BASE}"),
+            format!("/{}%41/announce?{BASE}", &PASSKEY[..29]),
+            format!("//announce?{BASE}"),
+            format!("/{}-/announce?{BASE}", &PASSKEY[..31]),
+        ] {
+            assert_eq!(target(&bad), Err(RequestError::InvalidPasskey), "{bad}");
+        }
+        assert_eq!(
+            target(&format!("/{PASSKEY}/other?{BASE}")),
+            Err(RequestError::UnknownPath)
+        );
+        assert_eq!(
+            target(&format!("/{PASSKEY}/x/announce?{BASE}")),
+            Err(RequestError::UnknownPath)
+        );
+        let debug = format!("{:?}", passkey);
+        assert!(
+            !debug.contains(PASSKEY),
+            "a passkey is not logged whole: {debug}"
+        );
     }
 
     proptest! {
         #[test]
-        fn target_round_trip(request in arb_request(10)) {
+        fn target_round_trip(request in arb_private_request(10)) {
             let mut buf = Vec::new();
             request.write_target(&mut buf).expect("vec write");
             prop_assert_eq!(Request::parse_target(&buf, 10), Ok(request));

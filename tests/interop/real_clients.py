@@ -62,7 +62,7 @@ _next_host = [10]
 
 
 class Tracker:
-    def __init__(self, binary, workdir, extra_config="", name="tracker", host=None):
+    def __init__(self, binary, workdir, extra_config="", name="tracker", host=None, private_db=None):
         if host is None:
             _next_host[0] += 1
             host = f"127.0.0.{_next_host[0]}"
@@ -71,6 +71,8 @@ class Tracker:
         self.http_port = free_port(socket.SOCK_STREAM)
         self.ws_port = free_port(socket.SOCK_STREAM)
         config = os.path.join(workdir, f"{name}.toml")
+        # Private mode serves HTTP only: UDP and WS cannot carry a passkey.
+        off = "enabled = false\n" if private_db is not None else ""
         with open(config, "w") as f:
             f.write(
                 f"""workers = 2
@@ -78,24 +80,27 @@ log_level = "{os.environ.get('INTEROP_LOG', 'info')}"
 [runtime]
 pin_cpus = false
 [udp]
-address = "{self.host}:{self.udp_port}"
+{off}address = "{self.host}:{self.udp_port}"
 [http]
 address = "{self.host}:{self.http_port}"
 [ws]
-address = "{self.host}:{self.ws_port}"
+{off}address = "{self.host}:{self.ws_port}"
 {extra_config}"""
             )
+            if private_db is not None:
+                f.write(private_db.config() + "flush_interval_secs = 1\nreload_interval_secs = 0\n")
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [binary, "-c", config], stdout=subprocess.PIPE, stderr=self.log, text=True
         )
+        ready = "aquatic: private data loaded" if private_db else "aquatic: ready"
         deadline = time.time() + 20
         while time.time() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError("tracker exited during start-up")
-            if line.startswith("aquatic: ready"):
+            if line.startswith(ready):
                 return
         raise RuntimeError("tracker did not become ready")
 
@@ -104,6 +109,9 @@ address = "{self.host}:{self.ws_port}"
 
     def http(self):
         return f"http://{self.host}:{self.http_port}/announce"
+
+    def private_http(self, passkey):
+        return f"http://{self.host}:{self.http_port}/{passkey}/announce"
 
     def ws(self):
         return f"ws://{self.host}:{self.ws_port}"
@@ -210,13 +218,16 @@ def check_cluster_lt_seeds_via_a_aria2_downloads_via_b(cluster, work, url_of):
 
 
 def make_torrent(data_dir, name, tracker_url):
+    """A private torrent announcing to `tracker_url` (None: no tracker; each
+    client then gets its own passkey URL)."""
     path = os.path.join(data_dir, name)
     with open(path, "wb") as f:
         f.write(os.urandom(FILE_SIZE))
     fs = lt.file_storage()
     lt.add_files(fs, path)
     t = lt.create_torrent(fs, 256 * 1024, flags=lt.create_torrent.v1_only)
-    t.add_tracker(tracker_url)
+    if tracker_url:
+        t.add_tracker(tracker_url)
     t.set_priv(True)
     lt.set_piece_hashes(t, data_dir)
     torrent_path = os.path.join(os.path.dirname(data_dir), name + ".torrent")
@@ -355,6 +366,84 @@ def check_aria2_seeds_lt_downloads(tracker, work, url_of):
 WEBTORRENT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webtorrent")
 
 
+SEEDER_PASSKEY = "seeder0000000000000000000000000a"
+LEECHER_PASSKEY = "leecher000000000000000000000000b"
+
+
+def check_private_accounting(binary, work):
+    """Private mode: a libtorrent seeder and an aria2c downloader, each with
+    its own passkey URL; the database then shows the transfer."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from mariadb import MariaDb
+
+    db = MariaDb(work)
+    tracker = None
+    try:
+        data = os.path.join(work, "seed")
+        os.makedirs(data)
+        src, torrent = make_torrent(data, "payload.bin", None)
+        info_hash = str(lt.torrent_info(torrent).info_hash())
+        db.sql(f"INSERT INTO tracker_users (id, passkey) VALUES (1, '{SEEDER_PASSKEY}'), "
+               f"(2, '{LEECHER_PASSKEY}'); "
+               f"INSERT INTO tracker_torrents (id, info_hash) VALUES (7, UNHEX('{info_hash}'));")
+        tracker = Tracker(binary, work, private_db=db)
+        session = lt_session()
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(torrent)
+        params.save_path = data
+        params.trackers = [tracker.private_http(SEEDER_PASSKEY)]
+        handle = session.add_torrent(params)
+        wait_lt_seeding(handle)
+        handle.force_reannounce()
+        out = os.path.join(work, "aria2-out")
+        os.makedirs(out)
+        proc = aria2(["--seed-time=0", "--dir=" + out,
+                      "--bt-tracker=" + tracker.private_http(LEECHER_PASSKEY), torrent],
+                     work, CHECK_TIMEOUT)
+        try:
+            output, _ = proc.communicate(timeout=CHECK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            raise RuntimeError("aria2c did not finish in time:\n" + output[-2000:])
+        if proc.returncode != 0:
+            raise RuntimeError(f"aria2c exited {proc.returncode}:\n" + output[-2000:])
+        if sha256(os.path.join(out, "payload.bin")) != sha256(src):
+            raise RuntimeError("checksum mismatch")
+        # The seeder reports what it uploaded on its next announce.
+        handle.force_reannounce()
+        deadline = time.time() + 30
+        while True:
+            rows = dict((r[0], (int(r[1]), int(r[2]))) for r in db.rows(
+                "SELECT user_id, uploaded, downloaded FROM tracker_transfer WHERE torrent_id = 7"))
+            seeder_up = rows.get("1", (0, 0))[0]
+            leecher_down = rows.get("2", (0, 0))[1]
+            if seeder_up >= FILE_SIZE * 0.9 and leecher_down >= FILE_SIZE * 0.9:
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"transfer not accounted: {rows}")
+            time.sleep(0.5)
+        if not (FILE_SIZE * 0.9 <= seeder_up <= FILE_SIZE * 1.2
+                and FILE_SIZE * 0.9 <= leecher_down <= FILE_SIZE * 1.2):
+            raise RuntimeError(f"accounted {rows}, file {FILE_SIZE} bytes")
+        tracker.stop()
+        tracker = None
+        snatches = db.rows("SELECT user_id, times FROM tracker_snatches WHERE torrent_id = 7")
+        stats = db.rows("SELECT seeders, leechers, snatched FROM tracker_torrent_stats "
+                        "WHERE torrent_id = 7")
+        if snatches != [["2", "1"]]:
+            raise RuntimeError(f"snatches {snatches}")
+        if stats != [["1", "0", "1"]]:
+            raise RuntimeError(f"seeders, leechers, snatched: {stats}")
+        print(f"  accounted: seeder uploaded {seeder_up}, downloader downloaded {leecher_down} "
+              f"of {FILE_SIZE} bytes; snatches {snatches}; seeders/leechers/snatched {stats}")
+        del session
+    finally:
+        if tracker is not None:
+            tracker.proc.kill()
+        db.stop()
+
+
 def run_node_check(args, what):
     """Runs node with `args` in webtorrent/; the script prints PASS/FAIL lines."""
     proc = subprocess.run(
@@ -396,6 +485,25 @@ def main():
     ]
     only = os.environ.get("INTEROP_ONLY")
     passed = failed = 0
+    name = "private http: libtorrent seeds, aria2c downloads, MariaDB accounts both"
+    if not only or only in name:
+        work = tempfile.mkdtemp(prefix="aquatic-interop-")
+        started = time.time()
+        try:
+            check_private_accounting(binary, work)
+            passed += 1
+            print(f"PASS {name} ({time.time() - started:.1f} s)", flush=True)
+        except Exception as err:  # noqa: BLE001 - every failure is reported
+            failed += 1
+            print(f"FAIL {name}: {err}", flush=True)
+            traceback.print_exc()
+            log = os.path.join(work, "tracker.log")
+            if os.path.exists(log):
+                with open(log) as f:
+                    print("tracker log tail:\n" + f.read()[-3000:])
+        finally:
+            if not os.environ.get("INTEROP_KEEP"):
+                shutil.rmtree(work, ignore_errors=True)
     for name, check, url_of, *make in checks:
         make = make[0] if make else Tracker
         if only and only not in name:

@@ -197,6 +197,9 @@ impl WireAnnounce {
             bytes_left: self.bytes_left,
             numwant: self.numwant.map(size),
             max_peers: self.max_peers.map(size),
+            // Only public announces cross a link: config refuses private
+            // mode on a cluster node (see PrivateConfig::check).
+            private: None,
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::{
     metrics::{family, ExecutorStats, HTTP},
     reload::LocalCopy,
     router::{RouteError, Router},
-    swarm::{AnnounceInput, Refusal, SwarmKind},
+    swarm::{AnnounceInput, SwarmKind},
     timing::within,
 };
 
@@ -47,6 +47,8 @@ struct HttpSettings {
     trusted_proxies: Vec<IpNetwork>,
     announce_interval: u32,
     max_scrape_torrents: usize,
+    /// Private mode: every request needs a member's passkey.
+    private: bool,
 }
 
 impl HttpSettings {
@@ -56,6 +58,7 @@ impl HttpSettings {
             trusted_proxies: config.trusted_proxies().to_vec(),
             announce_interval: config.tracker.announce_interval_secs,
             max_scrape_torrents: config.tracker.max_scrape_torrents,
+            private: config.private.enabled,
         }
     }
 }
@@ -305,8 +308,9 @@ fn refuse(endpoint: &HttpEndpoint, reply: &mut Reply<'_>, err: RouteError) {
     let status = match err {
         RouteError::Refused(refusal) => {
             endpoint.stats.refused(HTTP, refusal);
-            // A refused info hash is an answer, not a malformed request.
-            if refusal == Refusal::NotAllowed {
+            // A refused info hash or member is an answer, not a
+            // malformed request.
+            if refusal.is_answer() {
                 200
             } else {
                 400
@@ -342,7 +346,16 @@ async fn answer(
         Ok(Request::Scrape(scrape)) => {
             stats.http_scrape.bump();
             let hashes = &scrape.info_hashes;
-            match endpoint.router.scrape(SwarmKind::Bt, hashes).await {
+            let kind = if endpoint.settings.borrow().private {
+                if let Err(refusal) = endpoint.router.check_member(scrape.passkey.as_ref()) {
+                    refuse(endpoint, reply, refusal.into());
+                    return;
+                }
+                SwarmKind::Private
+            } else {
+                SwarmKind::Bt
+            };
+            match endpoint.router.scrape(kind, hashes).await {
                 Ok(parts) => {
                     // A part whose shard did not answer in time is left
                     // out: the files dictionary holds what arrived.
@@ -367,7 +380,7 @@ async fn answer_announce(
     reply: &mut Reply<'_>,
     selected: &mut SelectedPeers,
 ) {
-    let input = AnnounceInput::http(announce, ip);
+    let input = AnnounceInput::http(announce, ip, endpoint.settings.borrow().private);
     match endpoint.router.announce(input, selected).await {
         Ok(outcome) => {
             let response = Response::Announce(AnnounceResponse {

@@ -98,6 +98,8 @@ pub struct BtAnnounce {
     pub bytes_left: Option<u64>,
     /// Peers wanted, already capped by config.
     pub numwant: usize,
+    /// Who the member is and what its counters say, on the private tracker.
+    pub private: Option<super::private::PrivatePeer>,
 }
 
 /// What one cleaning pass did.
@@ -274,6 +276,7 @@ mod tests {
             completed: false,
             bytes_left: Some(left),
             numwant: 50,
+            private: None,
         }
     }
 

@@ -8,6 +8,8 @@
 //!                         v
 //!   bt.rs  BtShard: UDP and HTTP peers of a torrent in one swarm per family
 //!   ws.rs  WsShard: WebTorrent peers, offers and answers to relay
+//!   private.rs  private mode: Catalog (who may announce), Ledger (what
+//!               each announce credits), Batch (what the database gets)
 //! ```
 //!
 //! Everything here is plain data and functions of `(now, rng, request)`:
@@ -17,13 +19,14 @@
 //! WebTorrent protocol's own messages.
 
 mod bt;
+pub mod private;
 mod refusal;
 mod rules;
 mod ws;
 
 pub use bt::{BtAnnounce, BtShard, CleanReport};
 pub use refusal::Refusal;
-pub use rules::{AnnounceInput, ConnectionPeers, Limits, Rules};
+pub use rules::{AnnounceInput, ConnectionPeers, Limits, PrivateCredentials, Rules};
 pub use ws::{ConnectionRef, WsAnnounce, WsAnswer, WsShard, WsTiming};
 
 /// Which swarms a scrape reads: BitTorrent (UDP and HTTP) or WebTorrent.
@@ -33,4 +36,6 @@ pub enum SwarmKind {
     Bt,
     /// WebSocket peers.
     Ws,
+    /// The private tracker's (HTTP) peers.
+    Private,
 }

@@ -15,6 +15,7 @@ use hashbrown::HashSet;
 
 use super::{
     bt::BtAnnounce,
+    private::{Catalog, PrivatePeer, User},
     refusal::Refusal,
     ws::{ConnectionRef, WsAnnounce, WsAnswer},
 };
@@ -43,6 +44,19 @@ pub struct AnnounceInput {
     /// The most peers the reply can carry, if the transport limits it (a
     /// UDP reply must fit one datagram); None: no limit but the config's.
     pub max_peers: Option<usize>,
+    /// Set when the announce came to the private tracker.
+    pub private: Option<PrivateCredentials>,
+}
+
+/// What a private tracker's announce carries besides a public one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrivateCredentials {
+    /// The passkey of the path, if there was one.
+    pub passkey: Option<aquatic_http_protocol::Passkey>,
+    /// `uploaded` as sent.
+    pub uploaded: u64,
+    /// `downloaded` as sent.
+    pub downloaded: u64,
 }
 
 impl AnnounceInput {
@@ -65,11 +79,16 @@ impl AnnounceInput {
                 .ok()
                 .filter(|&n| n > 0),
             max_peers: Some(max_peers),
+            private: None,
         }
     }
 
-    /// A BEP 3 announce from `ip`.
-    pub fn http(request: &aquatic_http_protocol::AnnounceRequest, ip: IpAddr) -> Self {
+    /// A BEP 3 announce from `ip`, to the private tracker if `private`.
+    pub fn http(
+        request: &aquatic_http_protocol::AnnounceRequest,
+        ip: IpAddr,
+        private: bool,
+    ) -> Self {
         use aquatic_http_protocol::AnnounceEvent;
         Self {
             info_hash: request.info_hash,
@@ -84,6 +103,11 @@ impl AnnounceInput {
             numwant: request.numwant,
             // A response body has no size limit that matters here.
             max_peers: None,
+            private: private.then_some(PrivateCredentials {
+                passkey: request.passkey,
+                uploaded: request.bytes_uploaded,
+                downloaded: request.bytes_downloaded,
+            }),
         }
     }
 }
@@ -117,10 +141,12 @@ impl Limits {
 }
 
 /// The rules one executor applies: its limits and its copy of the access
-/// list (replaced when the list is reloaded).
+/// list (replaced when the list is reloaded), and in private mode its copy
+/// of the users, torrents and whitelist.
 pub struct Rules {
     limits: Limits,
     access_list: Arc<AccessList>,
+    catalog: Arc<Catalog>,
 }
 
 impl Rules {
@@ -129,12 +155,27 @@ impl Rules {
         Self {
             limits,
             access_list,
+            catalog: Arc::new(Catalog::starting()),
         }
     }
 
     /// Takes reloaded limits.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+    }
+
+    /// Takes a reloaded private catalog.
+    pub fn set_catalog(&mut self, catalog: Arc<Catalog>) {
+        self.catalog = catalog;
+    }
+
+    /// The member a private scrape's passkey names, if they may use the
+    /// tracker.
+    pub fn private_member(
+        &self,
+        passkey: Option<&aquatic_http_protocol::Passkey>,
+    ) -> Result<User, Refusal> {
+        self.catalog.member(passkey)
     }
 
     /// Takes a reloaded access list.
@@ -162,12 +203,35 @@ impl Rules {
     /// numwant is capped by `max_numwant` and by what the reply can carry,
     /// before the shard chooses peers, so that the peers sent are a random
     /// choice among all and not the first of a longer list.
+    ///
+    /// A private announce is checked against the catalog, all in memory:
+    /// member, client whitelist, registered torrent, leeching right.
     pub fn bt_announce(&self, input: AnnounceInput) -> Result<BtAnnounce, Refusal> {
         self.allowed(&input.info_hash)?;
+        let private = match input.private {
+            None => None,
+            Some(credentials) => {
+                let seeding = input.bytes_left == Some(0);
+                let (user, torrent) = self.catalog.check_announce(
+                    credentials.passkey.as_ref(),
+                    &input.info_hash,
+                    &input.peer_id,
+                    seeding || input.stopped,
+                )?;
+                Some(PrivatePeer {
+                    user: user.id,
+                    torrent: torrent.id,
+                    freeleech: torrent.freeleech,
+                    uploaded: credentials.uploaded,
+                    downloaded: credentials.downloaded,
+                })
+            }
+        };
         if input.port == 0 {
             return Err(Refusal::InvalidPort);
         }
         Ok(BtAnnounce {
+            private,
             info_hash: input.info_hash,
             peer_id: input.peer_id,
             ip: input.ip,
@@ -302,6 +366,7 @@ mod tests {
             bytes_left: Some(10),
             numwant: None,
             max_peers: None,
+            private: None,
         }
     }
 
@@ -372,6 +437,7 @@ mod tests {
             Refusal::TooManyInfoHashes,
             Refusal::FullScrape,
             Refusal::PeerIdInUse,
+            Refusal::UnknownPasskey,
         ] {
             assert_eq!(r.to_string(), r.failure_reason());
         }

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod http_client;
+pub mod mariadb;
 pub mod metrics_client;
 pub mod udp_client;
 
