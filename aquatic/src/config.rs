@@ -1635,6 +1635,17 @@ mod tests {
     }
 
     #[test]
+    fn private_mode_is_refused_on_a_cluster_node() {
+        let both = "[udp]\nenabled = false\n[ws]\nenabled = false\n\
+                    [private]\nenabled = true\n[cluster]\nenabled = true";
+        let found = problems(both);
+        assert!(
+            keys(&found).contains(&"private.enabled, cluster.enabled"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn combinations() {
         assert!(
             Config::from_toml(
