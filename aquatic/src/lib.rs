@@ -37,5 +37,6 @@ pub mod notify;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod snapshot;
 pub mod swarm;
 pub mod timing;

@@ -21,10 +21,12 @@ use std::{
 use anyhow::{bail, Context};
 use aquatic_common::{
     access_list::AccessList,
-    connection_id::{ConnectionIdKey, ConnectionIdValidator},
-    time::ServerStartInstant,
+    connection_id::ConnectionIdValidator,
+    time::{ServerStartInstant, UnixSeconds},
 };
-use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placement};
+use glommio::{
+    channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placement, PoolPlacement,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
@@ -33,12 +35,11 @@ use crate::{
     metrics::MetricsHub,
     notify::{monotonic_usec, notify},
     reload::Reloadable,
+    snapshot::{self, RestoredShards, StateDir, TorrentRecord},
 };
 
 /// How long executors may take to start before start-up is declared failed.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a graceful stop may take before the process exits anyway.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the main thread waits for.
 #[derive(Debug)]
@@ -393,11 +394,19 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
             .context("cannot start the signal thread")?;
     }
 
+    let state = open_state_dir(&config, workers)?;
+    let key = snapshot::connection_id_key(state.as_deref())?;
+    let start = ServerStartInstant::new();
+    let restored = Arc::new(RestoredShards::new(restore(
+        state.as_deref(),
+        workers,
+        &config,
+    )));
     let shared = Shared {
         config: config.clone(),
-        start: ServerStartInstant::new(),
+        start,
         validator: ConnectionIdValidator::new(
-            ConnectionIdKey::random(),
+            key,
             Duration::from_secs(config.udp.connection_id_max_age_secs),
         ),
         access_list: access_list.clone(),
@@ -405,6 +414,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         ws_tls: ws_tls.clone(),
         metrics: config.metrics.enabled.then(|| metrics.clone()),
         shutdown: Arc::new(AtomicBool::new(false)),
+        state,
     };
     let shutdown = shared.shutdown.clone();
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
@@ -425,6 +435,7 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
             sockets: ExecutorSockets { udp, http, ws },
             shared: shared.clone(),
             ready,
+            restored: restored.clone(),
         };
         let placement = if config.runtime.pin_cpus {
             Placement::Fixed(config.runtime.first_core + i)
@@ -434,7 +445,10 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("aquatic-{i}"))
             .io_memory(config.runtime.io_memory_kib * 1024)
-            .ring_depth(config.runtime.ring_depth);
+            .ring_depth(config.runtime.ring_depth)
+            // Snapshot files are written on the blocking thread: let it run
+            // on any core rather than take turns with its pinned executor.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
         let events = events.clone();
         std::thread::Builder::new()
             .name(format!("aquatic-{i}"))
@@ -466,6 +480,40 @@ pub fn run(config: ValidConfig) -> anyhow::Result<()> {
         ws_tls,
     };
     serve_until_stopped(&event_rx, workers, &config, &reloadables, &shutdown)
+}
+
+/// The state directory, locked, if snapshots are on (`snapshot.dir`, else
+/// `$STATE_DIRECTORY`).
+fn open_state_dir(config: &Config, workers: usize) -> anyhow::Result<Option<Arc<StateDir>>> {
+    let env = std::env::var_os("STATE_DIRECTORY");
+    let Some(path) = config.snapshot.state_dir(env.as_deref()) else {
+        log::info!("no state directory (snapshot.dir, $STATE_DIRECTORY): swarms and connection ids do not survive a restart");
+        return Ok(None);
+    };
+    let state = StateDir::open(&path, workers)?;
+    Ok(Some(Arc::new(state)))
+}
+
+/// The snapshots' torrents for each executor, by the current `shard_of`
+/// and worker count.
+fn restore(state: Option<&StateDir>, workers: usize, config: &Config) -> Vec<Vec<TorrentRecord>> {
+    let Some(state) = state else {
+        return Vec::new();
+    };
+    let began = Instant::now();
+    let restored = state.restore(workers, UnixSeconds::now(), config.tracker.peer_timeout());
+    if restored.files > 0 {
+        log::info!(
+            "restored {} peers from {} snapshot files in {} (up to {} s old; {} peers had expired) in {:?}",
+            restored.peers,
+            restored.files,
+            state.path().display(),
+            restored.oldest_secs,
+            restored.expired,
+            began.elapsed()
+        );
+    }
+    restored.per_shard
 }
 
 fn wait_until_ready(
@@ -529,7 +577,8 @@ fn serve_until_stopped(
             Err(_) => bail!("every executor is gone"),
         }
     }
-    let deadline = Instant::now() + STOP_TIMEOUT;
+    let stop_timeout = config.snapshot.stop_timeout();
+    let deadline = Instant::now() + stop_timeout;
     let mut exited = 0;
     while exited < workers {
         match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -540,7 +589,9 @@ fn serve_until_stopped(
             }
             Ok(_) => {}
             Err(_) => {
-                log::warn!("executors did not stop within {STOP_TIMEOUT:?}; exiting anyway");
+                log::warn!(
+                    "executors did not stop within {stop_timeout:?} (snapshot.stop_timeout_secs); exiting anyway"
+                );
                 break;
             }
         }
