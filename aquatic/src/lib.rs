@@ -19,7 +19,10 @@
 //! local address). Dependencies point one way, down the picture; a test
 //! (`tests/module_graph.rs`) fails on any import cycle among these modules.
 //! glommio appears only in `net/`, `router`, `executor`, `server` and
-//! `timing`; `host` and `swarm/` are plain synchronous code.
+//! `timing`; `host` and `swarm/` are plain synchronous code, and so is
+//! `snapshot` (the state directory: swarm snapshot files, their restore,
+//! the persisted connection-id key), which `server` calls at start and
+//! `executor` on its snapshot timer and at stop.
 #![warn(unreachable_pub)]
 
 pub mod cli;

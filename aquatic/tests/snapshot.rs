@@ -111,8 +111,12 @@ fn observe(tracker: &Tracker) -> Vec<((i32, i32, i32), Vec<u16>)> {
     counts.into_iter().zip(seen).collect()
 }
 
-fn sigterm(mut tracker: Tracker) {
-    tracker.signal(libc::SIGTERM);
+fn sigterm(tracker: Tracker) {
+    stop_with(tracker, libc::SIGTERM);
+}
+
+fn stop_with(mut tracker: Tracker, signal: i32) {
+    tracker.signal(signal);
     let status = tracker.wait_exit(Duration::from_secs(30)).expect("exits");
     assert!(status.success(), "{status:?}");
 }
@@ -278,8 +282,11 @@ fn a_snapshot_of_a_newer_format_starts_empty() {
 fn a_connection_id_from_before_a_restart_is_accepted_after_it() {
     let state = scratch_dir("snap-cid");
     let first = Tracker::start("snap-cid", &config(2, &state, 0));
-    let old_id = UdpClient::new(first.udp_v4()).connection_id;
-    sigterm(first);
+    let mut client = UdpClient::new(first.udp_v4());
+    let old_id = client.connection_id;
+    client.announce(hashes()[0], 9, 6009, AnnounceEvent::Started, 10);
+    // SIGINT (Ctrl-C) stops the same way as SIGTERM, snapshot included.
+    stop_with(first, libc::SIGINT);
 
     let second = Tracker::start("snap-cid", &config(2, &state, 0));
     let mut client = UdpClient::new(second.udp_v4());
@@ -288,6 +295,11 @@ fn a_connection_id_from_before_a_restart_is_accepted_after_it() {
     assert!(
         matches!(response, OwnedResponse::AnnounceIpv4 { .. }),
         "the old id is accepted: {response:?}"
+    );
+    assert_eq!(
+        client.scrape(&[hashes()[0]]),
+        vec![(0, 1, 0)],
+        "SIGINT wrote"
     );
     drop(second);
 
