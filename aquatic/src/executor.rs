@@ -562,7 +562,7 @@ impl Snapshots {
     /// then writes the file on a blocking thread. A failure is logged and
     /// counted: the previous snapshot stays.
     async fn write(&self, why: &str) {
-        let Ok(_permit) = self.writing.acquire(1).await else {
+        let Ok(_permit) = self.writing.acquire_permit(1).await else {
             return;
         };
         let began = std::time::Instant::now();

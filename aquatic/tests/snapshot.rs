@@ -188,12 +188,15 @@ fn kill_9_after_a_periodic_snapshot_keeps_its_peers() {
     let peers = fill(&first);
     let seen = observe(&first);
     let expected = (peers + hashes().len()) as f64;
-    // A periodic snapshot taken after the fill: every peer is in a file.
+    // Periodic snapshots keep coming (two more per executor, so at least
+    // one begun after the fill), and the last has every peer.
+    let writes = metric(&first, "aquatic_snapshot_writes_total");
     eventually(Duration::from_secs(30), || {
-        (metric(&first, "aquatic_snapshot_peers") == expected).then_some(())
+        (metric(&first, "aquatic_snapshot_writes_total") >= writes + 4.0
+            && metric(&first, "aquatic_snapshot_peers") == expected)
+            .then_some(())
     })
-    .expect("a periodic snapshot with every peer");
-    assert!(metric(&first, "aquatic_snapshot_writes_total") >= 2.0);
+    .expect("periodic snapshots, the last with every peer");
     first.child.kill().expect("SIGKILL");
     first.child.wait().expect("reaped");
     drop(first);
@@ -330,4 +333,38 @@ fn a_second_process_on_the_same_state_directory_is_refused() {
     assert!(err.contains("in use by another aquatic process"), "{err}");
     drop(first);
     let _ = std::fs::remove_dir_all(PathBuf::from(&state));
+}
+
+#[test]
+fn a_stop_after_periodic_snapshots_still_writes_one() {
+    let state = scratch_dir("snap-stop-after");
+    let text = config(2, &state, 1).replacen("log_level = \"warn\"", "log_level = \"info\"", 1);
+    let mut tracker = Tracker::start("snap-stop-after", &text);
+    let metrics = tracker.metrics.expect("metrics");
+    // Each executor has written two periodic snapshots: the writer is free
+    // again after each.
+    eventually(Duration::from_secs(30), || {
+        let text = metrics_text(metrics);
+        (0..2)
+            .all(|i| {
+                let executor = format!("executor=\"{i}\"");
+                sum(&text, "aquatic_snapshot_writes_total", &[&executor]) >= 2.0
+            })
+            .then_some(())
+    })
+    .expect("two periodic snapshots per executor");
+    tracker.signal(libc::SIGTERM);
+    let status = tracker.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    let stderr = tracker.stderr_text();
+    let stop_lines = stderr
+        .lines()
+        .filter(|l| l.contains("snapshot (at stop)"))
+        .count();
+    assert_eq!(
+        stop_lines, 2,
+        "one stop-time snapshot per executor:\n{stderr}"
+    );
+    drop(tracker);
+    let _ = std::fs::remove_dir_all(&state);
 }
