@@ -476,6 +476,8 @@ async fn refresh_reloadables(
 /// collected: a slice takes well under a millisecond, so requests wait no
 /// longer than that behind it.
 const SNAPSHOT_SLICE_PEERS: usize = 4096;
+/// The pause between two slices.
+const SNAPSHOT_SLICE_PAUSE: Duration = Duration::from_micros(100);
 
 /// What the stop-time snapshot is called in logs.
 const AT_STOP: &str = "at stop";
@@ -600,7 +602,11 @@ impl Snapshots {
                     }
                 }
             });
-            glommio::executor().yield_task_queue_now().await;
+            // A timer, not a yield of the task queue: with nothing else
+            // runnable a yielded queue runs again at once, before the
+            // reactor has looked for new datagrams; a sleep parks this
+            // task, so the executor polls its ring and serves what waits.
+            sleep(SNAPSHOT_SLICE_PAUSE).await;
         }
         let peers = body.peers();
         let result = match failure {
