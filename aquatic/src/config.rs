@@ -359,6 +359,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Private tracker mode: passkeys and accounting in MariaDB.
     pub private: PrivateConfig,
+    /// Swarm snapshots and the persisted connection-id key.
+    pub snapshot: SnapshotConfig,
 }
 
 /// Executor placement and io_uring sizes.
@@ -934,6 +936,63 @@ impl ClusterConfig {
     }
 }
 
+/// Swarm snapshots and the persisted connection-id key: the `[snapshot]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// The state directory; empty: `$STATE_DIRECTORY`, else no state at all.
+    pub dir: PathBuf,
+    /// Seconds between background snapshots; 0: only at stop.
+    pub interval_secs: u64,
+    /// Seconds a graceful stop (closing, the last snapshot) may take.
+    pub stop_timeout_secs: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            interval_secs: 60,
+            stop_timeout_secs: 10,
+        }
+    }
+}
+
+impl SnapshotConfig {
+    fn check(&self, check: &mut Checker) {
+        check.range("snapshot.interval_secs", self.interval_secs, 0..=DAY_SECS);
+        // Past 10 minutes a stop is a hang; systemd's TimeoutStopSec=
+        // default is 90 s.
+        check.range(
+            "snapshot.stop_timeout_secs",
+            self.stop_timeout_secs,
+            1..=600,
+        );
+    }
+
+    /// The state directory in use: `dir`, else `$STATE_DIRECTORY` (its
+    /// first entry: systemd separates several with `:`), else none.
+    pub fn state_dir(&self, state_directory_env: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStrExt;
+        if !self.dir.as_os_str().is_empty() {
+            return Some(self.dir.clone());
+        }
+        let env = state_directory_env?.as_bytes();
+        let first = env.split(|b| *b == b':').next()?;
+        (!first.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(first)))
+    }
+
+    /// Period of the background snapshot, if there is one.
+    pub fn interval(&self) -> Option<Duration> {
+        (self.interval_secs > 0).then(|| Duration::from_secs(self.interval_secs))
+    }
+
+    /// How long a graceful stop may take.
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.stop_timeout_secs)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -949,6 +1008,7 @@ impl Default for Config {
             access_list: AccessListConfig::default(),
             cluster: ClusterConfig::default(),
             private: PrivateConfig::default(),
+            snapshot: SnapshotConfig::default(),
         }
     }
 }
@@ -1075,6 +1135,7 @@ impl Config {
                 },
             );
         }
+        self.snapshot.check(&mut check);
         self.check_scrape_limits(&mut check);
         self.cluster.check(&mut check);
         self.private.check(&self, &mut check);
@@ -1605,6 +1666,7 @@ mod tests {
             ("private.flush_interval_secs", 1),
             ("private.stop_flush_timeout_secs", 1),
             ("private.channel_batches", 1),
+            ("snapshot.stop_timeout_secs", 1),
         ];
         let mut found = found;
         found.sort_unstable();
@@ -1949,6 +2011,27 @@ mod tests {
         let both = "[http]\ntls_certificate_path = \"c.pem\"\ntls_private_key_path = \"k.pem\"";
         let config = Config::from_toml(both, Path::new("x")).expect("valid");
         assert!(config.http.tls() && !config.ws.tls());
+    }
+
+    #[test]
+    fn state_dir_from_config_or_systemd() {
+        use std::ffi::OsStr;
+        let mut snapshot = SnapshotConfig::default();
+        assert_eq!(snapshot.state_dir(None), None, "off by default");
+        assert_eq!(snapshot.state_dir(Some(OsStr::new(""))), None);
+        assert_eq!(
+            snapshot.state_dir(Some(OsStr::new("/var/lib/aquatic:/var/lib/other"))),
+            Some(PathBuf::from("/var/lib/aquatic"))
+        );
+        snapshot.dir = PathBuf::from("/srv/state");
+        assert_eq!(
+            snapshot.state_dir(Some(OsStr::new("/var/lib/aquatic"))),
+            Some(PathBuf::from("/srv/state")),
+            "the config wins"
+        );
+        assert_eq!(snapshot.interval(), Some(Duration::from_secs(60)));
+        snapshot.interval_secs = 0;
+        assert_eq!(snapshot.interval(), None);
     }
 
     #[test]

@@ -7,14 +7,19 @@
 //!  http   ──>│ net::http ─┼─> Router ── own shard ──> SharedHost (ShardHost, swarm/) │
 //!  ws     ──>│ net::ws ───┘     │ other shard: mesh ──> executor j's Router           │
 //!  mesh   ──>│ one task per peer: Router::handle_incoming (UDP answers to net::udp)  │
-//!            │ timers: cleaning (staggered), reload pickup, metrics, outbox drain    │
+//!            │ timers: cleaning (staggered), reload pickup, metrics, outbox drain,   │
+//!            │         snapshot (collected in slices, written on a blocking thread)  │
 //!            └──────────────────────────────────────────────────────────────────────┘
 //! ```
+//!
+//! A restored snapshot goes into the shard before any task starts, so the
+//! executor serves (and reports ready) with its swarms already there.
 //!
 //! This module only composes: it owns nothing the request path uses except
 //! through the router, the host and the endpoints.
 
 use std::{
+    cell::Cell,
     rc::Rc,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -24,8 +29,10 @@ use std::{
 };
 
 use aquatic_common::{
-    access_list::AccessList, connection_id::ConnectionIdValidator, time::ServerStartInstant,
-    ShardId,
+    access_list::AccessList,
+    connection_id::ConnectionIdValidator,
+    time::{ServerStartInstant, UnixSeconds},
+    InfoHash, ShardId,
 };
 use futures_lite::StreamExt;
 use glommio::{
@@ -54,6 +61,7 @@ use crate::{
     },
     reload::{LocalCopy, Reloadable},
     router::{MeshMessage, Router, UdpAnswers, LINK_EXECUTOR, REPLY_DEADLINE},
+    snapshot::{PeerRecord, RestoredShards, SnapshotBody, StateDir, TorrentRecord},
     swarm::{private::Catalog, Refusal},
 };
 
@@ -120,6 +128,8 @@ pub struct Shared {
     pub cluster: Option<ClusterShared>,
     /// Private mode's catalog and database thread.
     pub private: Option<PrivateShared>,
+    /// The locked state directory, when snapshots are on.
+    pub state: Option<Arc<StateDir>>,
 }
 
 /// What private mode shares: the catalog the database thread loads, and
@@ -148,6 +158,8 @@ pub struct ExecutorSetup {
     pub shared: Shared,
     /// Called once the executor serves.
     pub ready: Box<dyn FnOnce() + Send>,
+    /// Torrents restored from the snapshots, by the shard that owns them.
+    pub restored: Arc<RestoredShards>,
 }
 
 /// The parts of one running executor.
@@ -159,6 +171,7 @@ struct Executor {
     udp_steered: bool,
     http: Option<Rc<HttpEndpoint>>,
     ws: Option<Rc<WsEndpoint>>,
+    snapshots: Option<Rc<Snapshots>>,
 }
 
 /// The executor's main future: joins the mesh, starts the tasks, reports
@@ -171,6 +184,7 @@ pub async fn run(setup: ExecutorSetup) {
         sockets,
         shared,
         ready,
+        restored,
     } = setup;
     let config = &shared.config;
     let (senders, mut receivers) = match mesh.join().await {
@@ -284,10 +298,23 @@ pub async fn run(setup: ExecutorSetup) {
             ))
         }),
         udp_steered,
+        snapshots: shared.state.clone().map(|state| {
+            Rc::new(Snapshots {
+                state,
+                host: host.clone(),
+                start: shared.start,
+                executor: router.id().0,
+                writing: glommio::sync::Semaphore::new(1),
+                status: SnapshotStatus::default(),
+            })
+        }),
         router,
         host,
         stats,
     };
+    if let Some(snapshots) = &ex.snapshots {
+        snapshots.restore(restored.take(ex.router.id().0));
+    }
 
     spawn(requests, ex.router.clone().drain_outbox(outbox_woken));
     if let Some(udp) = &ex.udp {
@@ -320,7 +347,11 @@ pub async fn run(setup: ExecutorSetup) {
         ),
     );
     if let Some(hub) = shared.metrics.clone() {
-        spawn(background, publish_metrics(ex.snapshot_source(), hub));
+        // Once now, so that the endpoint has every executor's figures
+        // (those of the restore among them) from the moment it is ready.
+        let source = ex.snapshot_source();
+        hub.publish(source.id, source.snapshot());
+        spawn(background, publish_metrics(source, hub));
     }
     let tls_copies = [http_tls, ws_tls].into_iter().flatten().collect();
     let live = shared
@@ -345,12 +376,18 @@ pub async fn run(setup: ExecutorSetup) {
             hand_over_periodically(ex.host.clone(), private.database.clone()),
         );
     }
+    if let (Some(snapshots), Some(interval)) = (&ex.snapshots, config.snapshot.interval()) {
+        spawn(background, snapshots.clone().write_periodically(interval));
+    }
 
     ready();
     while !shared.shutdown.load(Ordering::Relaxed) {
         sleep(Duration::from_millis(50)).await;
     }
     ex.stop().await;
+    if let Some(snapshots) = &ex.snapshots {
+        snapshots.write(AT_STOP).await;
+    }
     if let Some(private) = &shared.private {
         hand_over_last(&ex.host, &private.database).await;
     }
@@ -420,6 +457,7 @@ impl Executor {
             udp: self.udp.clone(),
             udp_steered: self.udp_steered,
             ws: self.ws.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 
@@ -529,6 +567,7 @@ struct SnapshotSource {
     udp: Option<Rc<UdpEndpoint>>,
     udp_steered: bool,
     ws: Option<Rc<WsEndpoint>>,
+    snapshots: Option<Rc<Snapshots>>,
 }
 
 impl SnapshotSource {
@@ -592,6 +631,9 @@ impl SnapshotSource {
                 &mut counters,
                 &mut gauges,
             );
+        }
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.status.samples(&mut counters, &mut gauges);
         }
         Snapshot { counters, gauges }
     }
@@ -715,6 +757,192 @@ async fn refresh_reloadables(
         }
         for tls in &tls_configs {
             tls.refresh();
+        }
+    }
+}
+
+/// Peers read out of the shard between two yields while a snapshot is
+/// collected: a slice takes well under a millisecond, so requests wait no
+/// longer than that behind it.
+const SNAPSHOT_SLICE_PEERS: usize = 4096;
+/// The pause between two slices.
+const SNAPSHOT_SLICE_PAUSE: Duration = Duration::from_micros(100);
+
+/// What the stop-time snapshot is called in logs.
+const AT_STOP: &str = "at stop";
+
+/// This executor's snapshots: restore at start, write periodically and at
+/// stop, and the figures for metrics.
+struct Snapshots {
+    state: Arc<StateDir>,
+    host: Rc<SharedHost>,
+    start: ServerStartInstant,
+    executor: usize,
+    /// One write at a time: a stop-time write waits for a periodic one.
+    writing: glommio::sync::Semaphore,
+    status: SnapshotStatus,
+}
+
+/// Figures of the last snapshot, for metrics.
+#[derive(Default)]
+struct SnapshotStatus {
+    writes: Cell<u64>,
+    failures: Cell<u64>,
+    last_duration_ms: Cell<u64>,
+    last_bytes: Cell<u64>,
+    last_peers: Cell<u64>,
+    last_written: Cell<Option<UnixSeconds>>,
+    peers_restored: Cell<u64>,
+}
+
+impl SnapshotStatus {
+    fn samples(
+        &self,
+        counters: &mut Vec<crate::metrics::Sample<u64>>,
+        gauges: &mut Vec<crate::metrics::Sample<i64>>,
+    ) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        counters.push(("snapshot_writes", Vec::new(), self.writes.get()));
+        counters.push(("snapshot_failures", Vec::new(), self.failures.get()));
+        gauges.push((
+            "snapshot_peers_restored",
+            Vec::new(),
+            gauge(self.peers_restored.get()),
+        ));
+        if let Some(written) = self.last_written.get() {
+            let age = UnixSeconds::now().0.saturating_sub(written.0);
+            gauges.push(("snapshot_age_seconds", Vec::new(), i64::from(age)));
+            gauges.push((
+                "snapshot_duration_milliseconds",
+                Vec::new(),
+                gauge(self.last_duration_ms.get()),
+            ));
+            gauges.push(("snapshot_bytes", Vec::new(), gauge(self.last_bytes.get())));
+            gauges.push(("snapshot_peers", Vec::new(), gauge(self.last_peers.get())));
+        }
+    }
+}
+
+impl Snapshots {
+    /// Puts the restored torrents into the shard; runs before any task.
+    fn restore(&self, records: Vec<TorrentRecord>) {
+        let now = self.start.seconds_elapsed();
+        let mut restored = 0u64;
+        let mut entries = Vec::new();
+        self.host.with(|host| {
+            let timeout = host.peer_timeout();
+            for record in records {
+                entries.clear();
+                entries.extend(record.peers.iter().filter_map(|p| p.to_entry(now, timeout)));
+                restored += entries.len() as u64;
+                host.bt_mut()
+                    .restore(InfoHash(record.info_hash), record.completed, &entries);
+            }
+        });
+        self.status.peers_restored.set(restored);
+    }
+
+    async fn write_periodically(self: Rc<Self>, interval: Duration) {
+        loop {
+            sleep(interval).await;
+            self.write("periodic").await;
+        }
+    }
+
+    /// Collects the shard in slices, yielding to requests between them,
+    /// then writes the file on a blocking thread. A failure is logged and
+    /// counted: the previous snapshot stays.
+    async fn write(&self, why: &str) {
+        let Ok(_permit) = self.writing.acquire_permit(1).await else {
+            return;
+        };
+        let began = std::time::Instant::now();
+        let created_at = UnixSeconds::now();
+        let now = self.start.seconds_elapsed();
+        let (hashes, timeout) = self
+            .host
+            .with(|host| (host.bt().info_hashes(), host.peer_timeout()));
+        let mut body = SnapshotBody::default();
+        let mut entries = Vec::new();
+        let mut records = Vec::new();
+        let mut next = 0;
+        let mut failure = None;
+        while next < hashes.len() && failure.is_none() {
+            self.host.with(|host| {
+                let mut slice_peers = 0;
+                while slice_peers < SNAPSHOT_SLICE_PEERS && next < hashes.len() {
+                    let hash = hashes[next];
+                    next += 1;
+                    entries.clear();
+                    // Gone since the list was taken: nothing to keep.
+                    let Some(completed) = host.bt().torrent_entries(&hash, &mut entries) else {
+                        continue;
+                    };
+                    slice_peers += entries.len();
+                    records.clear();
+                    records.extend(
+                        entries
+                            .iter()
+                            .map(|e| PeerRecord::from_entry(e, now, timeout)),
+                    );
+                    if let Err(err) = body.push_torrent(hash, completed, &records) {
+                        failure = Some(err.to_string());
+                        break;
+                    }
+                }
+            });
+            // A timer, not a yield of the task queue: with nothing else
+            // runnable a yielded queue runs again at once, before the
+            // reactor has looked for new datagrams; a sleep parks this
+            // task, so the executor polls its ring and serves what waits.
+            sleep(SNAPSHOT_SLICE_PAUSE).await;
+        }
+        let peers = body.peers();
+        let result = match failure {
+            Some(err) => Err(err),
+            None => {
+                let state = self.state.clone();
+                let executor = self.executor;
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        state
+                            .write_snapshot(executor, &body.into_file(created_at))
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+            }
+        };
+        let took = began.elapsed();
+        let path = self.state.snapshot_path(self.executor);
+        match result {
+            Ok(bytes) => {
+                let s = &self.status;
+                s.writes.set(s.writes.get() + 1);
+                s.last_duration_ms
+                    .set(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+                s.last_bytes.set(bytes);
+                s.last_peers.set(peers);
+                s.last_written.set(Some(created_at));
+                // The stop-time one is worth a line; periodic ones are
+                // in the metrics.
+                let level = if why == AT_STOP {
+                    log::Level::Info
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "snapshot ({why}): {peers} peers, {bytes} bytes in {} in {took:?}",
+                    path.display()
+                );
+            }
+            Err(err) => {
+                self.status.failures.set(self.status.failures.get() + 1);
+                log::error!(
+                    "snapshot ({why}) to {} failed, the previous one stays: {err}",
+                    path.display()
+                );
+            }
         }
     }
 }

@@ -334,6 +334,21 @@ impl ShardHost {
         (bt, self.ws.clean(now))
     }
 
+    /// The UDP and HTTP swarms, to read (snapshots).
+    pub fn bt(&self) -> &BtShard {
+        &self.bt
+    }
+
+    /// The UDP and HTTP swarms, to refill (restore).
+    pub fn bt_mut(&mut self) -> &mut BtShard {
+        &mut self.bt
+    }
+
+    /// How long a peer stays without announcing.
+    pub fn peer_timeout(&self) -> Duration {
+        self.peer_timeout
+    }
+
     /// Figures for metrics and logs.
     pub fn gauges(&self) -> HostGauges {
         let mut bt_peers = self.bt.peer_counts();

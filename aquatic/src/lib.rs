@@ -20,7 +20,9 @@
 //! (`tests/module_graph.rs`) fails on any import cycle among these modules.
 //! glommio appears only in `net/`, `router`, `executor`, `server`,
 //! `timing` and the cluster's `link` and `queue`; `host` and `swarm/` are
-//! plain synchronous code.
+//! plain synchronous code, and so is `snapshot` (the state directory: swarm
+//! snapshot files, their restore, the persisted connection-id key), which
+//! `server` calls at start and `executor` on its snapshot timer and at stop.
 //!
 //! In a cluster (`cluster/`), the router first asks which live member owns
 //! the torrent (rendezvous hashing); a request owned by another node goes
@@ -49,6 +51,7 @@ pub mod notify;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod snapshot;
 pub mod status;
 pub mod swarm;
 pub mod timing;

@@ -35,9 +35,11 @@ use anyhow::{bail, Context};
 use aquatic_common::{
     access_list::AccessList,
     connection_id::{ConnectionIdKey, ConnectionIdValidator},
-    time::ServerStartInstant,
+    time::{ServerStartInstant, UnixSeconds},
 };
-use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placement};
+use glommio::{
+    channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placement, PoolPlacement,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
@@ -53,12 +55,11 @@ use crate::{
     net::steering::{CpuPlacement, Steering},
     notify::{monotonic_usec, notify},
     reload::Reloadable,
+    snapshot::{self, RestoredShards, StateDir, TorrentRecord},
 };
 
 /// How long executors may take to start before start-up is declared failed.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a graceful stop may take before the process exits anyway.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the main thread waits for.
 #[derive(Debug)]
@@ -473,12 +474,20 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
         None
     };
 
+    let state = open_state_dir(&config, workers)?;
+    let key = connection_id_key(&config, state.as_deref())?;
+    let start = ServerStartInstant::new();
+    let restored = Arc::new(RestoredShards::new(restore(
+        state.as_deref(),
+        workers,
+        &config,
+    )));
     let shared = Shared {
         config: config.clone(),
         live_config: live_config.clone(),
-        start: ServerStartInstant::new(),
+        start,
         validator: ConnectionIdValidator::new(
-            connection_id_key(&config)?,
+            key,
             Duration::from_secs(config.udp.connection_id_max_age_secs),
         ),
         access_list: access_list.clone(),
@@ -488,6 +497,7 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
         shutdown: Arc::new(AtomicBool::new(false)),
         cluster,
         private: private.as_ref().map(|(p, _)| p.clone()),
+        state,
     };
     let shutdown = shared.shutdown.clone();
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
@@ -515,6 +525,7 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
             },
             shared: shared.clone(),
             ready,
+            restored: restored.clone(),
         };
         let placement = if config.runtime.pin_cpus {
             Placement::Fixed(config.runtime.first_core + i)
@@ -524,7 +535,10 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("aquatic-{i}"))
             .io_memory(config.runtime.io_memory_kib * 1024)
-            .ring_depth(config.runtime.ring_depth);
+            .ring_depth(config.runtime.ring_depth)
+            // Snapshot files are written on the blocking thread: let it run
+            // on any core rather than take turns with its pinned executor.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
         let events = events.clone();
         let made = made_tx.clone();
         std::thread::Builder::new()
@@ -625,12 +639,13 @@ fn steer_udp(config: &Config, sockets: &[Socket]) -> Option<Steering> {
 
 /// The key connection ids are made with: the file the cluster's members
 /// share when the cluster is on (an id issued by one node must be accepted
-/// by every other), otherwise a fresh random key. A missing or short
-/// shared key is a start-up error, never a silent fallback: members with
-/// different keys would refuse each other's ids.
-fn connection_id_key(config: &Config) -> anyhow::Result<ConnectionIdKey> {
+/// by every other), otherwise the one persisted in the state directory
+/// (ids survive a restart), otherwise a fresh random key. A missing or
+/// short shared key is a start-up error, never a silent fallback: members
+/// with different keys would refuse each other's ids.
+fn connection_id_key(config: &Config, state: Option<&StateDir>) -> anyhow::Result<ConnectionIdKey> {
     if !config.cluster.enabled {
-        return Ok(ConnectionIdKey::random());
+        return Ok(snapshot::connection_id_key(state)?);
     }
     let path = &config.cluster.key_file;
     let material = std::fs::read(path)
@@ -674,6 +689,40 @@ fn stop_database(shared: PrivateShared, handle: std::thread::JoinHandle<()>, con
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = handle.join();
+}
+
+/// The state directory, locked, if snapshots are on (`snapshot.dir`, else
+/// `$STATE_DIRECTORY`).
+fn open_state_dir(config: &Config, workers: usize) -> anyhow::Result<Option<Arc<StateDir>>> {
+    let env = std::env::var_os("STATE_DIRECTORY");
+    let Some(path) = config.snapshot.state_dir(env.as_deref()) else {
+        log::info!("no state directory (snapshot.dir, $STATE_DIRECTORY): swarms and connection ids do not survive a restart");
+        return Ok(None);
+    };
+    let state = StateDir::open(&path, workers)?;
+    Ok(Some(Arc::new(state)))
+}
+
+/// The snapshots' torrents for each executor, by the current `shard_of`
+/// and worker count.
+fn restore(state: Option<&StateDir>, workers: usize, config: &Config) -> Vec<Vec<TorrentRecord>> {
+    let Some(state) = state else {
+        return Vec::new();
+    };
+    let began = Instant::now();
+    let restored = state.restore(workers, UnixSeconds::now(), config.tracker.peer_timeout());
+    if restored.files > 0 {
+        log::info!(
+            "restored {} peers from {} snapshot files in {} (up to {} s old; {} peers had expired) in {:?}",
+            restored.peers,
+            restored.files,
+            state.path().display(),
+            restored.oldest_secs,
+            restored.expired,
+            began.elapsed()
+        );
+    }
+    restored.per_shard
 }
 
 /// Waits until every executor serves; true if the private catalog's first
@@ -753,7 +802,8 @@ fn serve_until_stopped(
             Err(_) => bail!("every executor is gone"),
         }
     }
-    let deadline = Instant::now() + STOP_TIMEOUT;
+    let stop_timeout = reloadables.config.current().1.snapshot.stop_timeout();
+    let deadline = Instant::now() + stop_timeout;
     let mut exited = 0;
     while exited < workers {
         match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -764,7 +814,9 @@ fn serve_until_stopped(
             }
             Ok(_) => {}
             Err(_) => {
-                log::warn!("executors did not stop within {STOP_TIMEOUT:?}; exiting anyway");
+                log::warn!(
+                    "executors did not stop within {stop_timeout:?} (snapshot.stop_timeout_secs); exiting anyway"
+                );
                 break;
             }
         }
@@ -931,7 +983,7 @@ mod tests {
         config.cluster.key_file = dir.join("key");
         let validator = |config: &Config| {
             ConnectionIdValidator::new(
-                connection_id_key(config).expect("key"),
+                connection_id_key(config, None).expect("key"),
                 Duration::from_secs(60),
             )
         };
@@ -939,7 +991,7 @@ mod tests {
         let now = aquatic_common::time::UnixSeconds(1_800_000_000);
 
         std::fs::write(&config.cluster.key_file, [7u8; 31]).expect("write");
-        let short = connection_id_key(&config).expect_err("31 bytes");
+        let short = connection_id_key(&config, None).expect_err("31 bytes");
         assert!(format!("{short:#}").contains("key"), "{short:#}");
 
         std::fs::write(&config.cluster.key_file, [7u8; 32]).expect("write");
@@ -955,14 +1007,14 @@ mod tests {
         );
 
         std::fs::remove_file(&config.cluster.key_file).expect("remove");
-        let missing = connection_id_key(&config).expect_err("missing");
+        let missing = connection_id_key(&config, None).expect_err("missing");
         assert!(
             format!("{missing:#}").contains("cluster.key_file"),
             "{missing:#}"
         );
         config.cluster.enabled = false;
         assert!(
-            connection_id_key(&config).is_ok(),
+            connection_id_key(&config, None).is_ok(),
             "no cluster: a random key"
         );
     }

@@ -67,6 +67,8 @@ class Tracker:
             _next_host[0] += 1
             host = f"127.0.0.{_next_host[0]}"
         self.host = host
+        self.binary = binary
+        self.private_db = private_db
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.http_port = free_port(socket.SOCK_STREAM)
         self.ws_port = free_port(socket.SOCK_STREAM)
@@ -85,16 +87,23 @@ pin_cpus = false
 address = "{self.host}:{self.http_port}"
 [ws]
 {off}address = "{self.host}:{self.ws_port}"
+[snapshot]
+dir = "{os.path.join(workdir, name + '-state')}"
+interval_secs = 0
 {extra_config}"""
             )
             if private_db is not None:
                 f.write(private_db.config() + "flush_interval_secs = 1\nreload_interval_secs = 0\n")
         self.log_path = os.path.join(workdir, f"{name}.log")
+        self.config = config
         self.log = open(self.log_path, "w")
+        self.start()
+
+    def start(self):
         self.proc = subprocess.Popen(
-            [binary, "-c", config], stdout=subprocess.PIPE, stderr=self.log, text=True
+            [self.binary, "-c", self.config], stdout=subprocess.PIPE, stderr=self.log, text=True
         )
-        ready = "aquatic: private data loaded" if private_db else "aquatic: ready"
+        ready = "aquatic: private data loaded" if self.private_db else "aquatic: ready"
         deadline = time.time() + 20
         while time.time() < deadline:
             line = self.proc.stdout.readline()
@@ -125,6 +134,11 @@ address = "{self.host}:{self.http_port}"
             raise RuntimeError("tracker did not stop within 10 s of SIGTERM")
         if code != 0:
             raise RuntimeError(f"tracker exited with {code}")
+
+    def restart(self):
+        """SIGTERM (the snapshot is written), then the same config again."""
+        self.stop()
+        self.start()
 
 
 class Cluster:
@@ -317,6 +331,60 @@ def check_lt_seeds_aria2_downloads(tracker, work, url_of):
     del session
 
 
+def wait_lt_announced(session, timeout=20):
+    """Until the tracker has answered an announce of libtorrent's."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for alert in session.pop_alerts():
+            if os.environ.get("INTEROP_DEBUG"):
+                print("  alert:", alert.what(), alert.message())
+            if isinstance(alert, lt.tracker_reply_alert):
+                return
+        time.sleep(0.1)
+    raise RuntimeError("libtorrent's announce got no reply")
+
+
+def restored_peers(work):
+    """Peers the last start restored, from its log line."""
+    with open(os.path.join(work, "tracker.log")) as f:
+        lines = [l for l in f if "restored " in l and " peers from " in l]
+    if not lines:
+        return 0
+    return int(lines[-1].split("restored ", 1)[1].split(" ", 1)[0])
+
+
+def check_restart_between_seeder_and_downloader(tracker, work, url_of):
+    """libtorrent seeds and announces; the tracker restarts (SIGTERM, the
+    same state directory); aria2c's first announce finds the seeder from
+    the snapshot, since libtorrent does not announce again within the
+    30-minute interval."""
+    data = os.path.join(work, "seed")
+    os.makedirs(data)
+    src, torrent = make_torrent(data, "payload.bin", url_of(tracker))
+    session = lt_session()
+    handle = lt_add(session, torrent, data)
+    wait_lt_seeding(handle)
+    handle.force_reannounce()
+    wait_lt_announced(session)
+    tracker.restart()
+    if restored_peers(work) < 1:
+        raise RuntimeError("the restarted tracker restored no peer")
+    out = os.path.join(work, "aria2-out")
+    os.makedirs(out)
+    proc = aria2(["--seed-time=0", "--dir=" + out, torrent], work, CHECK_TIMEOUT)
+    try:
+        output, _ = proc.communicate(timeout=CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        raise RuntimeError("aria2c did not finish in time:\n" + output[-2000:])
+    if proc.returncode != 0:
+        raise RuntimeError(f"aria2c exited {proc.returncode}:\n" + output[-2000:])
+    if sha256(os.path.join(out, "payload.bin")) != sha256(src):
+        raise RuntimeError("checksum mismatch")
+    del session
+
+
 def check_aria2_seeds_lt_downloads(tracker, work, url_of):
     data = os.path.join(work, "seed")
     os.makedirs(data)
@@ -476,6 +544,8 @@ def main():
         ("http: libtorrent seeds, aria2c downloads", check_lt_seeds_aria2_downloads, Tracker.http),
         ("http: aria2c seeds, libtorrent downloads and scrapes", check_aria2_seeds_lt_downloads, Tracker.http),
         ("udp: aria2c seeds, libtorrent downloads and scrapes", check_aria2_seeds_lt_downloads, Tracker.udp),
+        ("udp: libtorrent seeds, the tracker restarts, aria2c downloads", check_restart_between_seeder_and_downloader, Tracker.udp),
+        ("http: libtorrent seeds, the tracker restarts, aria2c downloads", check_restart_between_seeder_and_downloader, Tracker.http),
         ("ws: npm bittorrent-tracker clients exchange offer and answer", check_npm_clients_offer_and_answer, Tracker.ws),
         ("ws: two WebTorrent pages in Chromium exchange a buffer over WebRTC", check_browsers_exchange_over_webrtc, Tracker.ws),
         ("cluster udp: libtorrent seeds via node a, aria2c downloads via node b",

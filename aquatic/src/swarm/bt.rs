@@ -223,6 +223,112 @@ impl BtShard {
     }
 }
 
+/// One UDP or HTTP peer as code outside the swarms sees it (snapshots):
+/// what the peer is, not how the shard stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BtPeerEntry {
+    /// Its id.
+    pub peer_id: PeerId,
+    /// Its address.
+    pub ip: IpAddr,
+    /// The port it listens on.
+    pub port: u16,
+    /// Seeding (else leeching).
+    pub seeder: bool,
+    /// When it expires unless it announces again.
+    pub valid_until: ValidUntil,
+}
+
+/// Reading and refilling a shard as [`BtPeerEntry`]s, for snapshots.
+impl BtShard {
+    /// Every torrent's info hash, in no particular order.
+    pub fn info_hashes(&self) -> Vec<InfoHash> {
+        self.torrents.keys().copied().collect()
+    }
+
+    /// Appends the peers of `info_hash` to `out` and returns its
+    /// `completed` count; `None` for a torrent not held.
+    pub fn torrent_entries(&self, info_hash: &InfoHash, out: &mut Vec<BtPeerEntry>) -> Option<u32> {
+        let torrent = self.torrents.get(info_hash)?;
+        fn push<A: Copy + Eq + std::hash::Hash + Into<IpAddr>>(
+            swarm: &Swarm<BtPeer<A>, BtPeerKey<A>>,
+            out: &mut Vec<BtPeerEntry>,
+        ) {
+            // Swarm::iter yields the seeders first.
+            let seeders = swarm.seeders();
+            out.extend(
+                swarm
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (key, peer))| BtPeerEntry {
+                        peer_id: key.peer_id,
+                        ip: peer.ip.into(),
+                        port: peer.port,
+                        seeder: i < seeders,
+                        valid_until: peer.valid_until,
+                    }),
+            );
+        }
+        push(&torrent.v4, out);
+        if let Some(v6) = &torrent.v6 {
+            push(v6, out);
+        }
+        Some(torrent.completed)
+    }
+
+    /// Puts restored peers into `info_hash`'s swarms, keeping the counts. A
+    /// peer already there keeps whichever entry expires later; `completed`
+    /// becomes the larger of the two counts. Nothing is made for no peers.
+    pub fn restore(&mut self, info_hash: InfoHash, completed: u32, peers: &[BtPeerEntry]) {
+        if peers.is_empty() {
+            return;
+        }
+        let torrent = self.torrents.entry(info_hash).or_default();
+        torrent.completed = torrent.completed.max(completed);
+        for entry in peers {
+            let status = if entry.seeder {
+                PeerStatus::Seeding
+            } else {
+                PeerStatus::Leeching
+            };
+            let previous = match entry.ip {
+                IpAddr::V4(ip) => restore_in(&mut torrent.v4, entry, ip, status),
+                IpAddr::V6(ip) => restore_in(torrent.v6_mut(), entry, ip, status),
+            };
+            if let Some(previous) = previous {
+                self.counts.change(previous, Some(status));
+            }
+        }
+    }
+}
+
+/// Inserts one restored peer unless the swarm holds it with a later
+/// expiry; returns the change to count (`Some(previous status)`).
+fn restore_in<A: Copy + Eq + std::hash::Hash>(
+    swarm: &mut Swarm<BtPeer<A>, BtPeerKey<A>>,
+    entry: &BtPeerEntry,
+    ip: A,
+    status: PeerStatus,
+) -> Option<Option<PeerStatus>> {
+    let key = BtPeerKey {
+        peer_id: entry.peer_id,
+        ip,
+        port: entry.port,
+    };
+    if swarm
+        .get(&key)
+        .is_some_and(|(held, _)| held.valid_until >= entry.valid_until)
+    {
+        return None;
+    }
+    let peer = BtPeer {
+        ip,
+        port: entry.port,
+        valid_until: entry.valid_until,
+    };
+    Some(swarm.upsert(key, peer, status))
+}
+
 fn announce_in<A: Copy + Eq + std::hash::Hash, R: Rng + ?Sized>(
     swarm: &mut Swarm<BtPeer<A>, BtPeerKey<A>>,
     rng: &mut R,
@@ -438,6 +544,43 @@ mod tests {
                 leechers: 0
             }
         );
+    }
+
+    #[test]
+    fn entries_read_back_into_an_equal_shard() {
+        let mut f = Fixture::new();
+        f.run(0, &announce(1, V4, 10));
+        f.run(3, &announce(2, V6, 0));
+        let mut done = announce(3, V4, 0);
+        done.completed = true;
+        f.run(5, &done);
+        let hash = InfoHash([1; 20]);
+        let mut entries = Vec::new();
+        assert_eq!(f.shard.torrent_entries(&hash, &mut entries), Some(1));
+        assert_eq!(entries.len(), 3);
+        assert_eq!(f.shard.info_hashes(), vec![hash]);
+        let mut copy = BtShard::default();
+        copy.restore(hash, 1, &entries);
+        assert_eq!(copy.scrape(&hash), f.shard.scrape(&hash));
+        assert_eq!(copy.peer_counts(), f.shard.peer_counts());
+        // Again, older: nothing changes; the counts stay right.
+        let older: Vec<BtPeerEntry> = entries
+            .iter()
+            .map(|e| BtPeerEntry {
+                valid_until: ValidUntil(SecondsSinceStart(0)),
+                seeder: !e.seeder,
+                ..*e
+            })
+            .collect();
+        copy.restore(hash, 0, &older);
+        assert_eq!(copy.peer_counts(), f.shard.peer_counts());
+        let mut again = Vec::new();
+        copy.torrent_entries(&hash, &mut again);
+        again.sort_by_key(|e| e.peer_id);
+        entries.sort_by_key(|e| e.peer_id);
+        assert_eq!(again, entries);
+        // Expiry still applies to restored peers.
+        assert_eq!(copy.clean(SecondsSinceStart(3604)).peers_removed, 2);
     }
 
     #[test]

@@ -1,0 +1,932 @@
+//! Swarm snapshots and the state directory: what lets a restart keep the
+//! UDP and HTTP swarms and the connection ids clients hold.
+//!
+//! ```text
+//!  state dir/                  ([snapshot] dir, else $STATE_DIRECTORY)
+//!    lock                      flock'd while a process uses the directory
+//!    connection-id.key         32 random bytes, 0600, made on first start
+//!    swarms-<i>.snapshot       executor i's BitTorrent swarms
+//!    swarms-<i>.snapshot.rejected   the last file that could not be read
+//!
+//!  file   = header (48 bytes, fixed layout) || body
+//!  header = magic "AQTSNAP\0" || version u16 LE || 0u16 || created_at u32 LE
+//!           (Unix seconds) || records u64 LE || body_len u64 LE
+//!           || SipHash-2-4-128 of header[..32] || body (16 bytes)
+//!  body   = `records` bincode TorrentRecords, one after the other
+//! ```
+//!
+//! The header is laid out by hand, not by bincode, so that the version can
+//! be read before the layout it names is known. A peer is stored with its
+//! age since its last announce in seconds, and the file with its wall-clock
+//! creation time, so that a restore (maybe after downtime, certainly in a
+//! process whose monotonic clock starts again at zero) knows how old each
+//! peer is. A file is written to a temporary name, fsynced, renamed and the
+//! directory fsynced: a crash mid-write leaves the previous snapshot.
+//!
+//! Reading is all or nothing per file: a file whose magic, version,
+//! length, checksum or records are wrong contributes nothing, is moved
+//! aside (one rejected file kept per executor file, replaced by the next)
+//! and logged in one line. Restored torrents are re-sharded with the
+//! current `shard_of` and worker count; the file's executor index only
+//! names the file.
+//!
+//! The checksum is SipHash-2-4-128 from `siphasher`, already a dependency
+//! (connection ids): no new crate for what a CRC would do no better.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    hash::Hasher,
+    io::{self, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use aquatic_common::{
+    connection_id::{ConnectionIdKey, MIN_KEY_BYTES},
+    shard_of,
+    time::{SecondsSinceStart, UnixSeconds, ValidUntil},
+    InfoHash, PeerId,
+};
+use bincode::{Decode, Encode};
+use siphasher::sip128::{Hasher128, SipHasher24};
+
+use crate::{codec, swarm::BtPeerEntry};
+
+/// The first bytes of every snapshot file.
+pub const MAGIC: [u8; 8] = *b"AQTSNAP\0";
+/// The format this build writes.
+pub const FORMAT_VERSION: u16 = 1;
+/// The formats this build reads, each with its body reader: the current
+/// one and (once there is one) the previous, so that an upgrade, the main
+/// reason to restart, keeps the swarms. A new version adds its row and
+/// keeps the old row, converting to the current records.
+const READERS: &[(u16, BodyReader)] = &[(1, read_body_v1)];
+
+/// Bytes of the fixed header.
+pub const HEADER_BYTES: usize = 48;
+/// Bytes of the header the checksum covers before the body.
+const CHECKED_HEADER_BYTES: usize = 32;
+/// Peers in one record at most: a torrent with more is split into
+/// several records, so that no record comes near the codec's decode limit.
+const RECORD_MAX_PEERS: usize = 16_384;
+/// The largest body accepted: a length field beyond it is corruption.
+const MAX_BODY_BYTES: u64 = 16 << 30;
+
+const LOCK_FILE: &str = "lock";
+const KEY_FILE: &str = "connection-id.key";
+const SNAPSHOT_PREFIX: &str = "swarms-";
+const SNAPSHOT_SUFFIX: &str = ".snapshot";
+const REJECTED_SUFFIX: &str = ".rejected";
+const TEMP_SUFFIX: &str = ".tmp";
+
+type BodyReader = fn(&[u8], u64) -> Result<Vec<TorrentRecord>, SnapshotError>;
+
+/// An IP address as a snapshot stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum IpRecord {
+    /// IPv4.
+    V4([u8; 4]),
+    /// IPv6.
+    V6([u8; 16]),
+}
+
+/// One UDP or HTTP peer in a snapshot (format version 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PeerRecord {
+    /// Where the peer is.
+    pub ip: IpRecord,
+    /// The port it listens on.
+    pub port: u16,
+    /// Its id.
+    pub peer_id: [u8; 20],
+    /// Seeding (else leeching).
+    pub seeder: bool,
+    /// Seconds since its last announce, when the snapshot was taken.
+    pub age_secs: u32,
+}
+
+/// Peers of one torrent in a snapshot (format version 1). A torrent with
+/// many peers spans several records with the same info hash.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct TorrentRecord {
+    /// The torrent.
+    pub info_hash: [u8; 20],
+    /// Its `completed` count (the scrape's "downloaded").
+    pub completed: u32,
+    /// Its peers.
+    pub peers: Vec<PeerRecord>,
+}
+
+impl PeerRecord {
+    /// The record of a peer held at `now` by a shard whose peers expire
+    /// `peer_timeout` after their last announce.
+    pub fn from_entry(entry: &BtPeerEntry, now: SecondsSinceStart, peer_timeout: Duration) -> Self {
+        let timeout = secs_u32(peer_timeout);
+        let left = entry.valid_until.0 .0.saturating_sub(now.0);
+        Self {
+            ip: match entry.ip {
+                IpAddr::V4(ip) => IpRecord::V4(ip.octets()),
+                IpAddr::V6(ip) => IpRecord::V6(ip.octets()),
+            },
+            port: entry.port,
+            peer_id: entry.peer_id.0,
+            seeder: entry.seeder,
+            age_secs: timeout.saturating_sub(left),
+        }
+    }
+
+    /// The peer again, at `now` in a process whose peers expire after
+    /// `peer_timeout`; `None` once it is that old.
+    pub fn to_entry(&self, now: SecondsSinceStart, peer_timeout: Duration) -> Option<BtPeerEntry> {
+        let left = secs_u32(peer_timeout).checked_sub(self.age_secs)?;
+        if left == 0 {
+            return None;
+        }
+        Some(BtPeerEntry {
+            peer_id: PeerId(self.peer_id),
+            ip: match self.ip {
+                IpRecord::V4(b) => IpAddr::V4(Ipv4Addr::from(b)),
+                IpRecord::V6(b) => IpAddr::V6(Ipv6Addr::from(b)),
+            },
+            port: self.port,
+            seeder: self.seeder,
+            valid_until: ValidUntil(SecondsSinceStart(now.0.saturating_add(left))),
+        })
+    }
+}
+
+fn secs_u32(d: Duration) -> u32 {
+    d.as_secs().min(u32::MAX as u64) as u32
+}
+
+/// Why a snapshot file was not used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// It could not be read or written.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Shorter than its header or than the body its header announces.
+    #[error("truncated: {got} bytes, expected {expected}")]
+    Truncated {
+        /// Bytes there.
+        got: u64,
+        /// Bytes the header (or the header alone) needs.
+        expected: u64,
+    },
+    /// Not a snapshot of ours.
+    #[error("not an aquatic snapshot (wrong magic bytes)")]
+    Foreign,
+    /// Written by a newer aquatic.
+    #[error("format version {0} is newer than this build reads (up to {FORMAT_VERSION})")]
+    Newer(u16),
+    /// Written by an aquatic too old to be read.
+    #[error("format version {0} is no longer read")]
+    Older(u16),
+    /// Longer than its header says.
+    #[error("{0} bytes after the body")]
+    TrailingBytes(u64),
+    /// The bytes are not what was written.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// A record does not decode.
+    #[error("record {index}: {source}")]
+    Record {
+        /// Which record.
+        index: u64,
+        /// Why.
+        source: codec::CodecError,
+    },
+    /// The body holds another number of records than the header says.
+    #[error("the body holds {got} records, the header says {expected}")]
+    RecordCount {
+        /// Records found.
+        got: u64,
+        /// Records announced.
+        expected: u64,
+    },
+}
+
+/// A snapshot body being built: records encoded as they come, so that an
+/// executor can build it in slices between requests.
+#[derive(Debug, Default)]
+pub struct SnapshotBody {
+    bytes: Vec<u8>,
+    records: u64,
+    peers: u64,
+}
+
+impl SnapshotBody {
+    /// Appends one torrent, split into records of at most
+    /// [`RECORD_MAX_PEERS`] peers.
+    pub fn push_torrent(
+        &mut self,
+        info_hash: InfoHash,
+        completed: u32,
+        peers: &[PeerRecord],
+    ) -> Result<(), codec::CodecError> {
+        for chunk in peers.chunks(RECORD_MAX_PEERS) {
+            let record = TorrentRecord {
+                info_hash: info_hash.0,
+                completed,
+                peers: chunk.to_vec(),
+            };
+            codec::encode_into(&record, &mut self.bytes)?;
+            self.records += 1;
+            self.peers += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Peers in the body.
+    pub fn peers(&self) -> u64 {
+        self.peers
+    }
+
+    /// The whole file: header and body.
+    pub fn into_file(self, created_at: UnixSeconds) -> Vec<u8> {
+        file_bytes(FORMAT_VERSION, created_at, self.records, &self.bytes)
+    }
+}
+
+/// A file of `version` around an already encoded body.
+fn file_bytes(version: u16, created_at: UnixSeconds, records: u64, body: &[u8]) -> Vec<u8> {
+    let mut file = Vec::with_capacity(HEADER_BYTES + body.len());
+    file.extend_from_slice(&MAGIC);
+    file.extend_from_slice(&version.to_le_bytes());
+    file.extend_from_slice(&0u16.to_le_bytes());
+    file.extend_from_slice(&created_at.0.to_le_bytes());
+    file.extend_from_slice(&records.to_le_bytes());
+    file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let sum = checksum(&file[..CHECKED_HEADER_BYTES], body);
+    file.extend_from_slice(&sum);
+    file.extend_from_slice(body);
+    file
+}
+
+fn checksum(header: &[u8], body: &[u8]) -> [u8; 16] {
+    let mut h = SipHasher24::new_with_keys(0x6171_7561_7469_6373, 0x736e_6170_7368_6f74);
+    h.write(header);
+    h.write(body);
+    h.finish128().as_bytes()
+}
+
+/// What a snapshot file holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SnapshotContents {
+    /// When it was written (wall clock).
+    pub created_at: UnixSeconds,
+    /// Its records.
+    pub records: Vec<TorrentRecord>,
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// Reads a whole snapshot file's bytes: every check passes or nothing
+/// comes out.
+pub fn parse(bytes: &[u8]) -> Result<SnapshotContents, SnapshotError> {
+    let got = bytes.len() as u64;
+    if bytes.len() < HEADER_BYTES {
+        // Too short to hold a header: a file of ours cut short, or not ours.
+        if !bytes.is_empty() && !MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
+            return Err(SnapshotError::Foreign);
+        }
+        return Err(SnapshotError::Truncated {
+            got,
+            expected: HEADER_BYTES as u64,
+        });
+    }
+    if bytes[..8] != MAGIC {
+        return Err(SnapshotError::Foreign);
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    let created_at = UnixSeconds(u32::from_le_bytes([
+        bytes[12], bytes[13], bytes[14], bytes[15],
+    ]));
+    let records = le_u64(&bytes[16..24]);
+    let body_len = le_u64(&bytes[24..32]);
+    let reader = match READERS.iter().find(|(v, _)| *v == version) {
+        Some((_, reader)) => *reader,
+        None if version > FORMAT_VERSION => return Err(SnapshotError::Newer(version)),
+        None => return Err(SnapshotError::Older(version)),
+    };
+    let expected = (HEADER_BYTES as u64).saturating_add(body_len.min(MAX_BODY_BYTES));
+    if got < expected || body_len > MAX_BODY_BYTES {
+        return Err(SnapshotError::Truncated { got, expected });
+    }
+    if got > expected {
+        return Err(SnapshotError::TrailingBytes(got - expected));
+    }
+    let body = &bytes[HEADER_BYTES..];
+    if checksum(&bytes[..CHECKED_HEADER_BYTES], body)[..] != bytes[32..48] {
+        return Err(SnapshotError::Checksum);
+    }
+    Ok(SnapshotContents {
+        created_at,
+        records: reader(body, records)?,
+    })
+}
+
+/// Format version 1: `records` [`TorrentRecord`]s back to back.
+fn read_body_v1(body: &[u8], records: u64) -> Result<Vec<TorrentRecord>, SnapshotError> {
+    // A record takes at least 22 bytes: a count beyond that is corruption
+    // (and must not size an allocation).
+    if records > body.len() as u64 / 22 + 1 {
+        return Err(SnapshotError::RecordCount {
+            got: 0,
+            expected: records,
+        });
+    }
+    let mut out = Vec::with_capacity(records as usize);
+    let mut at = 0;
+    let mut index = 0u64;
+    while at < body.len() {
+        let (record, used): (TorrentRecord, usize) = codec::decode_prefix(&body[at..])
+            .map_err(|source| SnapshotError::Record { index, source })?;
+        out.push(record);
+        at += used;
+        index += 1;
+    }
+    if index != records {
+        return Err(SnapshotError::RecordCount {
+            got: index,
+            expected: records,
+        });
+    }
+    Ok(out)
+}
+
+/// Why the state directory cannot be used: each is a start-up error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateDirError {
+    /// The directory or its lock file cannot be made or opened.
+    #[error("cannot use the state directory {}: {source}", .path.display())]
+    Open {
+        /// The path concerned.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Another process holds the lock.
+    #[error("the state directory {} is in use by another aquatic process (it holds {}); give each process its own snapshot.dir", .dir.display(), .dir.join(LOCK_FILE).display())]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The connection-id key file cannot be read or made.
+    #[error("connection-id key file {}: {source}", .path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The connection-id key file is too short to be a key.
+    #[error("connection-id key file {} is {got} bytes, not {MIN_KEY_BYTES} or more: delete it to make a new key (UDP clients then connect again)", .path.display())]
+    KeyTooShort {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        got: usize,
+    },
+}
+
+/// The state directory, locked for as long as this value lives.
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+    /// Held open: the flock lives as long as the descriptor.
+    _lock: File,
+    /// Executors that wrote their file since start; once all have, files
+    /// of executors beyond the current count (an earlier run with more
+    /// workers) have been absorbed and are removed.
+    written: Mutex<Vec<bool>>,
+}
+
+impl StateDir {
+    /// Creates (0700) and locks `path` for a process of `workers` executors.
+    pub fn open(path: &Path, workers: usize) -> Result<Self, StateDirError> {
+        let open_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StateDirError::Open { path, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(open_error(path))?;
+        let lock_path = path.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(open_error(&lock_path))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                StateDirError::InUse {
+                    dir: path.to_owned(),
+                }
+            } else {
+                StateDirError::Open {
+                    path: lock_path,
+                    source: err,
+                }
+            });
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            _lock: lock,
+            written: Mutex::new(vec![false; workers]),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Executor `executor`'s snapshot file.
+    pub fn snapshot_path(&self, executor: usize) -> PathBuf {
+        self.path
+            .join(format!("{SNAPSHOT_PREFIX}{executor}{SNAPSHOT_SUFFIX}"))
+    }
+
+    /// Writes executor `executor`'s snapshot: temporary file, fsync,
+    /// rename, fsync of the directory. Returns the file's size.
+    pub fn write_snapshot(&self, executor: usize, file: &[u8]) -> io::Result<u64> {
+        let path = self.snapshot_path(executor);
+        write_durably(&path, file, 0o600)?;
+        self.note_written(executor);
+        Ok(file.len() as u64)
+    }
+
+    fn note_written(&self, executor: usize) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = written.get_mut(executor) else {
+            return;
+        };
+        let first = !*slot;
+        *slot = true;
+        if first && written.iter().all(|w| *w) {
+            let workers = written.len();
+            drop(written);
+            for (index, path) in self.snapshot_files() {
+                if index >= workers {
+                    match fs::remove_file(&path) {
+                        Ok(()) => log::info!(
+                            "removed {}: its swarms are in the files of the {workers} executors now",
+                            path.display()
+                        ),
+                        Err(err) => log::warn!("cannot remove {}: {err}", path.display()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every `swarms-<i>.snapshot` in the directory, by executor index.
+    fn snapshot_files(&self) -> Vec<(usize, PathBuf)> {
+        let Ok(entries) = fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(usize, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name();
+                let index = name
+                    .to_str()?
+                    .strip_prefix(SNAPSHOT_PREFIX)?
+                    .strip_suffix(SNAPSHOT_SUFFIX)?
+                    .parse()
+                    .ok()?;
+                Some((index, e.path()))
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Reads every snapshot file and deals its torrents out to `shards`
+    /// shards by the current `shard_of`, keeping only peers younger than
+    /// `peer_timeout` at `now`. A file that cannot be used is logged,
+    /// moved aside and skipped whole.
+    pub fn restore(&self, shards: usize, now: UnixSeconds, peer_timeout: Duration) -> Restored {
+        let mut restored = Restored {
+            per_shard: (0..shards).map(|_| Vec::new()).collect(),
+            ..Restored::default()
+        };
+        let timeout = secs_u32(peer_timeout);
+        for (_, path) in self.snapshot_files() {
+            let contents = fs::read(&path)
+                .map_err(SnapshotError::from)
+                .and_then(|bytes| parse(&bytes));
+            let contents = match contents {
+                Ok(contents) => contents,
+                Err(err) => {
+                    let aside = reject(&path);
+                    log::warn!(
+                        "snapshot {} is unusable ({err}): its swarms start empty; {aside}",
+                        path.display()
+                    );
+                    restored.rejected_files += 1;
+                    continue;
+                }
+            };
+            restored.files += 1;
+            // A clock set back since the snapshot: take no time as passed.
+            let elapsed = now.0.saturating_sub(contents.created_at.0);
+            restored.oldest_secs = restored.oldest_secs.max(elapsed);
+            for mut record in contents.records {
+                let before = record.peers.len();
+                record.peers.retain_mut(|p| {
+                    p.age_secs = p.age_secs.saturating_add(elapsed);
+                    p.age_secs < timeout
+                });
+                restored.expired += (before - record.peers.len()) as u64;
+                if record.peers.is_empty() {
+                    continue;
+                }
+                restored.peers += record.peers.len() as u64;
+                let shard = shard_of(&InfoHash(record.info_hash), shards);
+                restored.per_shard[shard.0].push(record);
+            }
+        }
+        restored
+    }
+
+    /// The connection-id key kept in the directory: read, or made (0600)
+    /// on first start.
+    pub fn connection_id_key(&self) -> Result<ConnectionIdKey, StateDirError> {
+        let path = self.path.join(KEY_FILE);
+        let key_error = |source| StateDirError::Key {
+            path: path.clone(),
+            source,
+        };
+        let material = match fs::read(&path) {
+            Ok(material) => material,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                let material = ConnectionIdKey::random_material();
+                write_durably(&path, &material, 0o600).map_err(key_error)?;
+                log::info!("made a new connection-id key in {}", path.display());
+                material.to_vec()
+            }
+            Err(err) => return Err(key_error(err)),
+        };
+        ConnectionIdKey::from_material(&material).map_err(|short| StateDirError::KeyTooShort {
+            path: path.clone(),
+            got: short.got,
+        })
+    }
+}
+
+/// Moves an unusable snapshot aside (replacing the one kept before) and
+/// says where it went, for the log line.
+fn reject(path: &Path) -> String {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(REJECTED_SUFFIX);
+    let aside = PathBuf::from(aside);
+    match fs::rename(path, &aside) {
+        Ok(()) => format!("kept as {} for inspection", aside.display()),
+        Err(err) => format!("could not move it to {}: {err}", aside.display()),
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or
+/// the new one whole: a temporary file, fsynced, renamed over `path`, and
+/// the directory fsynced so the rename itself is on disk.
+fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(TEMP_SUFFIX);
+    let temp = PathBuf::from(temp);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(mode)
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temp, path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+/// What [`StateDir::restore`] found.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Records for each shard, by the current `shard_of`.
+    pub per_shard: Vec<Vec<TorrentRecord>>,
+    /// Peers restored.
+    pub peers: u64,
+    /// Peers dropped as older than the peer timeout.
+    pub expired: u64,
+    /// Files read.
+    pub files: usize,
+    /// Files that could not be used.
+    pub rejected_files: usize,
+    /// Age of the oldest file read, in seconds.
+    pub oldest_secs: u32,
+}
+
+/// Restored torrents waiting for their executors. An executor's shard is
+/// its place in the mesh, known only once it has joined (not its thread's
+/// index), so each takes its own share after joining.
+#[derive(Debug, Default)]
+pub struct RestoredShards(Mutex<Vec<Vec<TorrentRecord>>>);
+
+impl RestoredShards {
+    /// Shares `per_shard` out.
+    pub fn new(per_shard: Vec<Vec<TorrentRecord>>) -> Self {
+        Self(Mutex::new(per_shard))
+    }
+
+    /// Shard `shard`'s torrents (empty the second time).
+    pub fn take(&self, shard: usize) -> Vec<TorrentRecord> {
+        let mut shards = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        shards
+            .get_mut(shard)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+}
+
+/// Where the connection-id key comes from: the state directory when there
+/// is one (ids survive a restart), else a random key (ids die with the
+/// process). A cluster-wide key file goes in front of this.
+pub fn connection_id_key(state: Option<&StateDir>) -> Result<ConnectionIdKey, StateDirError> {
+    match state {
+        Some(dir) => dir.connection_id_key(),
+        None => Ok(ConnectionIdKey::random()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u8, age: u32) -> PeerRecord {
+        PeerRecord {
+            ip: if n % 2 == 0 {
+                IpRecord::V4([10, 0, 0, n])
+            } else {
+                IpRecord::V6([n; 16])
+            },
+            port: 1000 + n as u16,
+            peer_id: [n; 20],
+            seeder: n % 3 == 0,
+            age_secs: age,
+        }
+    }
+
+    fn sample_file(created_at: u32) -> Vec<u8> {
+        let mut body = SnapshotBody::default();
+        for t in 0..5u8 {
+            let peers: Vec<PeerRecord> = (0..t * 3).map(|n| peer(n, 10 * n as u32)).collect();
+            body.push_torrent(InfoHash([t; 20]), t as u32, &peers)
+                .expect("encodes");
+        }
+        body.into_file(UnixSeconds(created_at))
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "aquatic-snapshot-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn round_trip() {
+        let file = sample_file(1_700_000_000);
+        let contents = parse(&file).expect("parses");
+        assert_eq!(contents.created_at, UnixSeconds(1_700_000_000));
+        assert_eq!(contents.records.len(), 4, "the torrent without peers too");
+        assert_eq!(contents.records[3].peers.len(), 12);
+        assert_eq!(contents.records[3].peers[5], peer(5, 50));
+    }
+
+    #[test]
+    fn big_torrents_are_split_into_records() {
+        let mut body = SnapshotBody::default();
+        let peers: Vec<PeerRecord> = (0..RECORD_MAX_PEERS + 5)
+            .map(|i| peer((i % 250) as u8, 1))
+            .collect();
+        body.push_torrent(InfoHash([1; 20]), 3, &peers)
+            .expect("encodes");
+        assert_eq!(body.peers(), peers.len() as u64);
+        let contents = parse(&body.into_file(UnixSeconds(1))).expect("parses");
+        assert_eq!(contents.records.len(), 2);
+        assert_eq!(contents.records[1].peers.len(), 5);
+    }
+
+    /// A version 1 file as this build first wrote it, byte for byte: when
+    /// version 2 comes, this must still load (through the version 1 row of
+    /// `READERS`), or an upgrade loses every swarm.
+    #[test]
+    fn a_version_1_file_keeps_loading() {
+        let mut record = Vec::new();
+        record.extend_from_slice(&[0xab; 20]); // info hash
+        record.push(7); // completed (varint)
+        record.push(1); // one peer
+        record.push(0); // IpRecord::V4
+        record.extend_from_slice(&[192, 0, 2, 1]);
+        record.extend_from_slice(&[251, 0xe1, 0x1a]); // port 6881 (varint: 251, u16 LE)
+        record.extend_from_slice(&[0x2d; 20]); // peer id
+        record.push(1); // seeder
+        record.push(42); // age
+        let file = file_bytes(1, UnixSeconds(1_800_000_000), 1, &record);
+        let contents = parse(&file).expect("a version 1 file loads");
+        assert_eq!(
+            contents.records,
+            vec![TorrentRecord {
+                info_hash: [0xab; 20],
+                completed: 7,
+                peers: vec![PeerRecord {
+                    ip: IpRecord::V4([192, 0, 2, 1]),
+                    port: 6881,
+                    peer_id: [0x2d; 20],
+                    seeder: true,
+                    age_secs: 42,
+                }],
+            }]
+        );
+    }
+
+    #[test]
+    fn every_damage_is_refused_whole() {
+        let file = sample_file(5);
+        assert!(matches!(
+            parse(&[]),
+            Err(SnapshotError::Truncated { got: 0, .. })
+        ));
+        assert!(matches!(
+            parse(b"hello world, this is some other file entirely......"),
+            Err(SnapshotError::Foreign)
+        ));
+        for cut in [1, 20, HEADER_BYTES, file.len() - 1] {
+            assert!(
+                matches!(parse(&file[..cut]), Err(SnapshotError::Truncated { .. })),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = file.clone();
+        longer.push(0);
+        assert!(matches!(
+            parse(&longer),
+            Err(SnapshotError::TrailingBytes(1))
+        ));
+        // Every single flipped byte is caught, wherever it is.
+        for i in 0..file.len() {
+            let mut flipped = file.clone();
+            flipped[i] ^= 0x10;
+            assert!(parse(&flipped).is_err(), "flip at {i}");
+        }
+        let mut newer = file.clone();
+        newer[8..10].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        assert!(matches!(parse(&newer), Err(SnapshotError::Newer(v)) if v == FORMAT_VERSION + 1));
+        newer[8..10].copy_from_slice(&0u16.to_le_bytes());
+        assert!(matches!(parse(&newer), Err(SnapshotError::Older(0))));
+    }
+
+    #[test]
+    fn a_consistent_file_with_garbage_records_is_refused() {
+        // Right header, right checksum, records that do not decode.
+        let file = file_bytes(1, UnixSeconds(1), 3, &[0xff; 64]);
+        assert!(matches!(parse(&file), Err(SnapshotError::Record { .. })));
+        let good = sample_file(1);
+        let body = &good[HEADER_BYTES..];
+        let miscounted = file_bytes(1, UnixSeconds(1), 2, body);
+        assert!(matches!(
+            parse(&miscounted),
+            Err(SnapshotError::RecordCount {
+                got: 4,
+                expected: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn ages_carry_over_and_old_peers_are_dropped() {
+        let timeout = Duration::from_secs(100);
+        let now = SecondsSinceStart(1000);
+        let entry = BtPeerEntry {
+            peer_id: PeerId([1; 20]),
+            ip: "10.0.0.1".parse().expect("ip"),
+            port: 1,
+            seeder: false,
+            valid_until: ValidUntil(SecondsSinceStart(1070)),
+        };
+        let record = PeerRecord::from_entry(&entry, now, timeout);
+        assert_eq!(record.age_secs, 30);
+        let back = record
+            .to_entry(SecondsSinceStart(5), timeout)
+            .expect("young enough");
+        assert_eq!(back.valid_until, ValidUntil(SecondsSinceStart(75)));
+        assert_eq!(
+            PeerRecord {
+                age_secs: 100,
+                ..record
+            }
+            .to_entry(now, timeout),
+            None
+        );
+    }
+
+    #[test]
+    fn restore_reshards_drops_expired_and_rejects_bad_files() {
+        let dir = temp_dir("restore");
+        let state = StateDir::open(&dir, 3).expect("opens");
+        // Written by a process of two executors, 100 s ago.
+        state.write_snapshot(0, &sample_file(900)).expect("writes");
+        state.write_snapshot(1, b"garbage").expect("writes");
+        let restored = state.restore(3, UnixSeconds(1000), Duration::from_secs(150));
+        assert_eq!((restored.files, restored.rejected_files), (1, 1));
+        assert_eq!(restored.oldest_secs, 100);
+        for (shard, records) in restored.per_shard.iter().enumerate() {
+            for r in records {
+                assert_eq!(shard_of(&InfoHash(r.info_hash), 3).0, shard);
+                assert!(r
+                    .peers
+                    .iter()
+                    .all(|p| p.age_secs < 150 && p.age_secs >= 100));
+            }
+        }
+        // Ages 0..=110 in steps of 10, plus 100 s: those of 50 and more go.
+        let kept: u64 = restored
+            .per_shard
+            .iter()
+            .flatten()
+            .map(|r| r.peers.len() as u64)
+            .sum();
+        assert_eq!(kept, restored.peers);
+        assert_eq!(restored.peers + restored.expired, 3 + 6 + 9 + 12);
+        assert!(dir.join("swarms-1.snapshot.rejected").exists());
+        assert!(!dir.join("swarms-1.snapshot").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_of_executors_gone_are_removed_once_all_have_written() {
+        let dir = temp_dir("extra");
+        let state = StateDir::open(&dir, 2).expect("opens");
+        for i in 0..3 {
+            fs::write(state.snapshot_path(i), b"x").expect("write");
+        }
+        state.write_snapshot(0, b"a").expect("writes");
+        assert!(
+            state.snapshot_path(2).exists(),
+            "executor 1 has not written"
+        );
+        state.write_snapshot(1, b"b").expect("writes");
+        assert!(!state.snapshot_path(2).exists());
+        assert!(state.snapshot_path(1).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_directory_is_locked_and_the_key_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("lock");
+        let state = StateDir::open(&dir, 1).expect("opens");
+        assert!(matches!(
+            StateDir::open(&dir, 1),
+            Err(StateDirError::InUse { .. })
+        ));
+        let key = connection_id_key(Some(&state)).expect("made");
+        let mode = fs::metadata(dir.join(KEY_FILE))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(state);
+        let state = StateDir::open(&dir, 1).expect("free again");
+        assert_eq!(state.connection_id_key().expect("read"), key);
+        fs::write(dir.join(KEY_FILE), b"short").expect("write");
+        assert!(matches!(
+            state.connection_id_key(),
+            Err(StateDirError::KeyTooShort { got: 5, .. })
+        ));
+        assert_ne!(
+            connection_id_key(None).expect("random"),
+            connection_id_key(None).expect("random")
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
