@@ -68,6 +68,39 @@ pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 /// How often a non-empty outbox is retried.
 const OUTBOX_RETRY: Duration = Duration::from_millis(1);
 
+/// What the asker of a request frame gets when the frame cannot leave
+/// (its link's queue is full): the executor and a "no answer" message,
+/// so that it answers "busy" at once. None for frames nobody waits on
+/// (a UDP client retries by itself).
+fn busy_reply(frame: &Frame) -> Option<(ShardId, MeshMessage)> {
+    match frame {
+        Frame::Announce {
+            reply:
+                RemoteReply {
+                    executor,
+                    target: ReplyTarget::Token(token),
+                },
+            ..
+        } => Some((
+            ShardId(*executor as usize),
+            MeshMessage::AnnounceFailed { token: *token },
+        )),
+        Frame::Scrape {
+            executor,
+            token,
+            hashes,
+            ..
+        } => Some((
+            ShardId(*executor as usize),
+            MeshMessage::RemoteScrapeReply {
+                token: *token,
+                stats: vec![None; hashes.len()],
+            },
+        )),
+        _ => None,
+    }
+}
+
 /// A peer on the wire: info hash and peer id.
 type WirePeer = ([u8; 20], [u8; 20]);
 
@@ -483,6 +516,7 @@ impl Router {
         if self.send_to_node(node, frame(token), false) {
             Ok(waiting)
         } else {
+            self.stats.cluster_link_busy.bump();
             Err(RouteError::Busy)
         }
     }
@@ -1077,7 +1111,19 @@ impl Router {
                         links.push_must_arrive(node, frame);
                     }
                     Some(links) => {
-                        links.push(node, frame);
+                        // A request the queue refuses is answered "busy" at
+                        // once, so its asker does not wait for the deadline.
+                        let busy = busy_reply(&frame);
+                        if !links.push(node, frame) {
+                            if let Some((asker, message)) = busy {
+                                self.stats.cluster_link_busy.bump();
+                                if asker == self.me {
+                                    self.handle_incoming(message, None);
+                                } else if asker.0 < self.shards {
+                                    self.send_must_arrive(asker, message);
+                                }
+                            }
+                        }
                     }
                     None => {
                         log::error!("a frame for another node reached an executor without links")
@@ -1531,6 +1577,59 @@ mod tests {
             thread.join().expect("executor thread");
         }
         seen
+    }
+
+    #[test]
+    fn a_request_the_link_refuses_gets_a_busy_reply_for_its_asker() {
+        let announce = Frame::Announce {
+            reply: RemoteReply {
+                executor: 1,
+                target: ReplyTarget::Token(7),
+            },
+            input: WireAnnounce::from_input(&AnnounceInput {
+                info_hash: InfoHash([1; 20]),
+                peer_id: PeerId([2; 20]),
+                ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                port: 1,
+                stopped: false,
+                completed: false,
+                bytes_left: None,
+                numwant: None,
+                max_peers: None,
+            }),
+        };
+        assert!(matches!(
+            busy_reply(&announce),
+            Some((ShardId(1), MeshMessage::AnnounceFailed { token: 7 }))
+        ));
+        let scrape = Frame::Scrape {
+            executor: 0,
+            token: 3,
+            ws: false,
+            hashes: vec![[1; 20], [2; 20]],
+        };
+        match busy_reply(&scrape) {
+            Some((ShardId(0), MeshMessage::RemoteScrapeReply { token: 3, stats })) => {
+                assert_eq!(stats, vec![None, None]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A forwarded UDP announce: the client retries, nobody waits.
+        let Frame::Announce { input, .. } = announce else {
+            unreachable!()
+        };
+        let udp = Frame::Announce {
+            reply: RemoteReply {
+                executor: 1,
+                target: ReplyTarget::Udp {
+                    client: SocketAddr::from(([127, 0, 0, 1], 9)),
+                    transaction_id: 5,
+                },
+            },
+            input,
+        };
+        assert!(busy_reply(&udp).is_none());
+        assert!(busy_reply(&Frame::Heartbeat { sent_micros: 1 }).is_none());
     }
 
     #[test]

@@ -830,3 +830,87 @@ fn webtorrent_peers_on_different_nodes_exchange_offers_and_answers() {
     );
     drop(again_on_a);
 }
+
+/// An HTTP announce through `addr`; its failure reason, if any.
+#[cfg(feature = "test-hooks")]
+fn http_announce_failure(addr: SocketAddr, hash: [u8; 20], peer: u8) -> Option<Vec<u8>> {
+    let target = format!(
+        "/announce?info_hash={}&peer_id={}&port=7000&uploaded=0&downloaded=0&left=100&compact=1",
+        percent(&hash),
+        percent(&[peer; 20])
+    );
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let raw = format!("GET {target} HTTP/1.1\r\nHost: tracker\r\nConnection: close\r\n\r\n");
+    stream.write_all(raw.as_bytes()).expect("write");
+    let (_, body) = read_responses(&mut stream, 1).remove(0);
+    match body.get(b"failure reason") {
+        Some(Value::Bytes(reason)) => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+#[test]
+fn a_request_the_full_link_queue_refuses_is_answered_busy_at_once() {
+    let spec = Spec::new("cluster-busy");
+    // Small link queues: capacity is runtime.mesh_channel_size.
+    let small = |i: usize| {
+        spec.config(i)
+            .replacen("[runtime]\n", "[runtime]\nmesh_channel_size = 4\n", 1)
+    };
+    let nodes: Vec<Tracker> = (0..3)
+        .map(|i| Tracker::start(&format!("cluster-busy-{}", NAMES[i]), &small(i)))
+        .collect();
+    wait_live(&nodes.iter().collect::<Vec<_>>(), 3);
+    let a = &nodes[0];
+    let hash = hash_owned_by(1, 11);
+    assert_eq!(http_announce_failure(http(a), hash, 1), None, "b answers");
+
+    // a's links stop writing; their queues fill with heartbeats until
+    // even those are dropped.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    socket
+        .send_to(b"aquatic-test-hook:stall-links", udp(a))
+        .expect("send");
+    let mut ack = [0u8; 64];
+    let (n, _) = socket.recv_from(&mut ack).expect("hook acknowledged");
+    assert_eq!(&ack[..n], b"aquatic-test-hook:ok");
+    let dropped = || {
+        let text = metrics_text(a.metrics.expect("metrics"));
+        sum(
+            &text,
+            "aquatic_cluster_link_dropped_total",
+            &["member=\"b\""],
+        )
+    };
+    let full = eventually(SETTLE, || (dropped() > 0.0).then_some(()));
+    assert!(full.is_some(), "a's queue for b never filled");
+
+    // Each announce for b's torrent is refused by the queue and answered
+    // "busy" (counted), not left to wait for the deadline.
+    let busy = |node: &Tracker| {
+        let text = metrics_text(node.metrics.expect("metrics"));
+        sum(
+            &text,
+            "aquatic_errors_total",
+            &["protocol=\"cluster\"", "kind=\"link_busy\""],
+        )
+    };
+    let before = busy(a);
+    for peer in 2..8u8 {
+        let reason = http_announce_failure(http(a), hash, peer);
+        assert_eq!(reason.as_deref(), Some(&b"tracker busy, try again"[..]));
+    }
+    let counted = eventually(SETTLE, || (busy(a) >= before + 6.0).then_some(()));
+    assert!(
+        counted.is_some(),
+        "busy answers counted: {} (before {before})",
+        busy(a)
+    );
+}
