@@ -17,10 +17,14 @@ const PANIC: &[u8] = b"aquatic-test-hook:panic";
 const STALL_MESH: &[u8] = b"aquatic-test-hook:stall-mesh";
 /// A UDP datagram after which they read them again.
 const RESUME_MESH: &[u8] = b"aquatic-test-hook:resume-mesh";
+/// A UDP datagram after which no cluster link writes its queue (the
+/// queues fill; heartbeats still join them).
+const STALL_LINKS: &[u8] = b"aquatic-test-hook:stall-links";
 /// A WebSocket text answered with the executor that holds the connection.
 const EXECUTOR: &[u8] = b"aquatic-test-hook:executor";
 
 static MESH_STALLED: AtomicBool = AtomicBool::new(false);
+static LINKS_STALLED: AtomicBool = AtomicBool::new(false);
 
 /// The reply to a stall or resume datagram, sent once the hook has taken
 /// effect, so that a test waits on it instead of sleeping.
@@ -35,6 +39,11 @@ pub fn udp_datagram(bytes: &[u8], executor: ShardId) -> bool {
     if bytes == STALL_MESH {
         log::warn!("test hook: every executor stops reading the mesh");
         MESH_STALLED.store(true, Ordering::Relaxed);
+        return true;
+    }
+    if bytes == STALL_LINKS {
+        log::warn!("test hook: cluster links stop writing");
+        LINKS_STALLED.store(true, Ordering::Relaxed);
         return true;
     }
     if bytes == RESUME_MESH {
@@ -64,4 +73,9 @@ pub fn ws_text(text: &str, executor: ShardId) -> Option<String> {
 /// Whether the mesh-receiving tasks must pause.
 pub fn mesh_stalled() -> bool {
     MESH_STALLED.load(Ordering::Relaxed)
+}
+
+/// Whether the cluster links' writers must pause.
+pub fn links_stalled() -> bool {
+    LINKS_STALLED.load(Ordering::Relaxed)
 }

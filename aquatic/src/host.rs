@@ -287,6 +287,12 @@ impl ShardHost {
         }
     }
 
+    /// Removes the WebTorrent peers whose connections lived on cluster
+    /// member `node`, which left the live set. Returns how many.
+    pub fn ws_drop_node(&mut self, node: u32) -> usize {
+        self.ws.drop_node(node)
+    }
+
     /// Handles a request another executor sent.
     pub fn handle(
         &mut self,

@@ -47,6 +47,7 @@ fn info_hash(t: u8) -> InfoHash {
 
 fn connection(c: u8) -> ConnectionRef {
     ConnectionRef {
+        node: 0,
         executor: ShardId(0),
         connection: u64::from(c),
     }

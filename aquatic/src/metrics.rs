@@ -116,6 +116,9 @@ pub struct ExecutorStats {
     /// Sends refused because the destination's channel was full (or it had
     /// too many requests outstanding); each was handled at once.
     pub mesh_full: Counter,
+    /// Requests for another cluster member that its link's queue refused
+    /// (full): each answered "busy" at once rather than at the deadline.
+    pub cluster_link_busy: Counter,
     /// Requests whose answer did not come before the deadline (one per
     /// request or fan-out, however many parts were missing).
     pub mesh_deadlines: Counter,
@@ -265,6 +268,11 @@ impl ExecutorStats {
                 "errors",
                 vec![proto("mesh"), kind("channel_full")],
                 self.mesh_full.get(),
+            ),
+            (
+                "errors",
+                vec![proto("cluster"), kind("link_busy")],
+                self.cluster_link_busy.get(),
             ),
             (
                 "errors",

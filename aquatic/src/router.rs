@@ -52,6 +52,7 @@ use crate::{
     cluster::{
         frame::{
             stats_from_wire, wire_stats, Frame, RemoteReply, ReplyTarget, WireAnnounce, WireAnswer,
+            WireConnection, WireWsAnnounce,
         },
         members::{LiveSet, Members, NodeId},
         queue::LinkQueues,
@@ -66,6 +67,42 @@ use crate::{
 pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 /// How often a non-empty outbox is retried.
 const OUTBOX_RETRY: Duration = Duration::from_millis(1);
+
+/// What the asker of a request frame gets when the frame cannot leave
+/// (its link's queue is full): the executor and a "no answer" message,
+/// so that it answers "busy" at once. None for frames nobody waits on
+/// (a UDP client retries by itself).
+fn busy_reply(frame: &Frame) -> Option<(ShardId, MeshMessage)> {
+    match frame {
+        Frame::Announce {
+            reply:
+                RemoteReply {
+                    executor,
+                    target: ReplyTarget::Token(token),
+                },
+            ..
+        } => Some((
+            ShardId(*executor as usize),
+            MeshMessage::AnnounceFailed { token: *token },
+        )),
+        Frame::Scrape {
+            executor,
+            token,
+            hashes,
+            ..
+        } => Some((
+            ShardId(*executor as usize),
+            MeshMessage::RemoteScrapeReply {
+                token: *token,
+                stats: vec![None; hashes.len()],
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// A peer on the wire: info hash and peer id.
+type WirePeer = ([u8; 20], [u8; 20]);
 
 /// What travels between executors.
 #[derive(Debug)]
@@ -381,11 +418,34 @@ impl Router {
         ))
     }
 
-    /// Takes the live set the links found.
+    /// Takes the live set the links found. The WebTorrent peers whose
+    /// connections lived on a member that left it are dropped from this
+    /// executor's shard: that member's closes can no longer arrive.
     pub fn set_live(&self, live: LiveSet) {
         if let Some(cluster) = &self.cluster {
+            let lost: Vec<NodeId> = {
+                let before = cluster.live.borrow();
+                before.iter().filter(|n| !live.contains(*n)).collect()
+            };
             *cluster.live.borrow_mut() = live;
+            for node in lost {
+                let node = u32::try_from(node.0).unwrap_or(u32::MAX);
+                let dropped = self.host.with(|host| host.ws_drop_node(node));
+                if dropped > 0 {
+                    log::info!(
+                        "dropped {dropped} WebTorrent peers of member {node}, which left the live set"
+                    );
+                }
+            }
         }
+    }
+
+    /// This node's place in the member list (0 without a cluster): the
+    /// `node` of the connections it accepts.
+    pub fn node(&self) -> u32 {
+        self.cluster
+            .as_ref()
+            .map_or(0, |c| u32::try_from(c.members.me().0).unwrap_or(u32::MAX))
     }
 
     /// The member that owns `info_hash`, if it is not this node.
@@ -456,6 +516,7 @@ impl Router {
         if self.send_to_node(node, frame(token), false) {
             Ok(waiting)
         } else {
+            self.stats.cluster_link_busy.bump();
             Err(RouteError::Busy)
         }
     }
@@ -904,6 +965,21 @@ impl Router {
     /// A full queue or channel drops it (a slow client must not hold
     /// anyone up).
     fn deliver(&self, connection: ConnectionRef, message: OwnedOutMessage) {
+        if connection.node != self.node() {
+            let mut bytes = Vec::new();
+            if message.as_out_message().write(&mut bytes).is_err() {
+                return;
+            }
+            let frame = Frame::WsDeliver {
+                executor: u32::try_from(connection.executor.0).unwrap_or(u32::MAX),
+                connection: connection.connection,
+                message: bytes,
+            };
+            if !self.send_to_node(NodeId(connection.node as usize), frame, false) {
+                self.stats.ws_dropped.bump();
+            }
+            return;
+        }
         if connection.executor != self.me {
             let message = MeshMessage::WsDeliver {
                 connection,
@@ -938,7 +1014,11 @@ impl Router {
         let stop = request
             .stopped
             .then_some((request.info_hash, request.peer_id));
-        let reached_owner = if owner == self.me {
+        let reached_owner = if let Some(node) = self.remote_owner(&request.info_hash) {
+            // Lost only when the link is full or down; the client announces again.
+            let frame = Frame::WsAnnounce(WireWsAnnounce::from_announce(&request));
+            self.send_to_node(node, frame, false)
+        } else if owner == self.me {
             self.host.with(|host| {
                 host.ws_announce(now, request, |c, m| self.deliver(c, m));
             });
@@ -956,8 +1036,32 @@ impl Router {
         Ok(())
     }
 
-    /// A connection closed: every shard that holds one of its peers drops it.
-    pub fn ws_closed(&self, connection: ConnectionRef, peers: Vec<(InfoHash, PeerId)>) {
+    /// A connection closed: every node and shard that holds one of its
+    /// peers drops it.
+    pub fn ws_closed(&self, connection: ConnectionRef, mut peers: Vec<(InfoHash, PeerId)>) {
+        if self.cluster.is_some() {
+            let mut remote: HashMap<NodeId, Vec<WirePeer>> = HashMap::new();
+            peers.retain(|(hash, peer_id)| match self.remote_owner(hash) {
+                Some(node) => {
+                    remote.entry(node).or_default().push((hash.0, peer_id.0));
+                    false
+                }
+                None => true,
+            });
+            for (node, part) in remote {
+                let frame = Frame::WsClosed {
+                    connection: WireConnection::from_ref(connection),
+                    peers: part,
+                };
+                self.send_to_node(node, frame, true);
+            }
+        }
+        self.ws_closed_here(connection, peers);
+    }
+
+    /// This node's part of a close: every shard that holds one of the
+    /// connection's peers drops it.
+    fn ws_closed_here(&self, connection: ConnectionRef, peers: Vec<(InfoHash, PeerId)>) {
         let parts = partition_by_owner(self.shards, peers, |(h, _)| h);
         for (shard, part) in parts.into_iter().enumerate() {
             if part.is_empty() {
@@ -1017,7 +1121,19 @@ impl Router {
                         links.push_must_arrive(node, frame);
                     }
                     Some(links) => {
-                        links.push(node, frame);
+                        // A request the queue refuses is answered "busy" at
+                        // once, so its asker does not wait for the deadline.
+                        let busy = busy_reply(&frame);
+                        if !links.push(node, frame) {
+                            if let Some((asker, message)) = busy {
+                                self.stats.cluster_link_busy.bump();
+                                if asker == self.me {
+                                    self.handle_incoming(message, None);
+                                } else if asker.0 < self.shards {
+                                    self.send_must_arrive(asker, message);
+                                }
+                            }
+                        }
                     }
                     None => {
                         log::error!("a frame for another node reached an executor without links")
@@ -1136,6 +1252,49 @@ impl Router {
                 } else if to.0 < self.shards {
                     self.send_must_arrive(to, MeshMessage::RemoteScrapeReply { token, stats });
                 }
+            }
+            Frame::WsAnnounce(wire) => {
+                let Some(request) = wire.into_announce() else {
+                    log::debug!(
+                        "member {}: a WebTorrent announce with a broken payload",
+                        from.0
+                    );
+                    return;
+                };
+                let owner = self.owner(&request.info_hash);
+                if owner == self.me {
+                    let now = self.now();
+                    self.host.with(|host| {
+                        host.ws_announce(now, request, |c, m| self.deliver(c, m));
+                    });
+                } else {
+                    let message = MeshMessage::Request(ShardRequest::WsAnnounce(request));
+                    let _ = self.send_lossy(owner, message);
+                }
+            }
+            Frame::WsDeliver {
+                executor,
+                connection,
+                message,
+            } => match OwnedOutMessage::parse(&message) {
+                Ok(message) => {
+                    let connection = ConnectionRef {
+                        node: self.node(),
+                        executor: ShardId(executor as usize),
+                        connection,
+                    };
+                    if connection.executor.0 < self.shards {
+                        self.deliver(connection, message);
+                    }
+                }
+                Err(_) => log::debug!("member {}: a WebSocket message that does not parse", from.0),
+            },
+            Frame::WsClosed { connection, peers } => {
+                let peers = peers
+                    .into_iter()
+                    .map(|(hash, peer_id)| (InfoHash(hash), PeerId(peer_id)))
+                    .collect();
+                self.ws_closed_here(connection.into_ref(), peers);
             }
             Frame::Hello { .. } | Frame::Heartbeat { .. } | Frame::HeartbeatAck { .. } => {}
         }
@@ -1428,6 +1587,59 @@ mod tests {
             thread.join().expect("executor thread");
         }
         seen
+    }
+
+    #[test]
+    fn a_request_the_link_refuses_gets_a_busy_reply_for_its_asker() {
+        let announce = Frame::Announce {
+            reply: RemoteReply {
+                executor: 1,
+                target: ReplyTarget::Token(7),
+            },
+            input: WireAnnounce::from_input(&AnnounceInput {
+                info_hash: InfoHash([1; 20]),
+                peer_id: PeerId([2; 20]),
+                ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                port: 1,
+                stopped: false,
+                completed: false,
+                bytes_left: None,
+                numwant: None,
+                max_peers: None,
+            }),
+        };
+        assert!(matches!(
+            busy_reply(&announce),
+            Some((ShardId(1), MeshMessage::AnnounceFailed { token: 7 }))
+        ));
+        let scrape = Frame::Scrape {
+            executor: 0,
+            token: 3,
+            ws: false,
+            hashes: vec![[1; 20], [2; 20]],
+        };
+        match busy_reply(&scrape) {
+            Some((ShardId(0), MeshMessage::RemoteScrapeReply { token: 3, stats })) => {
+                assert_eq!(stats, vec![None, None]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A forwarded UDP announce: the client retries, nobody waits.
+        let Frame::Announce { input, .. } = announce else {
+            unreachable!()
+        };
+        let udp = Frame::Announce {
+            reply: RemoteReply {
+                executor: 1,
+                target: ReplyTarget::Udp {
+                    client: SocketAddr::from(([127, 0, 0, 1], 9)),
+                    transaction_id: 5,
+                },
+            },
+            input,
+        };
+        assert!(busy_reply(&udp).is_none());
+        assert!(busy_reply(&Frame::Heartbeat { sent_micros: 1 }).is_none());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use aquatic_common::{
 };
 use aquatic_http_protocol::bencode::Value;
 use aquatic_udp_protocol::{AnnounceEvent, ConnectionId, OwnedResponse};
+use aquatic_ws_protocol as ws;
 use common::{
     eventually,
     http_client::{percent, read_responses},
@@ -669,4 +670,247 @@ fn direct_udp_replies_come_from_the_owner() {
     assert_eq!(&buf[4..8], &bytes[12..16], "the announce's reply");
     assert!(n >= 20);
     assert_eq!(from.port(), udp(&nodes[1]).port(), "sent by b, the owner");
+}
+
+/// A WebSocket client of one node (the npm client's messages).
+struct WsClient {
+    socket: tungstenite::WebSocket<TcpStream>,
+}
+
+fn ws_connect(node: &Tracker) -> WsClient {
+    let addr = SocketAddr::from(([127, 0, 0, 1], node.ws.expect("ws").port()));
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let (socket, _) =
+        tungstenite::client(format!("ws://{addr}/announce"), stream).expect("handshake");
+    WsClient { socket }
+}
+
+fn ws_announce_request(hash: [u8; 20], peer: u8) -> ws::AnnounceRequest {
+    ws::AnnounceRequest {
+        info_hash: ws::InfoHash(hash),
+        peer_id: ws::PeerId([peer; 20]),
+        event: ws::AnnounceEvent::Started,
+        bytes_left: Some(100),
+        numwant: Some(5),
+        offers: Some(Vec::new()),
+        answer: None,
+        to_peer_id: None,
+        offer_id: None,
+    }
+}
+
+fn raw_json(json: &str) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(json.to_owned()).expect("raw json")
+}
+
+impl WsClient {
+    fn send(&mut self, message: ws::InMessage) {
+        let mut out = Vec::new();
+        message.write(&mut out).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        self.socket
+            .send(tungstenite::Message::Text(text.into()))
+            .expect("send");
+    }
+
+    fn recv(&mut self) -> ws::OwnedOutMessage {
+        loop {
+            match self.socket.read().expect("a message within the timeout") {
+                tungstenite::Message::Text(text) => {
+                    return ws::OwnedOutMessage::parse(text.as_bytes()).expect("server message")
+                }
+                tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Announces; the leechers of the response.
+    fn announce(&mut self, request: ws::AnnounceRequest) -> usize {
+        self.send(ws::InMessage::Announce(request));
+        match self.recv() {
+            ws::OwnedOutMessage::AnnounceResponse(r) => r.incomplete,
+            other => panic!("expected an announce response, got {other:?}"),
+        }
+    }
+
+    fn leechers(&mut self, hash: [u8; 20]) -> usize {
+        self.send(ws::InMessage::Scrape(ws::ScrapeRequest {
+            info_hashes: vec![ws::InfoHash(hash)],
+        }));
+        match self.recv() {
+            ws::OwnedOutMessage::ScrapeResponse { files } => {
+                files.first().map_or(0, |(_, s)| s.incomplete)
+            }
+            other => panic!("expected a scrape response, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn webtorrent_peers_on_different_nodes_exchange_offers_and_answers() {
+    let spec = Spec::new("cluster-ws");
+    let mut nodes = start_cluster(&spec);
+    // Owned by c; the peers are connected to a and b, so every message
+    // crosses a link.
+    let hash = hash_owned_by(2, 9);
+    let mut on_a = ws_connect(&nodes[0]);
+    assert_eq!(on_a.announce(ws_announce_request(hash, 1)), 1);
+    let mut on_b = ws_connect(&nodes[1]);
+    let mut request = ws_announce_request(hash, 2);
+    request.offers = Some(vec![ws::AnnounceOffer {
+        offer_id: ws::OfferId([7; 20]),
+        offer: raw_json(r#"{"type":"offer","sdp":"v=0 from b"}"#),
+    }]);
+    assert_eq!(on_b.announce(request), 2, "one swarm across a and b");
+
+    // a's peer gets b's offer, verbatim, and answers it.
+    match on_a.recv() {
+        ws::OwnedOutMessage::Offer {
+            info_hash,
+            peer_id,
+            offer_id,
+            offer,
+        } => {
+            assert_eq!(info_hash, ws::InfoHash(hash));
+            assert_eq!(peer_id, ws::PeerId([2; 20]));
+            assert_eq!(offer_id, ws::OfferId([7; 20]));
+            assert_eq!(offer.get(), r#"{"type":"offer","sdp":"v=0 from b"}"#);
+        }
+        other => panic!("expected b's offer at a, got {other:?}"),
+    }
+    let mut answer = ws_announce_request(hash, 1);
+    answer.event = ws::AnnounceEvent::Update;
+    answer.bytes_left = None;
+    answer.offers = None;
+    answer.answer = Some(raw_json(r#"{"type":"answer","sdp":"from a"}"#));
+    answer.to_peer_id = Some(ws::PeerId([2; 20]));
+    answer.offer_id = Some(ws::OfferId([7; 20]));
+    on_a.send(ws::InMessage::Announce(answer));
+    match on_b.recv() {
+        ws::OwnedOutMessage::Answer {
+            peer_id,
+            offer_id,
+            answer,
+            ..
+        } => {
+            assert_eq!(peer_id, ws::PeerId([1; 20]));
+            assert_eq!(offer_id, ws::OfferId([7; 20]));
+            assert_eq!(answer.get(), r#"{"type":"answer","sdp":"from a"}"#);
+        }
+        other => panic!("expected a's answer at b, got {other:?}"),
+    }
+
+    // Closing a's connection removes its peer at the owner: a scrape
+    // through c shows it gone.
+    let mut on_c = ws_connect(&nodes[2]);
+    assert_eq!(on_c.leechers(hash), 2);
+    on_a.socket.close(None).expect("close");
+    let _ = on_a.socket.flush();
+    let gone = eventually(SETTLE, || (on_c.leechers(hash) == 1).then_some(()));
+    assert!(
+        gone.is_some(),
+        "a closed connection's peer lingers at its owner"
+    );
+
+    // A node lost with its connections: the owner drops their peers.
+    let mut again_on_a = ws_connect(&nodes[0]);
+    assert_eq!(again_on_a.announce(ws_announce_request(hash, 3)), 2);
+    nodes[0].child.kill().expect("kill -9");
+    let _ = nodes[0].child.wait();
+    wait_live(&[&nodes[1], &nodes[2]], 2);
+    let dropped = eventually(SETTLE, || (on_b.leechers(hash) == 1).then_some(()));
+    assert!(
+        dropped.is_some(),
+        "the peer of a lost node's connection lingers: {} leechers",
+        on_b.leechers(hash)
+    );
+    drop(again_on_a);
+}
+
+/// An HTTP announce through `addr`; its failure reason, if any.
+#[cfg(feature = "test-hooks")]
+fn http_announce_failure(addr: SocketAddr, hash: [u8; 20], peer: u8) -> Option<Vec<u8>> {
+    let target = format!(
+        "/announce?info_hash={}&peer_id={}&port=7000&uploaded=0&downloaded=0&left=100&compact=1",
+        percent(&hash),
+        percent(&[peer; 20])
+    );
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let raw = format!("GET {target} HTTP/1.1\r\nHost: tracker\r\nConnection: close\r\n\r\n");
+    stream.write_all(raw.as_bytes()).expect("write");
+    let (_, body) = read_responses(&mut stream, 1).remove(0);
+    match body.get(b"failure reason") {
+        Some(Value::Bytes(reason)) => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+#[test]
+fn a_request_the_full_link_queue_refuses_is_answered_busy_at_once() {
+    let spec = Spec::new("cluster-busy");
+    // Small link queues: capacity is runtime.mesh_channel_size.
+    let small = |i: usize| {
+        spec.config(i)
+            .replacen("[runtime]\n", "[runtime]\nmesh_channel_size = 4\n", 1)
+    };
+    let nodes: Vec<Tracker> = (0..3)
+        .map(|i| Tracker::start(&format!("cluster-busy-{}", NAMES[i]), &small(i)))
+        .collect();
+    wait_live(&nodes.iter().collect::<Vec<_>>(), 3);
+    let a = &nodes[0];
+    let hash = hash_owned_by(1, 11);
+    assert_eq!(http_announce_failure(http(a), hash, 1), None, "b answers");
+
+    // a's links stop writing; their queues fill with heartbeats until
+    // even those are dropped.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    socket
+        .send_to(b"aquatic-test-hook:stall-links", udp(a))
+        .expect("send");
+    let mut ack = [0u8; 64];
+    let (n, _) = socket.recv_from(&mut ack).expect("hook acknowledged");
+    assert_eq!(&ack[..n], b"aquatic-test-hook:ok");
+    let dropped = || {
+        let text = metrics_text(a.metrics.expect("metrics"));
+        sum(
+            &text,
+            "aquatic_cluster_link_dropped_total",
+            &["member=\"b\""],
+        )
+    };
+    let full = eventually(SETTLE, || (dropped() > 0.0).then_some(()));
+    assert!(full.is_some(), "a's queue for b never filled");
+
+    // Each announce for b's torrent is refused by the queue and answered
+    // "busy" (counted), not left to wait for the deadline.
+    let busy = |node: &Tracker| {
+        let text = metrics_text(node.metrics.expect("metrics"));
+        sum(
+            &text,
+            "aquatic_errors_total",
+            &["protocol=\"cluster\"", "kind=\"link_busy\""],
+        )
+    };
+    let before = busy(a);
+    for peer in 2..8u8 {
+        let reason = http_announce_failure(http(a), hash, peer);
+        assert_eq!(reason.as_deref(), Some(&b"tracker busy, try again"[..]));
+    }
+    let counted = eventually(SETTLE, || (busy(a) >= before + 6.0).then_some(()));
+    assert!(
+        counted.is_some(),
+        "busy answers counted: {} (before {before})",
+        busy(a)
+    );
 }

@@ -14,10 +14,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use aquatic_common::{AnnounceOutcome, InfoHash, PeerId, ScrapeStats, SelectedPeer, SelectedPeers};
+use aquatic_common::{
+    AnnounceOutcome, InfoHash, PeerId, ScrapeStats, SelectedPeer, SelectedPeers, ShardId,
+};
+use aquatic_ws_protocol::OfferId;
 use bincode::{Decode, Encode};
+use serde_json::value::RawValue;
 
-use crate::{codec, swarm::AnnounceInput};
+use crate::{
+    codec,
+    swarm::{AnnounceInput, ConnectionRef, WsAnnounce, WsAnswer},
+};
 
 /// The frame version this build writes.
 pub const FRAME_VERSION: u16 = 1;
@@ -112,6 +119,41 @@ pub struct WireAnswer {
 /// Scrape figures of one torrent: seeders, leechers, completed.
 pub type WireStats = (u64, u64, u32);
 
+/// A WebSocket connection anywhere in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct WireConnection {
+    /// The member that holds it (its place in the member list).
+    pub node: u32,
+    /// Its executor there.
+    pub executor: u32,
+    /// Its number on that executor.
+    pub connection: u64,
+}
+
+/// A WebTorrent announce the asking node's rules accepted; the SDP
+/// payloads travel as the JSON text the client sent.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct WireWsAnnounce {
+    /// The torrent.
+    pub info_hash: [u8; 20],
+    /// The announcing peer.
+    pub peer_id: [u8; 20],
+    /// Where the peer is connected.
+    pub connection: WireConnection,
+    /// `event=stopped`.
+    pub stopped: bool,
+    /// `event=completed`.
+    pub completed: bool,
+    /// `left`, if sent.
+    pub bytes_left: Option<u64>,
+    /// Offers: id and SDP JSON.
+    pub offers: Vec<([u8; 20], String)>,
+    /// How many offers to hand out at most.
+    pub numwant: u64,
+    /// An answer to relay: to peer, offer id, SDP JSON.
+    pub answer: Option<([u8; 20], [u8; 20], String)>,
+}
+
 /// What crosses a link.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Frame {
@@ -166,6 +208,99 @@ pub enum Frame {
         /// Figures in the order asked.
         stats: Vec<Option<WireStats>>,
     },
+    /// A WebTorrent announce for a torrent the receiver owns; what it
+    /// causes comes back as [`Frame::WsDeliver`]s.
+    WsAnnounce(WireWsAnnounce),
+    /// A message for a WebSocket connection the receiver holds, as the
+    /// JSON text the client will read.
+    WsDeliver {
+        /// The receiver's executor holding the connection.
+        executor: u32,
+        /// The connection's number there.
+        connection: u64,
+        /// The server message, serialized.
+        message: Vec<u8>,
+    },
+    /// A connection of the sender closed: the receiver drops its peers.
+    WsClosed {
+        /// The connection.
+        connection: WireConnection,
+        /// Its peers in torrents the receiver owns.
+        peers: Vec<([u8; 20], [u8; 20])>,
+    },
+}
+
+impl WireConnection {
+    /// From the swarm's connection.
+    pub fn from_ref(connection: ConnectionRef) -> Self {
+        Self {
+            node: connection.node,
+            executor: u32::try_from(connection.executor.0).unwrap_or(u32::MAX),
+            connection: connection.connection,
+        }
+    }
+
+    /// Back into the swarm's connection.
+    pub fn into_ref(self) -> ConnectionRef {
+        ConnectionRef {
+            node: self.node,
+            executor: ShardId(self.executor as usize),
+            connection: self.connection,
+        }
+    }
+}
+
+impl WireWsAnnounce {
+    /// From a checked WebTorrent announce.
+    pub fn from_announce(request: &WsAnnounce) -> Self {
+        Self {
+            info_hash: request.info_hash.0,
+            peer_id: request.peer_id.0,
+            connection: WireConnection::from_ref(request.connection),
+            stopped: request.stopped,
+            completed: request.completed,
+            bytes_left: request.bytes_left,
+            offers: request
+                .offers
+                .iter()
+                .map(|(id, sdp)| (id.0, sdp.get().to_owned()))
+                .collect(),
+            numwant: request.numwant as u64,
+            answer: request
+                .answer
+                .as_ref()
+                .map(|a| (a.to_peer_id.0, a.offer_id.0, a.answer.get().to_owned())),
+        }
+    }
+
+    /// Back into the swarm's announce; None if a payload is not JSON
+    /// (the sender checked it, so only a broken sender gets here).
+    pub fn into_announce(self) -> Option<WsAnnounce> {
+        let payload = |json: String| RawValue::from_string(json).ok();
+        let mut offers = Vec::with_capacity(self.offers.len());
+        for (id, sdp) in self.offers {
+            offers.push((OfferId(id), payload(sdp)?));
+        }
+        let answer = match self.answer {
+            Some((to, offer, sdp)) => Some(WsAnswer {
+                to_peer_id: PeerId(to),
+                offer_id: OfferId(offer),
+                answer: payload(sdp)?,
+            }),
+            None => None,
+        };
+        Some(WsAnnounce {
+            info_hash: InfoHash(self.info_hash),
+            peer_id: PeerId(self.peer_id),
+            connection: self.connection.into_ref(),
+            stopped: self.stopped,
+            completed: self.completed,
+            bytes_left: self.bytes_left,
+            offers,
+            numwant: usize::try_from(self.numwant).unwrap_or(usize::MAX),
+            answer,
+        })
+    }
 }
 
 impl WireAnnounce {
@@ -402,6 +537,37 @@ mod tests {
                 stats: vec![Some((1, 2, 3)), None],
             },
         ]
+    }
+
+    #[test]
+    fn a_webtorrent_announce_crosses_a_link_unchanged() {
+        let sdp = |text: &str| RawValue::from_string(text.to_owned()).expect("json");
+        let announce = WsAnnounce {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([2; 20]),
+            connection: ConnectionRef {
+                node: 3,
+                executor: ShardId(1),
+                connection: 77,
+            },
+            stopped: false,
+            completed: true,
+            bytes_left: Some(5),
+            offers: vec![(OfferId([4; 20]), sdp(r#"{"sdp":"o"}"#))],
+            numwant: 9,
+            answer: Some(WsAnswer {
+                to_peer_id: PeerId([6; 20]),
+                offer_id: OfferId([7; 20]),
+                answer: sdp(r#"{"sdp":"a"}"#),
+            }),
+        };
+        let wire = WireWsAnnounce::from_announce(&announce);
+        let back = wire.clone().into_announce().expect("valid payloads");
+        assert_eq!(WireWsAnnounce::from_announce(&back), wire);
+        assert_eq!(back.connection, announce.connection);
+        let mut broken = wire;
+        broken.offers[0].1 = "not json".to_owned();
+        assert!(broken.into_announce().is_none());
     }
 
     #[test]

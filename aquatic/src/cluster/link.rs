@@ -328,6 +328,11 @@ where
                     .push_must_arrive(node, Frame::Heartbeat { sent_micros });
                 next_heartbeat = Instant::now() + links.heartbeat;
             }
+            #[cfg(feature = "test-hooks")]
+            if crate::hooks::links_stalled() {
+                sleep(Duration::from_millis(10)).await;
+                continue;
+            }
             links.queues.take(node, BATCH_FRAMES, &mut batch);
             if batch.is_empty() {
                 let wait = next_heartbeat.saturating_duration_since(Instant::now());

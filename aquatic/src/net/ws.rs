@@ -99,6 +99,7 @@ pub async fn run(endpoint: Rc<WsEndpoint>) {
             let id = endpoint.next_connection.get();
             endpoint.next_connection.set(id.wrapping_add(1));
             let connection = ConnectionRef {
+                node: endpoint.router.node(),
                 executor: endpoint.router.id(),
                 connection: id,
             };

@@ -20,9 +20,12 @@ use rand::Rng;
 
 use super::{bt::CleanReport, refusal::Refusal};
 
-/// Names one WebSocket connection in the whole process.
+/// Names one WebSocket connection in the whole cluster (or process).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionRef {
+    /// The cluster member whose executor holds the connection (its place in
+    /// the member list; 0 without a cluster).
+    pub node: u32,
     /// The executor whose task holds the connection.
     pub executor: ShardId,
     /// The connection's number on that executor.
@@ -245,6 +248,31 @@ impl WsShard {
         }
     }
 
+    /// Removes every peer whose connection lives on cluster member `node`
+    /// (that member left the live set: its connections are gone for this
+    /// node's purposes, and their closes may never arrive). Returns how
+    /// many peers left.
+    pub fn drop_node(&mut self, node: u32) -> usize {
+        let mut counts = self.counts;
+        let mut dropped = 0;
+        self.torrents.retain(|_, torrent| {
+            let leaving: Vec<(PeerId, PeerStatus)> = torrent
+                .peers
+                .iter()
+                .filter(|(_, p)| p.connection.node == node)
+                .filter_map(|(id, _)| torrent.peers.get(id).map(|(_, status)| (*id, status)))
+                .collect();
+            for (peer_id, status) in leaving {
+                torrent.peers.remove(&peer_id);
+                counts.change(Some(status), None);
+                dropped += 1;
+            }
+            !torrent.peers.is_empty()
+        });
+        self.counts = counts;
+        dropped
+    }
+
     /// Figures for one torrent.
     pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {
         self.torrents
@@ -295,6 +323,7 @@ mod tests {
 
     fn conn(n: u64) -> ConnectionRef {
         ConnectionRef {
+            node: 0,
             executor: ShardId(0),
             connection: n,
         }
@@ -324,6 +353,26 @@ mod tests {
 
     fn run(shard: &mut WsShard, request: WsAnnounce) -> Delivered {
         try_run(shard, request).expect("accepted")
+    }
+
+    #[test]
+    fn a_lost_node_takes_only_its_connections_peers() {
+        let mut shard = WsShard::default();
+        run(&mut shard, announce(1, Vec::new()));
+        let mut remote = announce(2, Vec::new());
+        remote.connection.node = 1;
+        run(&mut shard, remote);
+        let mut other_torrent = announce(3, Vec::new());
+        other_torrent.connection.node = 1;
+        other_torrent.info_hash = InfoHash([2; 20]);
+        run(&mut shard, other_torrent);
+        assert_eq!(shard.peer_counts().leechers, 3);
+
+        assert_eq!(shard.drop_node(1), 2);
+        assert_eq!(shard.peer_counts().leechers, 1);
+        assert_eq!(shard.scrape(&InfoHash([1; 20])).leechers, 1);
+        assert_eq!(shard.torrents(), 1, "the emptied torrent is gone");
+        assert_eq!(shard.drop_node(1), 0);
     }
 
     #[test]
