@@ -1606,6 +1606,7 @@ mod tests {
                 bytes_left: None,
                 numwant: None,
                 max_peers: None,
+                private: None,
             }),
         };
         assert!(matches!(
