@@ -145,7 +145,10 @@ impl ShardHost {
     /// An empty shard under `config`'s rules.
     pub fn new(config: &Config, access_list: Arc<AccessList>, rng: SmallRng) -> Self {
         Self {
-            bt: BtShard::default(),
+            bt: BtShard::new(
+                config.tracker.peer_timeout(),
+                config.tracker.cleaning_interval(),
+            ),
             ws: WsShard::default(),
             rules: Rules::new(Limits::from_config(config), access_list),
             rng,
@@ -365,6 +368,7 @@ mod tests {
             bytes_left: Some(1),
             numwant: None,
             max_peers: None,
+            peer_ids: crate::swarm::PeerIdUse::KeptAndShown,
         };
         host.rules().bt_announce(input).expect("valid")
     }
@@ -417,7 +421,7 @@ mod tests {
         assert_eq!(*address, to);
         assert_eq!(outcome.leechers, 2);
         assert_eq!(peers.v4.len(), 1, "the first peer, handed to the second");
-        assert_eq!(peers.v4[0].peer_id, PeerId([1; 20]));
+        assert_eq!(peers.v4[0].peer_id, Some(PeerId([1; 20])));
         assert_eq!(effects.scrapes[0].1[0].leechers, 2);
         assert_eq!(effects.scrapes[0].1[1], ScrapeStats::default());
         assert_eq!(host.gauges().bt_peers.leechers, 2);

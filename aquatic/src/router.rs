@@ -929,6 +929,7 @@ mod tests {
                 bytes_left: Some(1),
                 numwant: None,
                 max_peers: None,
+                peer_ids: crate::swarm::PeerIdUse::Hashed,
             };
             let (mut a, mut b) = (SelectedPeers::default(), SelectedPeers::default());
             // The first fills the silent shard's channel and waits; the

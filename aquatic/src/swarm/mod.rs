@@ -21,7 +21,7 @@ mod refusal;
 mod rules;
 mod ws;
 
-pub use bt::{BtAnnounce, BtShard, CleanReport};
+pub use bt::{BtAnnounce, BtPeerRecord, BtShard, CleanReport, PeerIdKey, PeerIdUse};
 pub use refusal::Refusal;
 pub use rules::{AnnounceInput, ConnectionPeers, Limits, Rules};
 pub use ws::{ConnectionRef, WsAnnounce, WsAnswer, WsShard, WsTiming};

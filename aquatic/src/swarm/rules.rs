@@ -14,7 +14,7 @@ use aquatic_common::{access_list::AccessList, InfoHash, PeerId};
 use hashbrown::HashSet;
 
 use super::{
-    bt::BtAnnounce,
+    bt::{BtAnnounce, PeerIdUse},
     refusal::Refusal,
     ws::{ConnectionRef, WsAnnounce, WsAnswer},
 };
@@ -43,6 +43,9 @@ pub struct AnnounceInput {
     /// The most peers the reply can carry, if the transport limits it (a
     /// UDP reply must fit one datagram); None: no limit but the config's.
     pub max_peers: Option<usize>,
+    /// Whether the shard keeps the full peer id (HTTP) and this response
+    /// shows peer ids (HTTP, non-compact, no `no_peer_id`).
+    pub peer_ids: PeerIdUse,
 }
 
 impl AnnounceInput {
@@ -65,6 +68,7 @@ impl AnnounceInput {
                 .ok()
                 .filter(|&n| n > 0),
             max_peers: Some(max_peers),
+            peer_ids: PeerIdUse::Hashed,
         }
     }
 
@@ -84,6 +88,11 @@ impl AnnounceInput {
             numwant: request.numwant,
             // A response body has no size limit that matters here.
             max_peers: None,
+            peer_ids: if request.compact || request.no_peer_id {
+                PeerIdUse::Kept
+            } else {
+                PeerIdUse::KeptAndShown
+            },
         }
     }
 }
@@ -175,6 +184,7 @@ impl Rules {
                 .unwrap_or(self.limits.default_numwant)
                 .min(self.limits.max_numwant)
                 .min(input.max_peers.unwrap_or(usize::MAX)),
+            peer_ids: input.peer_ids,
         })
     }
 
@@ -297,6 +307,7 @@ mod tests {
             bytes_left: Some(10),
             numwant: None,
             max_peers: None,
+            peer_ids: PeerIdUse::Hashed,
         }
     }
 
