@@ -80,7 +80,7 @@ fn http(c: &mut Criterion) {
     });
     let peers: Vec<_> = (0..50u16)
         .map(|i| ResponsePeer {
-            peer_id: PeerId([i as u8; 20]),
+            peer_id: Some(PeerId([i as u8; 20])),
             ip_address: Ipv4Addr::new(10, 0, 0, i as u8),
             port: 6881 + i,
         })

@@ -62,7 +62,7 @@ use crate::{
     reload::{LocalCopy, Reloadable},
     router::{MeshMessage, Router, UdpAnswers, LINK_EXECUTOR, REPLY_DEADLINE},
     snapshot::{PeerRecord, RestoredShards, SnapshotBody, StateDir, TorrentRecord},
-    swarm::{private::Catalog, Refusal},
+    swarm::{private::Catalog, PeerIdKey, Refusal},
 };
 
 /// How often an executor hands its private accounting to the database
@@ -130,6 +130,9 @@ pub struct Shared {
     pub private: Option<PrivateShared>,
     /// The locked state directory, when snapshots are on.
     pub state: Option<Arc<StateDir>>,
+    /// The one key every shard hashes peer ids with (snapshot records
+    /// match whichever shard restores them).
+    pub peer_id_key: PeerIdKey,
 }
 
 /// What private mode shares: the catalog the database thread loads, and
@@ -213,10 +216,9 @@ pub async fn run(setup: ExecutorSetup) {
     );
 
     let access_list = LocalCopy::new(shared.access_list.clone());
-    let host = Rc::new(SharedHost::new(ShardHost::from_entropy(
-        config,
-        access_list.get(),
-    )));
+    let host = Rc::new(SharedHost::new(
+        ShardHost::from_entropy(config, access_list.get()).with_peer_id_key(shared.peer_id_key),
+    ));
     let catalog = shared
         .private
         .as_ref()
@@ -836,7 +838,7 @@ impl Snapshots {
                 entries.extend(record.peers.iter().filter_map(|p| p.to_entry(now, timeout)));
                 restored += entries.len() as u64;
                 host.bt_mut()
-                    .restore(InfoHash(record.info_hash), record.completed, &entries);
+                    .restore(InfoHash(record.info_hash), record.completed, now, &entries);
             }
         });
         self.status.peers_restored.set(restored);
@@ -875,7 +877,8 @@ impl Snapshots {
                     next += 1;
                     entries.clear();
                     // Gone since the list was taken: nothing to keep.
-                    let Some(completed) = host.bt().torrent_entries(&hash, &mut entries) else {
+                    let Some(completed) = host.bt().torrent_entries(&hash, now, &mut entries)
+                    else {
                         continue;
                     };
                     slice_peers += entries.len();

@@ -150,9 +150,15 @@ impl ShardHost {
     /// An empty shard under `config`'s rules.
     pub fn new(config: &Config, access_list: Arc<AccessList>, rng: SmallRng) -> Self {
         Self {
-            bt: BtShard::default(),
+            bt: BtShard::new(
+                config.tracker.peer_timeout(),
+                config.tracker.cleaning_interval(),
+            ),
             ws: WsShard::default(),
-            private_bt: BtShard::default(),
+            private_bt: BtShard::new(
+                config.tracker.peer_timeout(),
+                config.tracker.cleaning_interval(),
+            ),
             ledger: Ledger::default(),
             rules: Rules::new(Limits::from_config(config), access_list),
             rng,
@@ -164,6 +170,14 @@ impl ShardHost {
             scratch: SelectedPeers::default(),
             ws_refused: 0,
         }
+    }
+
+    /// The same empty shard hashing peer ids with `key`, the process's one
+    /// key (snapshot records then match whichever shard restores them).
+    pub fn with_peer_id_key(mut self, key: crate::swarm::PeerIdKey) -> Self {
+        self.bt = self.bt.with_peer_id_key(key);
+        self.private_bt = self.private_bt.with_peer_id_key(key);
+        self
     }
 
     /// An empty shard with a random RNG.
@@ -456,6 +470,7 @@ mod tests {
             numwant: None,
             max_peers: None,
             private: None,
+            peer_ids: crate::swarm::PeerIdUse::KeptAndShown,
         };
         host.rules().bt_announce(input).expect("valid")
     }
@@ -508,7 +523,7 @@ mod tests {
         assert_eq!(*address, to);
         assert_eq!(outcome.leechers, 2);
         assert_eq!(peers.v4.len(), 1, "the first peer, handed to the second");
-        assert_eq!(peers.v4[0].peer_id, PeerId([1; 20]));
+        assert_eq!(peers.v4[0].peer_id, Some(PeerId([1; 20])));
         assert_eq!(effects.scrapes[0].1[0].leechers, 2);
         assert_eq!(effects.scrapes[0].1[1], ScrapeStats::default());
         assert_eq!(host.gauges().bt_peers.leechers, 2);

@@ -171,6 +171,9 @@ fn bt_announce(
         numwant: Some(numwant).filter(|&n| n > 0),
         max_peers: None,
         private: None,
+        // Every peer keeps its full id and every list shows them, so the
+        // check below can name each listed peer.
+        peer_ids: crate::swarm::PeerIdUse::KeptAndShown,
     };
     let request = host
         .rules()
@@ -188,7 +191,7 @@ fn bt_announce(
             model.bt.insert(key, status);
         }
     }
-    let listed: Vec<BtKey> = out
+    let listed: Vec<(u8, Option<PeerId>, IpAddr, u16)> = out
         .v4
         .iter()
         .map(|p| (t, p.peer_id, IpAddr::V4(p.ip_address), p.port))
@@ -198,6 +201,13 @@ fn bt_announce(
                 .map(|p| (t, p.peer_id, IpAddr::V6(p.ip_address), p.port)),
         )
         .collect();
+    let listed: Vec<BtKey> = listed
+        .into_iter()
+        .map(|(t, id, ip, port)| {
+            id.map(|id| (t, id, ip, port))
+                .ok_or_else(|| format!("peer {ip}:{port} listed without its full id"))
+        })
+        .collect::<Result<_, _>>()?;
     if listed.contains(&key) {
         return Err(format!("{key:?} was handed itself"));
     }

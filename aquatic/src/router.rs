@@ -292,8 +292,9 @@ pub struct Router {
     announces: PendingReplies<Option<(AnnounceOutcome, SelectedPeers)>>,
     scrapes: PendingReplies<Vec<Option<ScrapeStats>>>,
     outbox: Outbox,
-    /// Outgoing queues of the WebSocket connections this executor holds.
-    ws_connections: RefCell<HashMap<u64, LocalSender<OwnedOutMessage>>>,
+    /// Outgoing queues of the WebSocket connections this executor holds,
+    /// each with the most messages it may hold.
+    ws_connections: RefCell<HashMap<u64, (LocalSender<OwnedOutMessage>, usize)>>,
     /// None when the cluster is off.
     cluster: Option<RouterCluster>,
 }
@@ -944,9 +945,16 @@ impl Router {
 
     /// Registers a WebSocket connection of this executor; messages for it
     /// arrive on the returned queue.
+    ///
+    /// The queue holds at most `queue` messages. It is an unbounded glommio
+    /// channel with the bound checked here on delivery: a bounded one
+    /// allocates all its slots at once (64 × 80 bytes by default) for every
+    /// connection, most of which never has more than one message waiting.
     pub fn ws_register(&self, connection: u64, queue: usize) -> LocalReceiver<OwnedOutMessage> {
-        let (sender, receiver) = local_channel::new_bounded(queue);
-        self.ws_connections.borrow_mut().insert(connection, sender);
+        let (sender, receiver) = local_channel::new_unbounded();
+        self.ws_connections
+            .borrow_mut()
+            .insert(connection, (sender, queue));
         receiver
     }
 
@@ -991,7 +999,7 @@ impl Router {
         let connections = self.ws_connections.borrow();
         let delivered = connections
             .get(&connection.connection)
-            .is_some_and(|queue| queue.try_send(message).is_ok());
+            .is_some_and(|(queue, bound)| queue.len() < *bound && queue.try_send(message).is_ok());
         if !delivered {
             self.stats.ws_dropped.bump();
         }
@@ -1607,6 +1615,7 @@ mod tests {
                 numwant: None,
                 max_peers: None,
                 private: None,
+                peer_ids: crate::swarm::PeerIdUse::Hashed,
             }),
         };
         assert!(matches!(
@@ -1675,6 +1684,7 @@ mod tests {
                 numwant: None,
                 max_peers: None,
                 private: None,
+                peer_ids: crate::swarm::PeerIdUse::Hashed,
             };
             let (mut a, mut b) = (SelectedPeers::default(), SelectedPeers::default());
             // The first fills the silent shard's channel and waits; the
@@ -1689,5 +1699,44 @@ mod tests {
         assert_eq!(seen.result, [RouteError::NoReply, RouteError::Busy]);
         assert_eq!(seen.deadlines, 1);
         assert!(seen.mesh_full >= 1, "counted as a full channel");
+    }
+
+    #[test]
+    fn a_websocket_queue_holds_its_bound_and_drops_the_rest() {
+        let seen = with_mesh(1, 16, Duration::from_millis(300), |router| async move {
+            let queue = router.ws_register(7, 2);
+            let connection = ConnectionRef {
+                node: 0,
+                executor: router.id(),
+                connection: 7,
+            };
+            let message = |n: usize| {
+                OwnedOutMessage::AnnounceResponse(aquatic_ws_protocol::AnnounceResponse {
+                    info_hash: InfoHash([1; 20]),
+                    complete: n,
+                    incomplete: 0,
+                    announce_interval: 120,
+                })
+            };
+            for n in 0..5 {
+                router.deliver(connection, message(n));
+            }
+            let dropped = router.stats.ws_dropped.get();
+            let mut queued = Vec::new();
+            while let Some(Some(m)) = futures_lite::future::poll_once(queue.recv()).await {
+                match m {
+                    OwnedOutMessage::AnnounceResponse(r) => queued.push(r.complete),
+                    other => panic!("unexpected {other:?}"),
+                }
+                if queued.len() == 2 {
+                    break;
+                }
+            }
+            // Room again once the connection has taken its messages.
+            router.deliver(connection, message(9));
+            let again = futures_lite::future::poll_once(queue.recv()).await;
+            (queued, dropped, again.flatten().is_some())
+        });
+        assert_eq!(seen.result, (vec![0, 1], 3, true));
     }
 }

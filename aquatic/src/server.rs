@@ -56,6 +56,7 @@ use crate::{
     notify::{monotonic_usec, notify},
     reload::Reloadable,
     snapshot::{self, RestoredShards, StateDir, TorrentRecord},
+    swarm::PeerIdKey,
 };
 
 /// How long executors may take to start before start-up is declared failed.
@@ -476,11 +477,13 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
 
     let state = open_state_dir(&config, workers)?;
     let key = connection_id_key(&config, state.as_deref())?;
+    let peer_id_key = snapshot::peer_id_key(state.as_deref())?;
     let start = ServerStartInstant::new();
     let restored = Arc::new(RestoredShards::new(restore(
         state.as_deref(),
         workers,
         &config,
+        &peer_id_key,
     )));
     let shared = Shared {
         config: config.clone(),
@@ -498,6 +501,7 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
         cluster,
         private: private.as_ref().map(|(p, _)| p.clone()),
         state,
+        peer_id_key,
     };
     let shutdown = shared.shutdown.clone();
     let mesh = MeshBuilder::full(workers, config.runtime.mesh_channel_size);
@@ -705,12 +709,22 @@ fn open_state_dir(config: &Config, workers: usize) -> anyhow::Result<Option<Arc<
 
 /// The snapshots' torrents for each executor, by the current `shard_of`
 /// and worker count.
-fn restore(state: Option<&StateDir>, workers: usize, config: &Config) -> Vec<Vec<TorrentRecord>> {
+fn restore(
+    state: Option<&StateDir>,
+    workers: usize,
+    config: &Config,
+    peer_id_key: &PeerIdKey,
+) -> Vec<Vec<TorrentRecord>> {
     let Some(state) = state else {
         return Vec::new();
     };
     let began = Instant::now();
-    let restored = state.restore(workers, UnixSeconds::now(), config.tracker.peer_timeout());
+    let restored = state.restore(
+        workers,
+        UnixSeconds::now(),
+        config.tracker.peer_timeout(),
+        peer_id_key,
+    );
     if restored.files > 0 {
         log::info!(
             "restored {} peers from {} snapshot files in {} (up to {} s old; {} peers had expired) in {:?}",

@@ -30,6 +30,15 @@
 //! current `shard_of` and worker count; the file's executor index only
 //! names the file.
 //!
+//! Peers are stored as the compact swarms hold them (issue 18): a 63-bit
+//! hash of the peer id under the process's [`PeerIdKey`], and the full id
+//! only for peers the shard keeps it for (HTTP). The key is derived from
+//! the `connection-id.key` material (domain-separated, see
+//! [`PeerIdKey::from_material`]), so it is the same in every shard and
+//! after a restart: a restored peer matches its next announce whichever
+//! shard now owns its torrent. Format version 1 stored the full id of
+//! every peer; its ids are hashed with the current key when it is read.
+//!
 //! The checksum is SipHash-2-4-128 from `siphasher`, already a dependency
 //! (connection ids): no new crate for what a CRC would do no better.
 
@@ -53,17 +62,20 @@ use aquatic_common::{
 use bincode::{Decode, Encode};
 use siphasher::sip128::{Hasher128, SipHasher24};
 
-use crate::{codec, swarm::BtPeerEntry};
+use crate::{
+    codec,
+    swarm::{BtPeerEntry, PeerIdKey},
+};
 
 /// The first bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"AQTSNAP\0";
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// The formats this build reads, each with its body reader: the current
 /// one and (once there is one) the previous, so that an upgrade, the main
 /// reason to restart, keeps the swarms. A new version adds its row and
 /// keeps the old row, converting to the current records.
-const READERS: &[(u16, BodyReader)] = &[(1, read_body_v1)];
+const READERS: &[(u16, BodyReader)] = &[(1, read_body_v1), (2, read_body_v2)];
 
 /// Bytes of the fixed header.
 pub const HEADER_BYTES: usize = 48;
@@ -82,7 +94,7 @@ const SNAPSHOT_SUFFIX: &str = ".snapshot";
 const REJECTED_SUFFIX: &str = ".rejected";
 const TEMP_SUFFIX: &str = ".tmp";
 
-type BodyReader = fn(&[u8], u64) -> Result<Vec<TorrentRecord>, SnapshotError>;
+type BodyReader = fn(&[u8], u64, &PeerIdKey) -> Result<Vec<TorrentRecord>, SnapshotError>;
 
 /// An IP address as a snapshot stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -93,9 +105,26 @@ pub enum IpRecord {
     V6([u8; 16]),
 }
 
-/// One UDP or HTTP peer in a snapshot (format version 1).
+/// One UDP or HTTP peer in a snapshot (format version 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct PeerRecord {
+    /// Where the peer is.
+    pub ip: IpRecord,
+    /// The port it listens on.
+    pub port: u16,
+    /// The 63-bit hash of its id under the process's [`PeerIdKey`].
+    pub peer_id_hash: u64,
+    /// Its full id, where the shard kept it (HTTP peers).
+    pub peer_id: Option<[u8; 20]>,
+    /// Seeding (else leeching).
+    pub seeder: bool,
+    /// Seconds since its last announce, when the snapshot was taken.
+    pub age_secs: u32,
+}
+
+/// One peer in a format version 1 snapshot: the full id of every peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PeerRecordV1 {
     /// Where the peer is.
     pub ip: IpRecord,
     /// The port it listens on.
@@ -108,7 +137,42 @@ pub struct PeerRecord {
     pub age_secs: u32,
 }
 
-/// Peers of one torrent in a snapshot (format version 1). A torrent with
+/// Peers of one torrent in a format version 1 snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct TorrentRecordV1 {
+    /// The torrent.
+    pub info_hash: [u8; 20],
+    /// Its `completed` count.
+    pub completed: u32,
+    /// Its peers.
+    pub peers: Vec<PeerRecordV1>,
+}
+
+impl TorrentRecordV1 {
+    /// The current record: ids hashed with `key`. The full ids are kept
+    /// (version 1 knew every peer's; each is released when its peer stops
+    /// or expires, within one peer timeout).
+    fn upgrade(self, key: &PeerIdKey) -> TorrentRecord {
+        TorrentRecord {
+            info_hash: self.info_hash,
+            completed: self.completed,
+            peers: self
+                .peers
+                .into_iter()
+                .map(|p| PeerRecord {
+                    ip: p.ip,
+                    port: p.port,
+                    peer_id_hash: key.hash(&PeerId(p.peer_id)),
+                    peer_id: Some(p.peer_id),
+                    seeder: p.seeder,
+                    age_secs: p.age_secs,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Peers of one torrent in a snapshot (format version 2). A torrent with
 /// many peers spans several records with the same info hash.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct TorrentRecord {
@@ -132,7 +196,8 @@ impl PeerRecord {
                 IpAddr::V6(ip) => IpRecord::V6(ip.octets()),
             },
             port: entry.port,
-            peer_id: entry.peer_id.0,
+            peer_id_hash: entry.peer_id_hash,
+            peer_id: entry.peer_id.map(|id| id.0),
             seeder: entry.seeder,
             age_secs: timeout.saturating_sub(left),
         }
@@ -146,7 +211,8 @@ impl PeerRecord {
             return None;
         }
         Some(BtPeerEntry {
-            peer_id: PeerId(self.peer_id),
+            peer_id_hash: self.peer_id_hash,
+            peer_id: self.peer_id.map(PeerId),
             ip: match self.ip {
                 IpRecord::V4(b) => IpAddr::V4(Ipv4Addr::from(b)),
                 IpRecord::V6(b) => IpAddr::V6(Ipv6Addr::from(b)),
@@ -290,8 +356,8 @@ fn le_u64(bytes: &[u8]) -> u64 {
 }
 
 /// Reads a whole snapshot file's bytes: every check passes or nothing
-/// comes out.
-pub fn parse(bytes: &[u8]) -> Result<SnapshotContents, SnapshotError> {
+/// comes out. Peer ids of an older format are hashed with `key`.
+pub fn parse(bytes: &[u8], key: &PeerIdKey) -> Result<SnapshotContents, SnapshotError> {
     let got = bytes.len() as u64;
     if bytes.len() < HEADER_BYTES {
         // Too short to hold a header: a file of ours cut short, or not ours.
@@ -330,12 +396,32 @@ pub fn parse(bytes: &[u8]) -> Result<SnapshotContents, SnapshotError> {
     }
     Ok(SnapshotContents {
         created_at,
-        records: reader(body, records)?,
+        records: reader(body, records, key)?,
     })
 }
 
-/// Format version 1: `records` [`TorrentRecord`]s back to back.
-fn read_body_v1(body: &[u8], records: u64) -> Result<Vec<TorrentRecord>, SnapshotError> {
+/// Format version 1: `records` [`TorrentRecordV1`]s back to back, each
+/// peer with its full id, which is hashed with the current key.
+fn read_body_v1(
+    body: &[u8],
+    records: u64,
+    key: &PeerIdKey,
+) -> Result<Vec<TorrentRecord>, SnapshotError> {
+    let old: Vec<TorrentRecordV1> = read_records(body, records)?;
+    Ok(old.into_iter().map(|r| r.upgrade(key)).collect())
+}
+
+/// Format version 2: `records` [`TorrentRecord`]s back to back.
+fn read_body_v2(
+    body: &[u8],
+    records: u64,
+    _key: &PeerIdKey,
+) -> Result<Vec<TorrentRecord>, SnapshotError> {
+    read_records(body, records)
+}
+
+/// `records` bincode records of type `T` back to back, all of the body.
+fn read_records<T: Decode<()>>(body: &[u8], records: u64) -> Result<Vec<T>, SnapshotError> {
     // A record takes at least 22 bytes: a count beyond that is corruption
     // (and must not size an allocation).
     if records > body.len() as u64 / 22 + 1 {
@@ -348,7 +434,7 @@ fn read_body_v1(body: &[u8], records: u64) -> Result<Vec<TorrentRecord>, Snapsho
     let mut at = 0;
     let mut index = 0u64;
     while at < body.len() {
-        let (record, used): (TorrentRecord, usize) = codec::decode_prefix(&body[at..])
+        let (record, used): (T, usize) = codec::decode_prefix(&body[at..])
             .map_err(|source| SnapshotError::Record { index, source })?;
         out.push(record);
         at += used;
@@ -523,7 +609,14 @@ impl StateDir {
     /// shards by the current `shard_of`, keeping only peers younger than
     /// `peer_timeout` at `now`. A file that cannot be used is logged,
     /// moved aside and skipped whole.
-    pub fn restore(&self, shards: usize, now: UnixSeconds, peer_timeout: Duration) -> Restored {
+    /// Ids in a version 1 file are hashed with `key`.
+    pub fn restore(
+        &self,
+        shards: usize,
+        now: UnixSeconds,
+        peer_timeout: Duration,
+        key: &PeerIdKey,
+    ) -> Restored {
         let mut restored = Restored {
             per_shard: (0..shards).map(|_| Vec::new()).collect(),
             ..Restored::default()
@@ -532,7 +625,7 @@ impl StateDir {
         for (_, path) in self.snapshot_files() {
             let contents = fs::read(&path)
                 .map_err(SnapshotError::from)
-                .and_then(|bytes| parse(&bytes));
+                .and_then(|bytes| parse(&bytes, key));
             let contents = match contents {
                 Ok(contents) => contents,
                 Err(err) => {
@@ -570,6 +663,28 @@ impl StateDir {
     /// The connection-id key kept in the directory: read, or made (0600)
     /// on first start.
     pub fn connection_id_key(&self) -> Result<ConnectionIdKey, StateDirError> {
+        let (path, material) = self.key_material()?;
+        ConnectionIdKey::from_material(&material).map_err(|short| StateDirError::KeyTooShort {
+            path,
+            got: short.got,
+        })
+    }
+
+    /// The peer-id key, derived from the same material (domain-separated):
+    /// one key for every shard, the same after a restart.
+    pub fn peer_id_key(&self) -> Result<PeerIdKey, StateDirError> {
+        let (path, material) = self.key_material()?;
+        if material.len() < MIN_KEY_BYTES {
+            return Err(StateDirError::KeyTooShort {
+                path,
+                got: material.len(),
+            });
+        }
+        Ok(PeerIdKey::from_material(&material))
+    }
+
+    /// The key file's path and bytes, the file made on first start.
+    fn key_material(&self) -> Result<(PathBuf, Vec<u8>), StateDirError> {
         let path = self.path.join(KEY_FILE);
         let key_error = |source| StateDirError::Key {
             path: path.clone(),
@@ -585,10 +700,7 @@ impl StateDir {
             }
             Err(err) => return Err(key_error(err)),
         };
-        ConnectionIdKey::from_material(&material).map_err(|short| StateDirError::KeyTooShort {
-            path: path.clone(),
-            got: short.got,
-        })
+        Ok((path, material))
     }
 }
 
@@ -674,9 +786,31 @@ pub fn connection_id_key(state: Option<&StateDir>) -> Result<ConnectionIdKey, St
     }
 }
 
+/// Where the peer-id key comes from: derived from the state directory's
+/// key material when there is one (snapshot records stay valid across
+/// restarts and re-sharding), else random.
+pub fn peer_id_key(state: Option<&StateDir>) -> Result<PeerIdKey, StateDirError> {
+    match state {
+        Some(dir) => dir.peer_id_key(),
+        None => Ok(PeerIdKey::random()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key tests hash peer ids with.
+    const KEY: PeerIdKey = PeerIdKey([0x0123_4567, 0x89ab_cdef]);
+
+    /// A format version 1 file, as the previous release wrote it.
+    fn v1_file(created_at: u32, records: &[TorrentRecordV1]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for record in records {
+            codec::encode_into(record, &mut body).expect("encodes");
+        }
+        file_bytes(1, UnixSeconds(created_at), records.len() as u64, &body)
+    }
 
     fn peer(n: u8, age: u32) -> PeerRecord {
         PeerRecord {
@@ -686,7 +820,9 @@ mod tests {
                 IpRecord::V6([n; 16])
             },
             port: 1000 + n as u16,
-            peer_id: [n; 20],
+            peer_id_hash: KEY.hash(&PeerId([n; 20])),
+            // HTTP peers have their full id, UDP ones not.
+            peer_id: (n % 2 == 0).then_some([n; 20]),
             seeder: n % 3 == 0,
             age_secs: age,
         }
@@ -715,7 +851,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let file = sample_file(1_700_000_000);
-        let contents = parse(&file).expect("parses");
+        let contents = parse(&file, &KEY).expect("parses");
         assert_eq!(contents.created_at, UnixSeconds(1_700_000_000));
         assert_eq!(contents.records.len(), 4, "the torrent without peers too");
         assert_eq!(contents.records[3].peers.len(), 12);
@@ -731,7 +867,7 @@ mod tests {
         body.push_torrent(InfoHash([1; 20]), 3, &peers)
             .expect("encodes");
         assert_eq!(body.peers(), peers.len() as u64);
-        let contents = parse(&body.into_file(UnixSeconds(1))).expect("parses");
+        let contents = parse(&body.into_file(UnixSeconds(1)), &KEY).expect("parses");
         assert_eq!(contents.records.len(), 2);
         assert_eq!(contents.records[1].peers.len(), 5);
     }
@@ -752,7 +888,7 @@ mod tests {
         record.push(1); // seeder
         record.push(42); // age
         let file = file_bytes(1, UnixSeconds(1_800_000_000), 1, &record);
-        let contents = parse(&file).expect("a version 1 file loads");
+        let contents = parse(&file, &KEY).expect("a version 1 file loads");
         assert_eq!(
             contents.records,
             vec![TorrentRecord {
@@ -761,7 +897,9 @@ mod tests {
                 peers: vec![PeerRecord {
                     ip: IpRecord::V4([192, 0, 2, 1]),
                     port: 6881,
-                    peer_id: [0x2d; 20],
+                    // Hashed with the current key when read.
+                    peer_id_hash: KEY.hash(&PeerId([0x2d; 20])),
+                    peer_id: Some([0x2d; 20]),
                     seeder: true,
                     age_secs: 42,
                 }],
@@ -773,48 +911,56 @@ mod tests {
     fn every_damage_is_refused_whole() {
         let file = sample_file(5);
         assert!(matches!(
-            parse(&[]),
+            parse(&[], &KEY),
             Err(SnapshotError::Truncated { got: 0, .. })
         ));
         assert!(matches!(
-            parse(b"hello world, this is some other file entirely......"),
+            parse(b"hello world, this is some other file entirely......", &KEY),
             Err(SnapshotError::Foreign)
         ));
         for cut in [1, 20, HEADER_BYTES, file.len() - 1] {
             assert!(
-                matches!(parse(&file[..cut]), Err(SnapshotError::Truncated { .. })),
+                matches!(
+                    parse(&file[..cut], &KEY),
+                    Err(SnapshotError::Truncated { .. })
+                ),
                 "cut at {cut}"
             );
         }
         let mut longer = file.clone();
         longer.push(0);
         assert!(matches!(
-            parse(&longer),
+            parse(&longer, &KEY),
             Err(SnapshotError::TrailingBytes(1))
         ));
         // Every single flipped byte is caught, wherever it is.
         for i in 0..file.len() {
             let mut flipped = file.clone();
             flipped[i] ^= 0x10;
-            assert!(parse(&flipped).is_err(), "flip at {i}");
+            assert!(parse(&flipped, &KEY).is_err(), "flip at {i}");
         }
         let mut newer = file.clone();
         newer[8..10].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
-        assert!(matches!(parse(&newer), Err(SnapshotError::Newer(v)) if v == FORMAT_VERSION + 1));
+        assert!(
+            matches!(parse(&newer, &KEY), Err(SnapshotError::Newer(v)) if v == FORMAT_VERSION + 1)
+        );
         newer[8..10].copy_from_slice(&0u16.to_le_bytes());
-        assert!(matches!(parse(&newer), Err(SnapshotError::Older(0))));
+        assert!(matches!(parse(&newer, &KEY), Err(SnapshotError::Older(0))));
     }
 
     #[test]
     fn a_consistent_file_with_garbage_records_is_refused() {
         // Right header, right checksum, records that do not decode.
         let file = file_bytes(1, UnixSeconds(1), 3, &[0xff; 64]);
-        assert!(matches!(parse(&file), Err(SnapshotError::Record { .. })));
+        assert!(matches!(
+            parse(&file, &KEY),
+            Err(SnapshotError::Record { .. })
+        ));
         let good = sample_file(1);
         let body = &good[HEADER_BYTES..];
-        let miscounted = file_bytes(1, UnixSeconds(1), 2, body);
+        let miscounted = file_bytes(FORMAT_VERSION, UnixSeconds(1), 2, body);
         assert!(matches!(
-            parse(&miscounted),
+            parse(&miscounted, &KEY),
             Err(SnapshotError::RecordCount {
                 got: 4,
                 expected: 2
@@ -827,7 +973,8 @@ mod tests {
         let timeout = Duration::from_secs(100);
         let now = SecondsSinceStart(1000);
         let entry = BtPeerEntry {
-            peer_id: PeerId([1; 20]),
+            peer_id_hash: 11,
+            peer_id: None,
             ip: "10.0.0.1".parse().expect("ip"),
             port: 1,
             seeder: false,
@@ -856,7 +1003,7 @@ mod tests {
         // Written by a process of two executors, 100 s ago.
         state.write_snapshot(0, &sample_file(900)).expect("writes");
         state.write_snapshot(1, b"garbage").expect("writes");
-        let restored = state.restore(3, UnixSeconds(1000), Duration::from_secs(150));
+        let restored = state.restore(3, UnixSeconds(1000), Duration::from_secs(150), &KEY);
         assert_eq!((restored.files, restored.rejected_files), (1, 1));
         assert_eq!(restored.oldest_secs, 100);
         for (shard, records) in restored.per_shard.iter().enumerate() {
@@ -879,6 +1026,100 @@ mod tests {
         assert_eq!(restored.peers + restored.expired, 3 + 6 + 9 + 12);
         assert!(dir.join("swarms-1.snapshot.rejected").exists());
         assert!(!dir.join("swarms-1.snapshot").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A state directory holding a version 1 file (the previous release's)
+    /// restores into the compact swarms: re-sharded, expired peers
+    /// dropped, and each peer's next announce from the same address finds
+    /// it (its id hashed with the current key) instead of adding another.
+    #[test]
+    fn a_version_1_state_directory_restores_into_the_swarms() {
+        use crate::swarm::{BtAnnounce, BtShard, PeerIdUse};
+        use aquatic_common::SelectedPeers;
+        let dir = temp_dir("v1");
+        let state = StateDir::open(&dir, 2).expect("opens");
+        let key = state.peer_id_key().expect("key");
+        let peer = |n: u8, seeder: bool, age_secs: u32| PeerRecordV1 {
+            ip: IpRecord::V4([10, 0, 0, n]),
+            port: 6881,
+            peer_id: [n; 20],
+            seeder,
+            age_secs,
+        };
+        let records: Vec<TorrentRecordV1> = (0..8u8)
+            .map(|t| TorrentRecordV1 {
+                info_hash: [t; 20],
+                completed: u32::from(t),
+                peers: vec![peer(t, t % 2 == 0, 10), peer(100 + t, false, 200)],
+            })
+            .collect();
+        // Written 50 s ago by a process of one executor.
+        state
+            .write_snapshot(0, &v1_file(950, &records))
+            .expect("writes");
+        let restored = state.restore(2, UnixSeconds(1000), Duration::from_secs(150), &key);
+        assert_eq!((restored.files, restored.rejected_files), (1, 0));
+        assert_eq!((restored.peers, restored.expired), (8, 8));
+        let now = SecondsSinceStart(0);
+        let timeout = Duration::from_secs(150);
+        for (shard, records) in restored.per_shard.into_iter().enumerate() {
+            let mut bt = BtShard::new(timeout, Duration::from_secs(30)).with_peer_id_key(key);
+            let mut entries = Vec::new();
+            for record in &records {
+                assert_eq!(shard_of(&InfoHash(record.info_hash), 2).0, shard);
+                entries.clear();
+                entries.extend(record.peers.iter().filter_map(|p| p.to_entry(now, timeout)));
+                bt.restore(InfoHash(record.info_hash), record.completed, now, &entries);
+            }
+            let held = bt.peer_counts();
+            assert_eq!(held.seeders + held.leechers, records.len());
+            let mut rng = rand::thread_rng();
+            let mut out = SelectedPeers::default();
+            for record in &records {
+                let t = record.info_hash[0];
+                let scraped = bt.scrape(&InfoHash(record.info_hash));
+                assert_eq!(scraped.completed, u32::from(t));
+                bt.announce(
+                    timeout,
+                    now,
+                    &mut rng,
+                    &BtAnnounce {
+                        info_hash: InfoHash(record.info_hash),
+                        peer_id: PeerId([t; 20]),
+                        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, t)),
+                        port: 6881,
+                        stopped: false,
+                        completed: false,
+                        bytes_left: Some(1),
+                        numwant: 10,
+                        private: None,
+                        peer_ids: PeerIdUse::Hashed,
+                    },
+                    &mut out,
+                );
+            }
+            // Every peer re-announced as a leecher: the same peers, not new ones.
+            let after = bt.peer_counts();
+            assert_eq!((after.seeders, after.leechers), (0, records.len()));
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_peer_id_key_is_derived_from_the_key_file_and_survives_a_restart() {
+        let dir = temp_dir("peer-key");
+        let state = StateDir::open(&dir, 1).expect("opens");
+        let key = peer_id_key(Some(&state)).expect("made");
+        let material = fs::read(dir.join(KEY_FILE)).expect("key file");
+        assert_eq!(key, PeerIdKey::from_material(&material));
+        drop(state);
+        let state = StateDir::open(&dir, 1).expect("free again");
+        assert_eq!(state.peer_id_key().expect("read"), key);
+        assert_ne!(
+            peer_id_key(None).expect("random"),
+            peer_id_key(None).expect("random")
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -166,6 +166,27 @@ fn udp_and_http_peers_share_a_swarm() {
             }
             other => panic!("unexpected {other:?}"),
         }
+
+        // Full peer ids are kept for HTTP peers only: in a dictionary
+        // response the UDP peer comes without one (as with no_peer_id).
+        let body = announce(addr, hash, 3, 8003, "&compact=0");
+        let Some(Value::List(peers)) = body.get(b"peers") else {
+            panic!("expected a list: {body:?}");
+        };
+        let mut ids: Vec<(i64, Option<Vec<u8>>)> = peers
+            .iter()
+            .map(|p| {
+                let port = p.get(b"port").and_then(Value::as_int).expect("port");
+                (
+                    port,
+                    p.get(b"peer id")
+                        .and_then(Value::as_bytes)
+                        .map(<[u8]>::to_vec),
+                )
+            })
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![(8001, None), (8002, Some(vec![2u8; 20]))]);
     }
 }
 

@@ -9,6 +9,7 @@
 //!                 (first 4 bytes, big endian, mod N: computable by a kernel BPF program)
 //!    outcome      what a shard answers: selected peers, counts, scrape figures;
 //!                 each protocol crate converts them into its wire types
+//!    dense        DenseSwarm<R>: a BitTorrent swarm as one array of 16-byte records
 //!    swarm        Swarm<P>: seeders and leechers of one torrent, random peer
 //!                 selection, expiry and shrinking — written once for UDP, HTTP and WS
 //!    time         a coarse, monotonic seconds-since-start clock and ValidUntil
@@ -25,6 +26,7 @@
 
 pub mod access_list;
 pub mod connection_id;
+pub mod dense;
 mod ids;
 pub mod ip_network;
 pub mod outcome;

@@ -11,8 +11,10 @@ use crate::PeerId;
 /// A peer chosen for an announce response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SelectedPeer<A> {
-    /// The peer's id (HTTP non-compact responses carry it).
-    pub peer_id: PeerId,
+    /// The peer's full id, when the shard keeps it (peers that announced
+    /// over HTTP) and the requester's response shows ids (HTTP
+    /// non-compact); None otherwise.
+    pub peer_id: Option<PeerId>,
     /// [`Ipv4Addr`] or [`Ipv6Addr`].
     pub ip_address: A,
     /// The port the peer listens on.

@@ -226,7 +226,7 @@ impl<P: SwarmPeer, K: std::hash::Hash + Eq + Clone> Swarm<P, K> {
 
 /// Whether a map of `capacity` slots holding `len` entries is worth
 /// shrinking: the one rule for torrent maps and swarm sides alike.
-pub(crate) fn is_sparse(len: usize, capacity: usize) -> bool {
+pub fn is_sparse(len: usize, capacity: usize) -> bool {
     capacity >= SHRINK_MIN_CAPACITY && capacity >= len * SHRINK_RATIO
 }
 

@@ -10,8 +10,8 @@ use crate::bencode::write_bytes;
 
 /// A peer handed out in an announce response: the shard's own
 /// [`SelectedPeer`](aquatic_common::SelectedPeer), written as it is (its
-/// `peer_id` appears in non-compact responses unless the client sent
-/// `no_peer_id=1`).
+/// `peer_id`, when the shard has it, appears in non-compact responses
+/// unless the client sent `no_peer_id=1`).
 pub type ResponsePeer<A> = aquatic_common::SelectedPeer<A>;
 
 /// The answer to an announce.
@@ -35,7 +35,8 @@ pub struct AnnounceResponse<'a> {
     /// BEP 3's `peers` list of `{ip, peer id, port}` dictionaries holding
     /// both families.
     pub compact: bool,
-    /// Leave `peer id` out of non-compact peer dictionaries.
+    /// Leave `peer id` out of non-compact peer dictionaries (it is also
+    /// left out of the dictionary of a peer whose id is not known).
     pub no_peer_id: bool,
     /// An optional `warning message`.
     pub warning: Option<&'a str>,
@@ -128,10 +129,10 @@ impl AnnounceResponse<'_> {
         } else {
             w.write_all(b"l")?;
             for peer in self.peers_v4 {
-                self.write_peer_dict(w, peer.ip_address, &peer.peer_id, peer.port)?;
+                self.write_peer_dict(w, peer.ip_address, peer.peer_id.as_ref(), peer.port)?;
             }
             for peer in self.peers_v6 {
-                self.write_peer_dict(w, peer.ip_address, &peer.peer_id, peer.port)?;
+                self.write_peer_dict(w, peer.ip_address, peer.peer_id.as_ref(), peer.port)?;
             }
             w.write_all(b"e")?;
         }
@@ -146,12 +147,12 @@ impl AnnounceResponse<'_> {
         &self,
         w: &mut impl Write,
         ip: impl std::fmt::Display,
-        peer_id: &PeerId,
+        peer_id: Option<&PeerId>,
         port: u16,
     ) -> io::Result<()> {
         w.write_all(b"d2:ip")?;
         write_ip(w, ip)?;
-        if !self.no_peer_id {
+        if let Some(peer_id) = peer_id.filter(|_| !self.no_peer_id) {
             w.write_all(b"7:peer id20:")?;
             w.write_all(&peer_id.0)?;
         }
@@ -328,12 +329,12 @@ mod tests {
     }
 
     const V4: [ResponsePeer<Ipv4Addr>; 1] = [ResponsePeer {
-        peer_id: PeerId([b'A'; 20]),
+        peer_id: Some(PeerId([b'A'; 20])),
         ip_address: Ipv4Addr::new(1, 2, 3, 4),
         port: 6881,
     }];
     const V6: [ResponsePeer<Ipv6Addr>; 1] = [ResponsePeer {
-        peer_id: PeerId([b'B'; 20]),
+        peer_id: Some(PeerId([b'B'; 20])),
         ip_address: Ipv6Addr::LOCALHOST,
         port: 0x1a2b,
     }];
@@ -499,13 +500,13 @@ mod tests {
         addr: impl Strategy<Value = A>,
     ) -> impl Strategy<Value = Vec<ResponsePeer<A>>> {
         proptest::collection::vec(
-            (any::<[u8; 20]>(), addr, any::<u16>()).prop_map(|(id, ip_address, port)| {
-                ResponsePeer {
-                    peer_id: PeerId(id),
+            (proptest::option::of(any::<[u8; 20]>()), addr, any::<u16>()).prop_map(
+                |(id, ip_address, port)| ResponsePeer {
+                    peer_id: id.map(PeerId),
                     ip_address,
                     port,
-                }
-            }),
+                },
+            ),
             0..8,
         )
     }
@@ -568,7 +569,7 @@ mod tests {
             } else {
                 prop_assert!(value.get(b"peers6").is_none());
                 let peers = value.get(b"peers").and_then(Value::as_list).expect("peers list");
-                let want: Vec<(IpAddr, u16, PeerId)> = v4
+                let want: Vec<(IpAddr, u16, Option<PeerId>)> = v4
                     .iter()
                     .map(|p| (IpAddr::V4(p.ip_address), p.port, p.peer_id))
                     .chain(v6.iter().map(|p| (IpAddr::V6(p.ip_address), p.port, p.peer_id)))
@@ -580,7 +581,7 @@ mod tests {
                     prop_assert_eq!(parsed, ip);
                     prop_assert_eq!(int(peer, b"port"), Some(i64::from(port)));
                     let id = peer.get(b"peer id").and_then(Value::as_bytes);
-                    prop_assert_eq!(id, (!no_peer_id).then_some(&peer_id.0[..]));
+                    prop_assert_eq!(id, peer_id.as_ref().filter(|_| !no_peer_id).map(|p| &p.0[..]));
                 }
             }
         }

@@ -330,7 +330,7 @@ mod tests {
             leechers: 3,
         };
         let peers = [ResponsePeer::from(aquatic_common::SelectedPeer {
-            peer_id: aquatic_common::PeerId([1; 20]),
+            peer_id: Some(aquatic_common::PeerId([1; 20])),
             ip_address: Ipv4Addr::new(1, 2, 3, 4),
             port: 5,
         })];

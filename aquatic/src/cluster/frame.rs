@@ -23,13 +23,15 @@ use serde_json::value::RawValue;
 
 use crate::{
     codec,
-    swarm::{AnnounceInput, ConnectionRef, WsAnnounce, WsAnswer},
+    swarm::{AnnounceInput, ConnectionRef, PeerIdUse, WsAnnounce, WsAnswer},
 };
 
 /// The frame version this build writes.
 pub const FRAME_VERSION: u16 = 1;
 /// The oldest version this build reads (the previous release's). Version 1
-/// is the first: there is no older one yet.
+/// is the first: no release has shipped an older one. (The peer-id fields
+/// of issue 18 joined version 1 before any release, so it did not need a
+/// new version; the next change of a body's layout does.)
 pub const OLDEST_FRAME_VERSION: u16 = 1;
 /// The header before each body.
 pub const HEADER_BYTES: usize = 6;
@@ -101,6 +103,9 @@ pub struct WireAnnounce {
     pub numwant: Option<u64>,
     /// Most peers the reply can carry.
     pub max_peers: Option<u64>,
+    /// How the owner treats the full peer id: 0 hashed (UDP), 1 kept
+    /// (HTTP), 2 kept and shown (HTTP, non-compact).
+    pub peer_ids: u8,
 }
 
 /// The owner's answer to an announce.
@@ -110,10 +115,10 @@ pub struct WireAnswer {
     pub seeders: u64,
     /// Leechers.
     pub leechers: u64,
-    /// IPv4 peers: id, address, port.
-    pub v4: Vec<([u8; 20], Ipv4Addr, u16)>,
+    /// IPv4 peers: id (where the owner keeps it), address, port.
+    pub v4: Vec<(Option<[u8; 20]>, Ipv4Addr, u16)>,
     /// IPv6 peers.
-    pub v6: Vec<([u8; 20], Ipv6Addr, u16)>,
+    pub v6: Vec<(Option<[u8; 20]>, Ipv6Addr, u16)>,
 }
 
 /// Scrape figures of one torrent: seeders, leechers, completed.
@@ -316,6 +321,11 @@ impl WireAnnounce {
             bytes_left: input.bytes_left,
             numwant: input.numwant.map(|n| n as u64),
             max_peers: input.max_peers.map(|n| n as u64),
+            peer_ids: match input.peer_ids {
+                PeerIdUse::Hashed => 0,
+                PeerIdUse::Kept => 1,
+                PeerIdUse::KeptAndShown => 2,
+            },
         }
     }
 
@@ -335,6 +345,12 @@ impl WireAnnounce {
             // Only public announces cross a link: config refuses private
             // mode on a cluster node (see PrivateConfig::check).
             private: None,
+            peer_ids: match self.peer_ids {
+                0 => PeerIdUse::Hashed,
+                1 => PeerIdUse::Kept,
+                // Anything else is a newer node's: show what is kept.
+                _ => PeerIdUse::KeptAndShown,
+            },
         }
     }
 }
@@ -348,12 +364,12 @@ impl WireAnswer {
             v4: peers
                 .v4
                 .iter()
-                .map(|p| (p.peer_id.0, p.ip_address, p.port))
+                .map(|p| (p.peer_id.map(|id| id.0), p.ip_address, p.port))
                 .collect(),
             v6: peers
                 .v6
                 .iter()
-                .map(|p| (p.peer_id.0, p.ip_address, p.port))
+                .map(|p| (p.peer_id.map(|id| id.0), p.ip_address, p.port))
                 .collect(),
         }
     }
@@ -370,7 +386,7 @@ impl WireAnswer {
                 .v4
                 .into_iter()
                 .map(|(id, ip_address, port)| SelectedPeer {
-                    peer_id: PeerId(id),
+                    peer_id: id.map(PeerId),
                     ip_address,
                     port,
                 })
@@ -379,7 +395,7 @@ impl WireAnswer {
                 .v6
                 .into_iter()
                 .map(|(id, ip_address, port)| SelectedPeer {
-                    peer_id: PeerId(id),
+                    peer_id: id.map(PeerId),
                     ip_address,
                     port,
                 })
@@ -529,6 +545,7 @@ mod tests {
                     bytes_left: Some(-1),
                     numwant: None,
                     max_peers: Some(70),
+                    peer_ids: 1,
                 },
             },
             Frame::ScrapeAnswer {
@@ -642,12 +659,13 @@ mod tests {
             bytes_left: None,
             numwant: Some(5),
             max_peers: None,
+            peer_ids: 2,
         };
         assert_eq!(WireAnnounce::from_input(&input.clone().into_input()), input);
         let answer = WireAnswer {
             seeders: 1,
             leechers: 2,
-            v4: vec![([5; 20], Ipv4Addr::new(1, 2, 3, 4), 80)],
+            v4: vec![(Some([5; 20]), Ipv4Addr::new(1, 2, 3, 4), 80)],
             v6: vec![],
         };
         let (outcome, peers) = answer.clone().into_parts();

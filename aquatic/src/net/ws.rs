@@ -9,6 +9,23 @@
 //! The task remembers every torrent its peer announced in. However the
 //! connection ends (close frame, error, timeout, executor stop), a guard
 //! tells each owning shard, and the peer leaves those swarms.
+//!
+//! Memory of an idle connection. A tracker holds many more connections
+//! than messages in flight, so what a connection keeps between messages
+//! is kept small, and the rest lives only while it is needed:
+//!
+//! - the task's own future only holds boxes: the handshake (about 10 KiB
+//!   of state over TLS) is boxed and freed when it completes, and the
+//!   connection's loop is boxed at the size of its own transport, so a
+//!   plain connection does not pay for the TLS variant; inside the loop,
+//!   handling a message and sending a reply are boxed futures, allocated
+//!   per message, so the loop's state is only what waiting needs;
+//! - the reply buffer is allocated when a reply is written and handed to
+//!   the socket with it;
+//! - the outgoing queue starts empty and grows on demand (bounded by
+//!   `ws.outgoing_queue`, enforced by the router);
+//! - tungstenite's read buffer starts at [`READ_BUFFER`] bytes and grows
+//!   only for a larger message.
 
 use std::{
     cell::{Cell, RefCell},
@@ -37,8 +54,10 @@ use crate::{
     timing::within,
 };
 
-/// Bytes read from a connection at a time.
-const READ_BUFFER: usize = 4096;
+/// Bytes tungstenite reads from a connection at a time (and the read
+/// buffer an idle connection keeps): an announce without offers is a few
+/// hundred bytes; longer messages take a few reads.
+const READ_BUFFER: usize = 1024;
 /// Time to write one message to a client.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -120,8 +139,9 @@ pub async fn run(endpoint: Rc<WsEndpoint>) {
                     None => {
                         let handshake =
                             async_tungstenite::accept_async_with_config(stream, Some(ws_config));
-                        if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
-                            serve(&endpoint, ws, connection, ip_family, open).await;
+                        let handshake = within(handshake_timeout, Box::pin(handshake)).await;
+                        if let Some(Ok(ws)) = handshake {
+                            Box::pin(serve(&endpoint, ws, connection, ip_family, open)).await;
                         }
                     }
                     Some(tls) => {
@@ -133,8 +153,9 @@ pub async fn run(endpoint: Rc<WsEndpoint>) {
                             async_tungstenite::accept_async_with_config(stream, Some(ws_config))
                                 .await
                         };
-                        if let Some(Ok(ws)) = within(handshake_timeout, handshake).await {
-                            serve(&endpoint, ws, connection, ip_family, open).await;
+                        let handshake = within(handshake_timeout, Box::pin(handshake)).await;
+                        if let Some(Ok(ws)) = handshake {
+                            Box::pin(serve(&endpoint, ws, connection, ip_family, open)).await;
                         }
                     }
                 }
@@ -188,7 +209,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let idle = Duration::from_secs(config.idle_timeout_secs);
     let mut last_heard = Instant::now();
     let mut pinged = false;
-    let mut out = Vec::with_capacity(512);
+    // Allocated by `write` when there is a reply, and handed to the socket.
+    let mut out = Vec::new();
     loop {
         let tick_in = if pinged {
             (last_heard + 2 * idle).saturating_duration_since(Instant::now())
@@ -214,10 +236,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         stats.requests_by_family[WS][ip_family].bump();
                         #[cfg(feature = "test-hooks")]
                         if let Some(answer) = crate::hooks::ws_text(&text, router.id()) {
-                            let _ = send(&mut ws, Message::Text(answer.into())).await;
+                            let _ = Box::pin(send(&mut ws, Message::Text(answer.into()))).await;
                             continue;
                         }
-                        handle_text(endpoint, &mut registration, &text, &mut out).await
+                        Box::pin(handle_text(endpoint, &mut registration, &text, &mut out)).await
                     }
                     Message::Binary(_) => {
                         stats.bad_requests[WS].bump();
@@ -252,7 +274,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 if !pinged && last_heard.elapsed() >= idle {
                     pinged = true;
-                    if !send(&mut ws, Message::Ping(Vec::new().into())).await {
+                    if !Box::pin(send(&mut ws, Message::Ping(Vec::new().into()))).await {
                         break;
                     }
                 }
@@ -260,12 +282,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         if reply {
-            let bytes = std::mem::replace(&mut out, Vec::with_capacity(512));
+            let bytes = std::mem::take(&mut out);
             // serde_json writes UTF-8; the fallback never runs.
             let text = String::from_utf8(bytes)
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             stats.ws_messages_out.bump();
-            if !send(&mut ws, Message::Text(text.into())).await {
+            if !Box::pin(send(&mut ws, Message::Text(text.into()))).await {
                 break;
             }
         }
@@ -274,7 +296,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         code: tungstenite::protocol::frame::coding::CloseCode::Away,
         reason: "".into(),
     };
-    let _ = within(Duration::from_secs(1), ws.close(Some(close))).await;
+    let _ = within(Duration::from_secs(1), Box::pin(ws.close(Some(close)))).await;
     // `registration` drops here: the peers leave their swarms.
 }
 
@@ -378,4 +400,26 @@ fn write_error(
             info_hash,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns (a future, here) without calling it.
+    fn returned_size<'a, A: 'a, B, C, D, E, R>(_: impl FnOnce(&'a A, B, C, D, E) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle connection's task holds `serve`'s state for its whole life:
+    /// it must stay small (it was 33 KiB when the handshake lived in it).
+    /// The bounds leave room for compiler changes, not for a buffer.
+    #[test]
+    fn an_idle_connection_task_is_small() {
+        type Tls = futures_rustls::server::TlsStream<glommio::net::TcpStream>;
+        let plain = returned_size(serve::<glommio::net::TcpStream>);
+        let tls = returned_size(serve::<Tls>);
+        assert!(plain <= 3 * 1024, "plain serve future: {plain} bytes");
+        assert!(tls <= 6 * 1024, "TLS serve future: {tls} bytes");
+    }
 }

@@ -1,80 +1,255 @@
-//! BitTorrent (UDP and HTTP) swarms of one shard.
+//! BitTorrent (UDP and HTTP) swarms of one shard, laid out for density.
+//!
+//! Where the bytes go (x86-64), per torrent and per peer:
+//!
+//! ```text
+//!   torrent table   HashTable<Torrent>: 48-byte entries + 1 control byte,
+//!                   1.14x to 2.3x slots per torrent (hashbrown's load factor)
+//!   Torrent         info hash 20 | completed 4 | peers 24:
+//!                     One  { seeder, BtPeer<Ipv4Addr> }   the common case, inline
+//!                     Many (Box<Swarms>)                  2+ peers or any IPv6 peer
+//!   Swarms          v4 DenseSwarm (records + seeder count + index above 32 peers),
+//!                   v6 Option<Box<DenseSwarm>> made on demand
+//!   BtPeer<Ipv4>    16 bytes: id hash 8 | ip 4 | port 2 | expiry 2 (coarse tick)
+//!   BtPeer<Ipv6>    28 bytes: id hash 8 | ip 16 | port 2 | expiry 2
+//! ```
+//!
+//! Identity. A peer is the same peer when its peer id *and* its address
+//! and port match (issue 14's rule: a peer id replayed from elsewhere is
+//! another peer, so nobody can stop or redirect another client's entry).
+//! The address and port are compared exactly; the peer id is kept as a
+//! 63-bit SipHash-1-3 of it under a secret 128-bit key ([`PeerIdKey`]),
+//! one per process and shared by every shard: derived from the state
+//! directory's persisted key material when there is one (so snapshot
+//! records match after a restart and after re-sharding), random otherwise.
+//! Two different peer ids announced from the same address
+//! and port are taken for one peer only if their hashes collide: with the
+//! key secret, a client cannot aim for that, and by chance it happens with
+//! probability 2^-63 for a pair (n ids behind one address and port:
+//! below n² / 2^64).
+//!
+//! Full peer ids. Non-compact HTTP responses (BEP 3 dictionaries) show
+//! each peer's `peer id`. The full 20 bytes are kept only for peers that
+//! announced over HTTP, in a side table by id hash with a reference count
+//! (the record's top id-hash bit says it has an entry). Peers that only
+//! ever announced over UDP have no full id, and their dictionaries leave
+//! `peer id` out, as BEP 23's `no_peer_id` does (clients that ask for
+//! non-compact responses are old or minimal; libtorrent, transmission and
+//! aria2 all accept a dictionary without it). Two HTTP peer ids whose
+//! hashes collide (probability below n² / 2^64 for n ids) share the first
+//! one's entry: the second is shown with the first's id.
+//!
+//! Private mode's per-peer fields (a later issue) belong in a side table
+//! keyed like the full peer ids, or in a second record type for private
+//! swarms (`DenseSwarm<R>` is generic over the record): public peers keep
+//! their 16 bytes either way.
 
+use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aquatic_common::{
-    swarm::{shrink_map_if_sparse, PeerStatus, Swarm, SwarmPeer},
+    dense::{CoarseClock, DenseRecord, DenseSwarm, Tick},
+    swarm::{is_sparse, PeerStatus},
     time::{SecondsSinceStart, ValidUntil},
     AnnounceOutcome, InfoHash, PeerCounts, PeerId, ScrapeStats, SelectedPeer, SelectedPeers,
 };
-use hashbrown::HashMap;
+use hashbrown::{hash_map::Entry, DefaultHashBuilder, HashMap, HashTable};
 use rand::Rng;
 
-/// A peer as the swarm stores it: where to reach it and until when.
-#[derive(Clone, Copy, Debug)]
-struct BtPeer<A> {
-    ip: A,
-    port: u16,
-    valid_until: ValidUntil,
-}
+/// The top bit of a stored id hash: the full peer id is in the side table.
+const HAS_FULL_ID: u64 = 1 << 63;
 
-impl<A: Copy> SwarmPeer for BtPeer<A> {
-    fn valid_until(&self) -> ValidUntil {
-        self.valid_until
+/// The key of the peer-id hash (SipHash-1-3), one per process. Snapshots
+/// store id hashes, so a restarted process must hash with the same key
+/// (derived from the state directory, [`PeerIdKey::from_material`]) or
+/// restored peers no longer match their own re-announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerIdKey(pub [u64; 2]);
+
+impl PeerIdKey {
+    /// A fresh random key.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// The key derived from persisted key material (the state directory's
+    /// connection-id key file): SipHash-2-4-128 under the zero key over a
+    /// domain-separation label and the material, so that the same material
+    /// gives the same key in every shard and after a restart, and neither
+    /// key reveals the other.
+    pub fn from_material(material: &[u8]) -> Self {
+        use siphasher::sip128::Hasher128;
+        let mut h = siphasher::sip128::SipHasher24::new_with_keys(0, 0);
+        h.write(b"aquatic peer-id key v1\0");
+        h.write(material);
+        let sum = h.finish128();
+        Self([sum.h1, sum.h2])
+    }
+
+    /// The 63-bit hash of `peer_id` (top bit clear).
+    pub fn hash(&self, peer_id: &PeerId) -> u64 {
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1]);
+        h.write(&peer_id.0);
+        h.finish() & !HAS_FULL_ID
     }
 }
 
-/// Who a UDP or HTTP peer is: its id *and* its address. A stopped event or
-/// a re-announce only touches the entry of the same address, so a peer id
-/// seen in a response cannot be used from elsewhere to evict or redirect
-/// that peer; clients that share an id (load testers send all zeros) stay
-/// apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct BtPeerKey<A> {
-    peer_id: PeerId,
+/// A peer as the swarm stores it: a hash of its id (and whether the full
+/// id is kept), where to reach it, and until when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BtPeer<A> {
+    /// The id hash as two halves, so that the record is 4-aligned (16
+    /// bytes for IPv4, 28 for IPv6, no padding).
+    id: [u32; 2],
     ip: A,
     port: u16,
+    expiry: Tick,
 }
 
-type V6Swarm = Swarm<BtPeer<Ipv6Addr>, BtPeerKey<Ipv6Addr>>;
+impl<A> BtPeer<A> {
+    fn id(&self) -> u64 {
+        u64::from(self.id[0]) | u64::from(self.id[1]) << 32
+    }
 
+    fn id_hash(&self) -> u64 {
+        self.id() & !HAS_FULL_ID
+    }
+
+    fn has_full_id(&self) -> bool {
+        self.id() & HAS_FULL_ID != 0
+    }
+
+    fn set_id(&mut self, id: u64) {
+        self.id = [id as u32, (id >> 32) as u32];
+    }
+}
+
+impl<A: Copy + Eq + std::hash::Hash> DenseRecord for BtPeer<A> {
+    fn same_peer(&self, other: &Self) -> bool {
+        self.id_hash() == other.id_hash() && self.ip == other.ip && self.port == other.port
+    }
+
+    fn identity_hash<S: BuildHasher>(&self, state: &S) -> u64 {
+        state.hash_one((self.id_hash(), self.ip, self.port))
+    }
+
+    fn expiry(&self) -> Tick {
+        self.expiry
+    }
+}
+
+/// The IPv4 and IPv6 swarms of a torrent with more than one IPv4 peer or
+/// any IPv6 peer.
 #[derive(Default)]
+struct Swarms {
+    v4: DenseSwarm<BtPeer<Ipv4Addr>>,
+    /// Boxed and made on demand: most torrents never see an IPv6 peer.
+    v6: Option<Box<DenseSwarm<BtPeer<Ipv6Addr>>>>,
+}
+
+/// The peers of one torrent.
+enum Peers {
+    /// No peer (only between a stop and the torrent's removal).
+    Empty,
+    /// Most torrents have one peer: it lives inline, nothing allocated.
+    One {
+        seeder: bool,
+        peer: BtPeer<Ipv4Addr>,
+    },
+    Many(Box<Swarms>),
+}
+
 struct Torrent {
-    v4: Swarm<BtPeer<Ipv4Addr>, BtPeerKey<Ipv4Addr>>,
-    /// Boxed and made on demand: most torrents never see an IPv6 peer, and
-    /// an empty swarm inline would nearly double every torrent's size.
-    v6: Option<Box<V6Swarm>>,
+    info_hash: InfoHash,
     /// `completed` events seen: the scrape's "downloaded".
     completed: u32,
+    peers: Peers,
+}
+
+fn status_of(seeder: bool) -> PeerStatus {
+    if seeder {
+        PeerStatus::Seeding
+    } else {
+        PeerStatus::Leeching
+    }
 }
 
 impl Torrent {
-    fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.as_ref().is_none_or(|s| s.is_empty())
-    }
-
     fn counts(&self) -> PeerCounts {
-        let mut counts = self.v4.counts();
-        if let Some(v6) = &self.v6 {
-            counts += v6.counts();
-        }
-        counts
-    }
-
-    fn v6_mut(&mut self) -> &mut V6Swarm {
-        self.v6.get_or_insert_with(Box::default)
-    }
-
-    fn clean(&mut self, now: SecondsSinceStart) -> PeerCounts {
-        let mut removed = self.v4.clean(now);
-        if let Some(v6) = &mut self.v6 {
-            removed += v6.clean(now);
-            if v6.is_empty() {
-                self.v6 = None;
+        match &self.peers {
+            Peers::Empty => PeerCounts::default(),
+            Peers::One { seeder, .. } => {
+                let mut counts = PeerCounts::default();
+                counts.change(None, Some(status_of(*seeder)));
+                counts
+            }
+            Peers::Many(swarms) => {
+                let mut counts = swarms.v4.counts();
+                if let Some(v6) = &swarms.v6 {
+                    counts += v6.counts();
+                }
+                counts
             }
         }
-        removed
     }
+
+    fn is_empty(&self) -> bool {
+        match &self.peers {
+            Peers::Empty => true,
+            Peers::One { .. } => false,
+            Peers::Many(s) => s.v4.is_empty() && s.v6.as_ref().is_none_or(|v6| v6.is_empty()),
+        }
+    }
+
+    /// The swarms, made from the inline peer if needed.
+    fn swarms(&mut self, state: &DefaultHashBuilder) -> &mut Swarms {
+        if !matches!(self.peers, Peers::Many(_)) {
+            let mut swarms = Box::<Swarms>::default();
+            if let Peers::One { seeder, peer } = self.peers {
+                swarms.v4.upsert(peer, status_of(seeder), state);
+            }
+            self.peers = Peers::Many(swarms);
+        }
+        match &mut self.peers {
+            Peers::Many(swarms) => swarms,
+            _ => unreachable!("made above"),
+        }
+    }
+
+    /// After cleaning: a torrent down to one IPv4 peer keeps it inline.
+    fn compact(&mut self) {
+        let Peers::Many(swarms) = &self.peers else {
+            return;
+        };
+        let v6_empty = swarms.v6.as_ref().is_none_or(|v6| v6.is_empty());
+        if v6_empty && swarms.v4.len() <= 1 {
+            let only = swarms
+                .v4
+                .iter()
+                .next()
+                .map(|(peer, status)| (*peer, status));
+            self.peers = match only {
+                Some((peer, status)) => Peers::One {
+                    seeder: status == PeerStatus::Seeding,
+                    peer,
+                },
+                None => Peers::Empty,
+            };
+        }
+    }
+}
+
+/// What the shard does with an announcing peer's full 20-byte id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerIdUse {
+    /// UDP: no response shows ids; the peer is matched by id hash only.
+    Hashed,
+    /// HTTP: the id is kept whole, for non-compact responses to others;
+    /// this response shows none (compact, or `no_peer_id`).
+    Kept,
+    /// HTTP, non-compact without `no_peer_id`: kept, and this response
+    /// shows the ids of the peers that have one.
+    KeptAndShown,
 }
 
 /// A UDP or HTTP announce the tracker's rules accepted
@@ -100,6 +275,8 @@ pub struct BtAnnounce {
     pub numwant: usize,
     /// Who the member is and what its counters say, on the private tracker.
     pub private: Option<super::private::PrivatePeer>,
+    /// Whether the full peer id is kept and shown.
+    pub peer_ids: PeerIdUse,
 }
 
 /// What one cleaning pass did.
@@ -111,15 +288,118 @@ pub struct CleanReport {
     pub torrents_removed: usize,
 }
 
-/// The torrents whose info hash maps to this shard.
+/// One peer as a neutral record (what a snapshot can store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BtPeerRecord {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// The peer's address.
+    pub ip: IpAddr,
+    /// Its port.
+    pub port: u16,
+    /// The 63-bit hash of its peer id under the shard's [`PeerIdKey`].
+    pub peer_id_hash: u64,
+    /// The full peer id, kept only for peers that announced over HTTP.
+    pub peer_id: Option<PeerId>,
+    /// Seeding or leeching.
+    pub seeder: bool,
+    /// When it expires (to the clock's resolution, never earlier).
+    pub valid_until: ValidUntil,
+}
+
+/// Full peer ids of the peers that announced over HTTP, by id hash, with
+/// how many stored peers refer to each.
 #[derive(Default)]
+struct FullIds(HashMap<u64, (PeerId, u32)>);
+
+impl FullIds {
+    fn acquire(&mut self, id_hash: u64, peer_id: PeerId) {
+        self.0.entry(id_hash).or_insert((peer_id, 0)).1 += 1;
+    }
+
+    fn release(&mut self, id_hash: u64) {
+        if let Entry::Occupied(mut entry) = self.0.entry(id_hash) {
+            entry.get_mut().1 -= 1;
+            if entry.get().1 == 0 {
+                entry.remove();
+            }
+        }
+    }
+
+    fn get(&self, id_hash: u64) -> Option<PeerId> {
+        self.0.get(&id_hash).map(|(id, _)| *id)
+    }
+
+    fn shrink_if_sparse(&mut self) {
+        if is_sparse(self.0.len(), self.0.capacity()) {
+            self.0.shrink_to_fit();
+        }
+    }
+}
+
+/// The torrents whose info hash maps to this shard.
 pub struct BtShard {
-    torrents: HashMap<InfoHash, Torrent>,
+    torrents: HashTable<Torrent>,
+    /// Hashes info hashes for the table and peers for swarm indexes.
+    state: DefaultHashBuilder,
+    key: PeerIdKey,
+    clock: CoarseClock,
+    full_ids: FullIds,
     /// Seeders and leechers over all torrents, kept as peers change.
     counts: PeerCounts,
 }
 
+impl Default for BtShard {
+    /// A shard for peer timeouts up to about four and a half hours (one
+    /// second resolution); [`BtShard::new`] fits any configuration.
+    fn default() -> Self {
+        Self::with_clock(CoarseClock::default(), PeerIdKey::random())
+    }
+}
+
+/// The parts of a shard an announce in one family needs.
+struct Ctx<'a, R: Rng + ?Sized> {
+    state: &'a DefaultHashBuilder,
+    full_ids: &'a mut FullIds,
+    rng: &'a mut R,
+    request: &'a BtAnnounce,
+    status: PeerStatus,
+}
+
 impl BtShard {
+    /// An empty shard whose coarse clock fits peers living `peer_timeout`
+    /// and cleaned every `cleaning_interval`.
+    pub fn new(peer_timeout: std::time::Duration, cleaning_interval: std::time::Duration) -> Self {
+        Self::with_clock(
+            CoarseClock::for_timeouts(peer_timeout, cleaning_interval),
+            PeerIdKey::random(),
+        )
+    }
+
+    /// An empty shard with this clock and peer-id key (a restore passes the
+    /// key its records were hashed with).
+    pub fn with_clock(clock: CoarseClock, key: PeerIdKey) -> Self {
+        Self {
+            torrents: HashTable::new(),
+            state: DefaultHashBuilder::default(),
+            key,
+            clock,
+            full_ids: FullIds::default(),
+            counts: PeerCounts::default(),
+        }
+    }
+
+    /// The key peer ids are hashed with.
+    pub fn peer_id_key(&self) -> PeerIdKey {
+        self.key
+    }
+
+    fn find(&self, info_hash: &InfoHash) -> Option<&Torrent> {
+        self.torrents.find(self.state.hash_one(info_hash), |t| {
+            t.info_hash == *info_hash
+        })
+    }
+
     /// Applies an announce and chooses peers for the reply: IPv4 requesters
     /// get IPv4 peers in `out.v4`, IPv6 requesters IPv6 peers in `out.v6`.
     /// `out` is cleared first.
@@ -134,33 +414,62 @@ impl BtShard {
         out.clear();
         let status =
             PeerStatus::from_announce(request.stopped, request.completed, request.bytes_left);
-        if status == PeerStatus::Stopped && !self.torrents.contains_key(&request.info_hash) {
+        let hash = self.state.hash_one(request.info_hash);
+        let eq = |t: &Torrent| t.info_hash == request.info_hash;
+        let torrent = match self.torrents.find_mut(hash, eq) {
+            Some(torrent) => torrent,
             // Never create a torrent just to record that a peer left it.
-            return AnnounceOutcome::default();
+            None if status == PeerStatus::Stopped => return AnnounceOutcome::default(),
+            None => {
+                let state = &self.state;
+                self.torrents
+                    .insert_unique(
+                        hash,
+                        Torrent {
+                            info_hash: request.info_hash,
+                            completed: 0,
+                            peers: Peers::Empty,
+                        },
+                        |t| state.hash_one(t.info_hash),
+                    )
+                    .into_mut()
+            }
+        };
+        let mut id = self.key.hash(&request.peer_id);
+        if request.peer_ids != PeerIdUse::Hashed {
+            id |= HAS_FULL_ID;
         }
-        let torrent = self.torrents.entry(request.info_hash).or_default();
-        let valid_until = ValidUntil::after(now, peer_timeout);
-        // One generic arm for both families: the IPv4 and IPv6 swarms
-        // differ only in their address type.
+        let expiry = self.clock.expiry(now, peer_timeout);
+        let mut ctx = Ctx {
+            state: &self.state,
+            full_ids: &mut self.full_ids,
+            rng,
+            request,
+            status,
+        };
         let previous = match request.ip {
-            IpAddr::V4(ip) => announce_in(
-                &mut torrent.v4,
-                rng,
-                request,
-                status,
-                ip,
-                valid_until,
-                &mut out.v4,
-            ),
-            IpAddr::V6(ip) => announce_in(
-                torrent.v6_mut(),
-                rng,
-                request,
-                status,
-                ip,
-                valid_until,
-                &mut out.v6,
-            ),
+            IpAddr::V4(ip) => {
+                let mut record = BtPeer {
+                    id: [0; 2],
+                    ip,
+                    port: request.port,
+                    expiry,
+                };
+                record.set_id(id);
+                announce_v4(torrent, record, &mut ctx, &mut out.v4)
+            }
+            IpAddr::V6(ip) => {
+                let mut record = BtPeer {
+                    id: [0; 2],
+                    ip,
+                    port: request.port,
+                    expiry,
+                };
+                record.set_id(id);
+                let swarms = torrent.swarms(ctx.state);
+                let v6 = swarms.v6.get_or_insert_with(Box::default);
+                announce_in(v6, record, &mut ctx, &mut out.v6)
+            }
         };
         self.counts.change(previous, Some(status));
         if request.completed && previous != Some(PeerStatus::Seeding) {
@@ -168,7 +477,13 @@ impl BtShard {
         }
         let counts = torrent.counts();
         if torrent.is_empty() {
-            self.torrents.remove(&request.info_hash);
+            if let Ok(entry) = self.torrents.find_entry(hash, eq) {
+                entry.remove();
+            }
+        } else if let Peers::Many(swarms) = &mut torrent.peers {
+            if swarms.v6.as_ref().is_some_and(|v6| v6.is_empty()) {
+                swarms.v6 = None;
+            }
         }
         AnnounceOutcome {
             seeders: counts.seeders,
@@ -178,16 +493,14 @@ impl BtShard {
 
     /// Scrape figures for one torrent (zeros when unknown).
     pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {
-        self.torrents
-            .get(info_hash)
-            .map_or_else(ScrapeStats::default, |t| {
-                let counts = t.counts();
-                ScrapeStats {
-                    seeders: counts.seeders,
-                    leechers: counts.leechers,
-                    completed: t.completed,
-                }
-            })
+        self.find(info_hash).map_or_else(ScrapeStats::default, |t| {
+            let counts = t.counts();
+            ScrapeStats {
+                seeders: counts.seeders,
+                leechers: counts.leechers,
+                completed: t.completed,
+            }
+        })
     }
 
     /// Removes peers expired at `now` and torrents left empty, then shrinks
@@ -196,14 +509,44 @@ impl BtShard {
         let mut report = CleanReport::default();
         let before = self.torrents.len();
         let mut removed = PeerCounts::default();
-        self.torrents.retain(|_, t| {
-            removed += t.clean(now);
+        let tick = self.clock.now(now);
+        let (clock, state, full_ids) = (&self.clock, &self.state, &mut self.full_ids);
+        let mut release = |id: u64, has_full_id: bool| {
+            if has_full_id {
+                full_ids.release(id & !HAS_FULL_ID);
+            }
+        };
+        self.torrents.retain(|t| {
+            match &mut t.peers {
+                Peers::Empty => {}
+                Peers::One { seeder, peer } => {
+                    if !clock.valid_at(peer.expiry, tick) {
+                        release(peer.id(), peer.has_full_id());
+                        removed.change(None, Some(status_of(*seeder)));
+                        t.peers = Peers::Empty;
+                    }
+                }
+                Peers::Many(swarms) => {
+                    removed += swarms
+                        .v4
+                        .clean(clock, tick, state, |p| release(p.id(), p.has_full_id()));
+                    if let Some(v6) = &mut swarms.v6 {
+                        removed +=
+                            v6.clean(clock, tick, state, |p| release(p.id(), p.has_full_id()));
+                    }
+                    t.compact();
+                }
+            }
             !t.is_empty()
         });
         self.counts.remove(removed);
         report.peers_removed = removed.seeders + removed.leechers;
         report.torrents_removed = before - self.torrents.len();
-        shrink_map_if_sparse(&mut self.torrents);
+        if is_sparse(self.torrents.len(), self.torrents.capacity()) {
+            let state = &self.state;
+            self.torrents.shrink_to_fit(|t| state.hash_one(t.info_hash));
+        }
+        self.full_ids.shrink_if_sparse();
         report
     }
 
@@ -221,79 +564,327 @@ impl BtShard {
     pub fn capacity(&self) -> usize {
         self.torrents.capacity()
     }
+
+    /// Every peer as a neutral record, expiry read near `now`.
+    pub fn records(&self, now: SecondsSinceStart) -> impl Iterator<Item = BtPeerRecord> + '_ {
+        self.torrents.iter().flat_map(move |t| {
+            let record = move |ip: IpAddr,
+                               port: u16,
+                               id: u64,
+                               has_full: bool,
+                               seeder: bool,
+                               expiry: Tick| {
+                BtPeerRecord {
+                    info_hash: t.info_hash,
+                    ip,
+                    port,
+                    peer_id_hash: id & !HAS_FULL_ID,
+                    peer_id: if has_full {
+                        self.full_ids.get(id & !HAS_FULL_ID)
+                    } else {
+                        None
+                    },
+                    seeder,
+                    valid_until: ValidUntil(self.clock.seconds(expiry, now)),
+                }
+            };
+            let mut list = Vec::new();
+            match &t.peers {
+                Peers::Empty => {}
+                Peers::One { seeder, peer } => list.push(record(
+                    IpAddr::V4(peer.ip),
+                    peer.port,
+                    peer.id(),
+                    peer.has_full_id(),
+                    *seeder,
+                    peer.expiry,
+                )),
+                Peers::Many(swarms) => {
+                    for (p, status) in swarms.v4.iter() {
+                        list.push(record(
+                            IpAddr::V4(p.ip),
+                            p.port,
+                            p.id(),
+                            p.has_full_id(),
+                            status == PeerStatus::Seeding,
+                            p.expiry,
+                        ));
+                    }
+                    for (p, status) in swarms.v6.iter().flat_map(|v6| v6.iter()) {
+                        list.push(record(
+                            IpAddr::V6(p.ip),
+                            p.port,
+                            p.id(),
+                            p.has_full_id(),
+                            status == PeerStatus::Seeding,
+                            p.expiry,
+                        ));
+                    }
+                }
+            }
+            list
+        })
+    }
+}
+
+/// Keeps the full-id table in step with a peer's record going from
+/// `previous` to `now` (None: absent); returns the id bits `now` must carry.
+fn full_id_change(
+    full_ids: &mut FullIds,
+    previous: Option<u64>,
+    now: Option<u64>,
+    peer_id: PeerId,
+) -> Option<u64> {
+    let had = previous.is_some_and(|id| id & HAS_FULL_ID != 0);
+    match now {
+        None => {
+            if had {
+                full_ids.release(previous.unwrap_or(0) & !HAS_FULL_ID);
+            }
+            None
+        }
+        Some(id) => {
+            let wants = id & HAS_FULL_ID != 0;
+            if wants && !had {
+                full_ids.acquire(id & !HAS_FULL_ID, peer_id);
+            }
+            // A UDP re-announce keeps the full id an HTTP one left.
+            Some(if had { id | HAS_FULL_ID } else { id })
+        }
+    }
+}
+
+fn announce_v4<R: Rng + ?Sized>(
+    torrent: &mut Torrent,
+    mut record: BtPeer<Ipv4Addr>,
+    ctx: &mut Ctx<'_, R>,
+    out: &mut Vec<SelectedPeer<Ipv4Addr>>,
+) -> Option<PeerStatus> {
+    match &mut torrent.peers {
+        Peers::Empty if ctx.status != PeerStatus::Stopped => {
+            if let Some(id) =
+                full_id_change(ctx.full_ids, None, Some(record.id()), ctx.request.peer_id)
+            {
+                record.set_id(id);
+            }
+            torrent.peers = Peers::One {
+                seeder: ctx.status == PeerStatus::Seeding,
+                peer: record,
+            };
+            // The requester is the only peer: nobody to hand out.
+            None
+        }
+        Peers::Empty => None,
+        Peers::One { seeder, peer } if peer.same_peer(&record) => {
+            let previous = status_of(*seeder);
+            let now = (ctx.status != PeerStatus::Stopped).then_some(record.id());
+            match full_id_change(ctx.full_ids, Some(peer.id()), now, ctx.request.peer_id) {
+                Some(id) => {
+                    record.set_id(id);
+                    *peer = record;
+                    *seeder = ctx.status == PeerStatus::Seeding;
+                }
+                None => torrent.peers = Peers::Empty,
+            }
+            Some(previous)
+        }
+        Peers::One { .. } if ctx.status == PeerStatus::Stopped => None,
+        _ => {
+            let swarms = torrent.swarms(ctx.state);
+            announce_in(&mut swarms.v4, record, ctx, out)
+        }
+    }
 }
 
 /// One UDP or HTTP peer as code outside the swarms sees it (snapshots):
-/// what the peer is, not how the shard stores it.
+/// what the shard knows of it, not how the shard stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BtPeerEntry {
-    /// Its id.
-    pub peer_id: PeerId,
+    /// The 63-bit hash of its peer id under the shard's [`PeerIdKey`].
+    pub peer_id_hash: u64,
+    /// Its full id, kept only for peers that announced over HTTP.
+    pub peer_id: Option<PeerId>,
     /// Its address.
     pub ip: IpAddr,
     /// The port it listens on.
     pub port: u16,
     /// Seeding (else leeching).
     pub seeder: bool,
-    /// When it expires unless it announces again.
+    /// When it expires unless it announces again (to the clock's
+    /// resolution, never earlier).
     pub valid_until: ValidUntil,
 }
 
 /// Reading and refilling a shard as [`BtPeerEntry`]s, for snapshots.
 impl BtShard {
-    /// Every torrent's info hash, in no particular order.
-    pub fn info_hashes(&self) -> Vec<InfoHash> {
-        self.torrents.keys().copied().collect()
+    /// An empty shard like this one but hashing peer ids with `key`: one
+    /// key per process, so that snapshot records match across shards and
+    /// restarts.
+    pub fn with_peer_id_key(self, key: PeerIdKey) -> Self {
+        debug_assert!(self.torrents.is_empty(), "the key changes only while empty");
+        Self::with_clock(self.clock, key)
     }
 
-    /// Appends the peers of `info_hash` to `out` and returns its
-    /// `completed` count; `None` for a torrent not held.
-    pub fn torrent_entries(&self, info_hash: &InfoHash, out: &mut Vec<BtPeerEntry>) -> Option<u32> {
-        let torrent = self.torrents.get(info_hash)?;
-        fn push<A: Copy + Eq + std::hash::Hash + Into<IpAddr>>(
-            swarm: &Swarm<BtPeer<A>, BtPeerKey<A>>,
-            out: &mut Vec<BtPeerEntry>,
-        ) {
-            // Swarm::iter yields the seeders first.
-            let seeders = swarm.seeders();
-            out.extend(
-                swarm
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (key, peer))| BtPeerEntry {
-                        peer_id: key.peer_id,
-                        ip: peer.ip.into(),
-                        port: peer.port,
-                        seeder: i < seeders,
-                        valid_until: peer.valid_until,
-                    }),
-            );
-        }
-        push(&torrent.v4, out);
-        if let Some(v6) = &torrent.v6 {
-            push(v6, out);
+    /// Every torrent's info hash, in no particular order.
+    pub fn info_hashes(&self) -> Vec<InfoHash> {
+        self.torrents.iter().map(|t| t.info_hash).collect()
+    }
+
+    /// Appends the peers of `info_hash` to `out`, expiries read near
+    /// `now`, and returns its `completed` count; `None` for a torrent not
+    /// held.
+    pub fn torrent_entries(
+        &self,
+        info_hash: &InfoHash,
+        now: SecondsSinceStart,
+        out: &mut Vec<BtPeerEntry>,
+    ) -> Option<u32> {
+        let torrent = self.find(info_hash)?;
+        let mut push = |ip: IpAddr, port: u16, id: u64, seeder: bool, expiry: Tick| {
+            let peer_id_hash = id & !HAS_FULL_ID;
+            out.push(BtPeerEntry {
+                peer_id_hash,
+                peer_id: if id & HAS_FULL_ID != 0 {
+                    self.full_ids.get(peer_id_hash)
+                } else {
+                    None
+                },
+                ip,
+                port,
+                seeder,
+                valid_until: ValidUntil(self.clock.seconds(expiry, now)),
+            });
+        };
+        match &torrent.peers {
+            Peers::Empty => {}
+            Peers::One { seeder, peer } => push(
+                IpAddr::V4(peer.ip),
+                peer.port,
+                peer.id(),
+                *seeder,
+                peer.expiry,
+            ),
+            Peers::Many(swarms) => {
+                for (p, status) in swarms.v4.iter() {
+                    let seeder = status == PeerStatus::Seeding;
+                    push(IpAddr::V4(p.ip), p.port, p.id(), seeder, p.expiry);
+                }
+                for (p, status) in swarms.v6.iter().flat_map(|v6| v6.iter()) {
+                    let seeder = status == PeerStatus::Seeding;
+                    push(IpAddr::V6(p.ip), p.port, p.id(), seeder, p.expiry);
+                }
+            }
         }
         Some(torrent.completed)
     }
 
-    /// Puts restored peers into `info_hash`'s swarms, keeping the counts. A
-    /// peer already there keeps whichever entry expires later; `completed`
-    /// becomes the larger of the two counts. Nothing is made for no peers.
-    pub fn restore(&mut self, info_hash: InfoHash, completed: u32, peers: &[BtPeerEntry]) {
+    /// Puts restored peers into `info_hash`'s swarms at `now`, keeping the
+    /// counts. A peer already there keeps whichever record expires later;
+    /// `completed` becomes the larger of the two counts. Nothing is made
+    /// for no peers.
+    pub fn restore(
+        &mut self,
+        info_hash: InfoHash,
+        completed: u32,
+        now: SecondsSinceStart,
+        peers: &[BtPeerEntry],
+    ) {
         if peers.is_empty() {
             return;
         }
-        let torrent = self.torrents.entry(info_hash).or_default();
+        let hash = self.state.hash_one(info_hash);
+        let eq = |t: &Torrent| t.info_hash == info_hash;
+        let torrent = match self.torrents.find_mut(hash, eq) {
+            Some(torrent) => torrent,
+            None => {
+                let state = &self.state;
+                self.torrents
+                    .insert_unique(
+                        hash,
+                        Torrent {
+                            info_hash,
+                            completed: 0,
+                            peers: Peers::Empty,
+                        },
+                        |t| state.hash_one(t.info_hash),
+                    )
+                    .into_mut()
+            }
+        };
         torrent.completed = torrent.completed.max(completed);
         for entry in peers {
-            let status = if entry.seeder {
-                PeerStatus::Seeding
-            } else {
-                PeerStatus::Leeching
-            };
+            let status = status_of(entry.seeder);
+            let mut id = entry.peer_id_hash & !HAS_FULL_ID;
+            if entry.peer_id.is_some() {
+                id |= HAS_FULL_ID;
+            }
+            let ttl = entry.valid_until.0 .0.saturating_sub(now.0);
+            let expiry = self
+                .clock
+                .expiry(now, std::time::Duration::from_secs(u64::from(ttl)));
+            let peer_id = entry.peer_id.unwrap_or(PeerId([0; 20]));
+            let (clock, state, full_ids) = (&self.clock, &self.state, &mut self.full_ids);
             let previous = match entry.ip {
-                IpAddr::V4(ip) => restore_in(&mut torrent.v4, entry, ip, status),
-                IpAddr::V6(ip) => restore_in(torrent.v6_mut(), entry, ip, status),
+                IpAddr::V4(ip) => {
+                    let mut record = BtPeer {
+                        id: [0; 2],
+                        ip,
+                        port: entry.port,
+                        expiry,
+                    };
+                    record.set_id(id);
+                    match &mut torrent.peers {
+                        Peers::Empty => {
+                            if let Some(id) = full_id_change(full_ids, None, Some(id), peer_id) {
+                                record.set_id(id);
+                            }
+                            torrent.peers = Peers::One {
+                                seeder: entry.seeder,
+                                peer: record,
+                            };
+                            Some(None)
+                        }
+                        Peers::One { seeder, peer } if peer.same_peer(&record) => {
+                            if clock.valid_at(peer.expiry, record.expiry) {
+                                None
+                            } else {
+                                let previous = status_of(*seeder);
+                                if let Some(id) =
+                                    full_id_change(full_ids, Some(peer.id()), Some(id), peer_id)
+                                {
+                                    record.set_id(id);
+                                }
+                                *peer = record;
+                                *seeder = entry.seeder;
+                                Some(Some(previous))
+                            }
+                        }
+                        _ => {
+                            let swarms = torrent.swarms(state);
+                            restore_in(
+                                &mut swarms.v4,
+                                record,
+                                status,
+                                clock,
+                                state,
+                                full_ids,
+                                peer_id,
+                            )
+                        }
+                    }
+                }
+                IpAddr::V6(ip) => {
+                    let mut record = BtPeer {
+                        id: [0; 2],
+                        ip,
+                        port: entry.port,
+                        expiry,
+                    };
+                    record.set_id(id);
+                    let swarms = torrent.swarms(state);
+                    let v6 = swarms.v6.get_or_insert_with(Box::default);
+                    restore_in(v6, record, status, clock, state, full_ids, peer_id)
+                }
             };
             if let Some(previous) = previous {
                 self.counts.change(previous, Some(status));
@@ -305,66 +896,63 @@ impl BtShard {
 /// Inserts one restored peer unless the swarm holds it with a later
 /// expiry; returns the change to count (`Some(previous status)`).
 fn restore_in<A: Copy + Eq + std::hash::Hash>(
-    swarm: &mut Swarm<BtPeer<A>, BtPeerKey<A>>,
-    entry: &BtPeerEntry,
-    ip: A,
+    swarm: &mut DenseSwarm<BtPeer<A>>,
+    mut record: BtPeer<A>,
     status: PeerStatus,
+    clock: &CoarseClock,
+    state: &DefaultHashBuilder,
+    full_ids: &mut FullIds,
+    peer_id: PeerId,
 ) -> Option<Option<PeerStatus>> {
-    let key = BtPeerKey {
-        peer_id: entry.peer_id,
-        ip,
-        port: entry.port,
-    };
-    if swarm
-        .get(&key)
-        .is_some_and(|(held, _)| held.valid_until >= entry.valid_until)
-    {
+    let held = swarm.get(&record, state).map(|(held, _)| *held);
+    if held.is_some_and(|held| clock.valid_at(held.expiry, record.expiry)) {
         return None;
     }
-    let peer = BtPeer {
-        ip,
-        port: entry.port,
-        valid_until: entry.valid_until,
-    };
-    Some(swarm.upsert(key, peer, status))
+    if let Some(id) = full_id_change(full_ids, held.map(|h| h.id()), Some(record.id()), peer_id) {
+        record.set_id(id);
+    }
+    let upserted = swarm.upsert(record, status, state);
+    Some(upserted.previous.map(|(status, _)| status))
 }
 
 fn announce_in<A: Copy + Eq + std::hash::Hash, R: Rng + ?Sized>(
-    swarm: &mut Swarm<BtPeer<A>, BtPeerKey<A>>,
-    rng: &mut R,
-    request: &BtAnnounce,
-    status: PeerStatus,
-    ip: A,
-    valid_until: ValidUntil,
+    swarm: &mut DenseSwarm<BtPeer<A>>,
+    record: BtPeer<A>,
+    ctx: &mut Ctx<'_, R>,
     out: &mut Vec<SelectedPeer<A>>,
 ) -> Option<PeerStatus> {
-    let peer = BtPeer {
-        ip,
-        port: request.port,
-        valid_until,
-    };
-    let key = BtPeerKey {
-        peer_id: request.peer_id,
-        ip,
-        port: request.port,
-    };
-    let previous = swarm.upsert(key, peer, status);
-    if status != PeerStatus::Stopped {
+    let upserted = swarm.upsert(record, ctx.status, ctx.state);
+    let previous_id = upserted.previous.map(|(_, p)| p.id());
+    let now_id = upserted.position.map(|_| record.id());
+    if let Some(id) = full_id_change(ctx.full_ids, previous_id, now_id, ctx.request.peer_id) {
+        if id != record.id() {
+            let mut fixed = record;
+            fixed.set_id(id);
+            swarm.upsert(fixed, ctx.status, ctx.state);
+        }
+    }
+    if let Some(position) = upserted.position {
+        let show_ids = ctx.request.peer_ids == PeerIdUse::KeptAndShown;
+        let full_ids = &*ctx.full_ids;
         swarm.select_peers(
-            rng,
-            &key,
-            status == PeerStatus::Seeding,
-            request.numwant,
-            |key, p| {
+            ctx.rng,
+            Some(position),
+            ctx.status == PeerStatus::Seeding,
+            ctx.request.numwant,
+            |p| {
                 out.push(SelectedPeer {
-                    peer_id: key.peer_id,
+                    peer_id: if show_ids && p.has_full_id() {
+                        full_ids.get(p.id_hash())
+                    } else {
+                        None
+                    },
                     ip_address: p.ip,
                     port: p.port,
                 })
             },
         );
     }
-    previous
+    upserted.previous.map(|(status, _)| status)
 }
 
 #[cfg(test)]
@@ -383,6 +971,7 @@ mod tests {
             bytes_left: Some(left),
             numwant: 50,
             private: None,
+            peer_ids: PeerIdUse::KeptAndShown,
         }
     }
 
@@ -430,7 +1019,7 @@ mod tests {
             }
         );
         assert_eq!(f.out.v4.len(), 1);
-        assert_eq!(f.out.v4[0].peer_id, PeerId([1; 20]));
+        assert_eq!(f.out.v4[0].peer_id, Some(PeerId([1; 20])));
         assert!(f.out.v6.is_empty());
         f.run(0, &announce(4, V6, 10));
         assert_eq!(f.out.v6.len(), 1);
@@ -556,11 +1145,18 @@ mod tests {
         f.run(5, &done);
         let hash = InfoHash([1; 20]);
         let mut entries = Vec::new();
-        assert_eq!(f.shard.torrent_entries(&hash, &mut entries), Some(1));
+        assert_eq!(
+            f.shard
+                .torrent_entries(&hash, SecondsSinceStart(5), &mut entries),
+            Some(1)
+        );
         assert_eq!(entries.len(), 3);
         assert_eq!(f.shard.info_hashes(), vec![hash]);
-        let mut copy = BtShard::default();
-        copy.restore(hash, 1, &entries);
+        // One key per process: a shard restoring another's entries uses it.
+        let mut copy = BtShard::default().with_peer_id_key(f.shard.peer_id_key());
+        copy.restore(hash, 1, SecondsSinceStart(5), &entries);
+        // The HTTP announces' full ids come back too.
+        assert!(entries.iter().all(|e| e.peer_id.is_some()));
         assert_eq!(copy.scrape(&hash), f.shard.scrape(&hash));
         assert_eq!(copy.peer_counts(), f.shard.peer_counts());
         // Again, older: nothing changes; the counts stay right.
@@ -572,12 +1168,12 @@ mod tests {
                 ..*e
             })
             .collect();
-        copy.restore(hash, 0, &older);
+        copy.restore(hash, 0, SecondsSinceStart(5), &older);
         assert_eq!(copy.peer_counts(), f.shard.peer_counts());
         let mut again = Vec::new();
-        copy.torrent_entries(&hash, &mut again);
-        again.sort_by_key(|e| e.peer_id);
-        entries.sort_by_key(|e| e.peer_id);
+        copy.torrent_entries(&hash, SecondsSinceStart(5), &mut again);
+        again.sort_by_key(|e| e.peer_id_hash);
+        entries.sort_by_key(|e| e.peer_id_hash);
         assert_eq!(again, entries);
         // Expiry still applies to restored peers.
         assert_eq!(copy.clean(SecondsSinceStart(3604)).peers_removed, 2);
@@ -599,6 +1195,130 @@ mod tests {
             f.shard.capacity() < peak / 4,
             "{} vs {peak}",
             f.shard.capacity()
+        );
+    }
+
+    #[test]
+    fn records_are_small_and_one_peer_torrents_allocate_nothing() {
+        assert_eq!(std::mem::size_of::<BtPeer<Ipv4Addr>>(), 16);
+        assert_eq!(std::mem::size_of::<BtPeer<Ipv6Addr>>(), 28);
+        assert_eq!(std::mem::size_of::<Torrent>(), 48);
+        let mut f = Fixture::new();
+        f.run(0, &announce(1, V4, 10));
+        let one = |f: &Fixture| {
+            f.shard
+                .find(&InfoHash([1; 20]))
+                .is_some_and(|t| matches!(t.peers, Peers::One { .. }))
+        };
+        assert!(one(&f));
+        f.run(0, &announce(2, V4, 10));
+        assert!(!one(&f));
+        let mut stop = announce(2, V4, 10);
+        stop.stopped = true;
+        f.run(0, &stop);
+        // Back inline at the next cleaning.
+        f.shard.clean(SecondsSinceStart(0));
+        assert!(one(&f));
+        assert_eq!(f.shard.scrape(&InfoHash([1; 20])).leechers, 1);
+    }
+
+    #[test]
+    fn two_peer_ids_behind_one_address_and_port_are_two_peers() {
+        let mut f = Fixture::new();
+        let mut a = announce(1, V4, 10);
+        let mut b = announce(2, V4, 10);
+        b.port = a.port;
+        f.run(0, &a);
+        f.run(0, &b);
+        assert_eq!(f.shard.scrape(&InfoHash([1; 20])).leechers, 2);
+        a.stopped = true;
+        f.run(0, &a);
+        assert_eq!(f.shard.scrape(&InfoHash([1; 20])).leechers, 1);
+        b.stopped = false;
+        f.run(0, &b);
+        assert_eq!(f.out.v4.len(), 0, "b is alone");
+    }
+
+    #[test]
+    fn full_ids_only_for_http_peers_and_released_when_they_go() {
+        let mut f = Fixture::new();
+        f.peer_timeout = std::time::Duration::from_secs(10);
+        let mut udp = announce(1, V4, 10);
+        udp.peer_ids = PeerIdUse::Hashed;
+        f.run(0, &udp);
+        let mut http = announce(2, V4, 10);
+        http.peer_ids = PeerIdUse::Kept;
+        f.run(0, &http);
+        assert_eq!(f.out.v4.len(), 1);
+        assert_eq!(f.out.v4[0].peer_id, None, "compact: no ids shown");
+        let mut shown = announce(3, V4, 10);
+        shown.peer_ids = PeerIdUse::KeptAndShown;
+        f.run(0, &shown);
+        let mut ids: Vec<_> = f.out.v4.iter().map(|p| (p.port, p.peer_id)).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![(1001, None), (1002, Some(PeerId([2; 20])))]);
+        assert_eq!(f.shard.full_ids.0.len(), 2);
+        // A UDP re-announce of an HTTP peer keeps its id.
+        let mut again = announce(2, V4, 10);
+        again.peer_ids = PeerIdUse::Hashed;
+        f.run(5, &again);
+        let records: Vec<_> = f.shard.records(SecondsSinceStart(5)).collect();
+        let two = records.iter().find(|r| r.port == 1002).expect("peer 2");
+        assert_eq!(two.peer_id, Some(PeerId([2; 20])));
+        assert_eq!(
+            two.peer_id_hash,
+            f.shard.peer_id_key().hash(&PeerId([2; 20]))
+        );
+        assert_eq!(two.valid_until, ValidUntil(SecondsSinceStart(15)));
+        assert!(!two.seeder);
+        assert_eq!(
+            records
+                .iter()
+                .find(|r| r.port == 1001)
+                .expect("peer 1")
+                .peer_id,
+            None
+        );
+        // Stops and expiry give the ids back.
+        shown.stopped = true;
+        f.run(5, &shown);
+        assert_eq!(f.shard.full_ids.0.len(), 1);
+        f.shard.clean(SecondsSinceStart(30));
+        assert_eq!(f.shard.torrents(), 0);
+        assert!(f.shard.full_ids.0.is_empty());
+    }
+
+    #[test]
+    fn a_large_swarm_is_indexed_and_keeps_its_rules() {
+        let mut f = Fixture::new();
+        for n in 0..200u8 {
+            let mut a = announce(n, V4, u64::from(n % 2));
+            a.ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, n));
+            f.run(0, &a);
+        }
+        let stats = f.shard.scrape(&InfoHash([1; 20]));
+        assert_eq!((stats.seeders, stats.leechers), (100, 100));
+        // Every peer moves to the other side, then re-announces in place.
+        for n in 0..200u8 {
+            let mut a = announce(n, V4, u64::from(n % 2 == 0));
+            a.ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, n));
+            a.numwant = 300;
+            f.run(1, &a);
+            f.run(1, &a);
+            assert!(f
+                .out
+                .v4
+                .iter()
+                .all(|p| p.port != a.port || p.ip_address != Ipv4Addr::new(10, 0, 1, n)));
+            let expected = if n % 2 == 1 { 100 } else { 199 };
+            assert_eq!(f.out.v4.len(), expected, "peer {n}");
+        }
+        assert_eq!(
+            f.shard.peer_counts(),
+            PeerCounts {
+                seeders: 100,
+                leechers: 100
+            }
         );
     }
 }

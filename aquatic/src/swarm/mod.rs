@@ -24,7 +24,7 @@ mod refusal;
 mod rules;
 mod ws;
 
-pub use bt::{BtAnnounce, BtPeerEntry, BtShard, CleanReport};
+pub use bt::{BtAnnounce, BtPeerEntry, BtPeerRecord, BtShard, CleanReport, PeerIdKey, PeerIdUse};
 pub use refusal::Refusal;
 pub use rules::{AnnounceInput, ConnectionPeers, Limits, PrivateCredentials, Rules};
 pub use ws::{ConnectionRef, WsAnnounce, WsAnswer, WsShard, WsTiming};

@@ -14,7 +14,7 @@ use aquatic_common::{access_list::AccessList, InfoHash, PeerId};
 use hashbrown::HashSet;
 
 use super::{
-    bt::BtAnnounce,
+    bt::{BtAnnounce, PeerIdUse},
     private::{Catalog, PrivatePeer, User},
     refusal::Refusal,
     ws::{ConnectionRef, WsAnnounce, WsAnswer},
@@ -46,6 +46,9 @@ pub struct AnnounceInput {
     pub max_peers: Option<usize>,
     /// Set when the announce came to the private tracker.
     pub private: Option<PrivateCredentials>,
+    /// Whether the shard keeps the full peer id (HTTP) and this response
+    /// shows peer ids (HTTP, non-compact, no `no_peer_id`).
+    pub peer_ids: PeerIdUse,
 }
 
 /// What a private tracker's announce carries besides a public one's.
@@ -80,6 +83,7 @@ impl AnnounceInput {
                 .filter(|&n| n > 0),
             max_peers: Some(max_peers),
             private: None,
+            peer_ids: PeerIdUse::Hashed,
         }
     }
 
@@ -108,6 +112,11 @@ impl AnnounceInput {
                 uploaded: request.bytes_uploaded,
                 downloaded: request.bytes_downloaded,
             }),
+            peer_ids: if request.compact || request.no_peer_id {
+                PeerIdUse::Kept
+            } else {
+                PeerIdUse::KeptAndShown
+            },
         }
     }
 }
@@ -244,6 +253,7 @@ impl Rules {
                 .unwrap_or(self.limits.default_numwant)
                 .min(self.limits.max_numwant)
                 .min(input.max_peers.unwrap_or(usize::MAX)),
+            peer_ids: input.peer_ids,
         })
     }
 
@@ -367,6 +377,7 @@ mod tests {
             numwant: None,
             max_peers: None,
             private: None,
+            peer_ids: PeerIdUse::Hashed,
         }
     }
 
