@@ -143,6 +143,10 @@ pub struct PrivateShared {
     pub catalog: Arc<Reloadable<Catalog>>,
     /// Accounting goes here.
     pub database: std::sync::mpsc::SyncSender<DbMessage>,
+    /// How many executors hold a loaded catalog: the main thread reports
+    /// ready only once every one does, so that no member is told "starting"
+    /// after READY=1.
+    pub executors_loaded: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What the main thread hands one executor thread.
@@ -223,8 +227,11 @@ pub async fn run(setup: ExecutorSetup) {
         .private
         .as_ref()
         .map(|p| LocalCopy::new(p.catalog.clone()));
-    if let Some(catalog) = &catalog {
-        host.with(|host| host.set_catalog(catalog.get()));
+    let counted_loaded = std::cell::Cell::new(false);
+    if let (Some(catalog), Some(private)) = (&catalog, &shared.private) {
+        let current = catalog.get();
+        count_loaded_catalog(&current, &counted_loaded, private);
+        host.with(|host| host.set_catalog(current));
     }
     let stats = Rc::new(ExecutorStats::default());
     let (router, outbox_woken) = Router::new(
@@ -367,7 +374,7 @@ pub async fn run(setup: ExecutorSetup) {
             ex.router.clone(),
             live_config,
             access_list,
-            catalog,
+            catalog.map(|c| (c, shared.private.clone(), counted_loaded)),
             tls_copies,
             live,
         ),
@@ -703,6 +710,19 @@ fn release_free_memory() {
     }
 }
 
+/// Counts this executor among those holding a loaded catalog, once.
+fn count_loaded_catalog(
+    catalog: &Catalog,
+    counted: &std::cell::Cell<bool>,
+    private: &PrivateShared,
+) {
+    if catalog.loaded() && !counted.replace(true) {
+        private
+            .executors_loaded
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// The parts of an executor a reloaded configuration reaches.
 struct ReloadTargets {
     id: usize,
@@ -736,7 +756,11 @@ async fn refresh_reloadables(
     router: Rc<Router>,
     config: Rc<LocalCopy<ValidConfig>>,
     access_list: LocalCopy<AccessList>,
-    catalog: Option<LocalCopy<Catalog>>,
+    catalog: Option<(
+        LocalCopy<Catalog>,
+        Option<PrivateShared>,
+        std::cell::Cell<bool>,
+    )>,
     tls_configs: Vec<Rc<LocalCopy<rustls::ServerConfig>>>,
     live: Option<LocalCopy<LiveSet>>,
 ) {
@@ -753,9 +777,14 @@ async fn refresh_reloadables(
             host.with(|host| host.set_access_list(list));
             log::debug!("an executor took the new access list");
         }
-        if let Some(catalog) = catalog.as_ref().and_then(|c| c.refresh()) {
-            host.with(|host| host.set_catalog(catalog));
-            log::debug!("an executor took the new private catalog");
+        if let Some((copy, private, counted)) = &catalog {
+            if let Some(catalog) = copy.refresh() {
+                if let Some(private) = private {
+                    count_loaded_catalog(&catalog, counted, private);
+                }
+                host.with(|host| host.set_catalog(catalog));
+                log::debug!("an executor took the new private catalog");
+            }
         }
         for tls in &tls_configs {
             tls.refresh();

@@ -468,6 +468,7 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
             PrivateShared {
                 catalog,
                 database: sender,
+                executors_loaded: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             },
             handle,
         ))
@@ -577,9 +578,12 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
     println!("aquatic: ready with {workers} workers");
     let mut state = ServeState {
         ready_notified: false,
+        executors_loaded: private
+            .as_ref()
+            .map(|(p, _)| (p.executors_loaded.clone(), workers)),
     };
     if private.is_none() || loaded {
-        private_loaded(&mut state, private.is_some());
+        private_loaded(&mut state);
     } else {
         log::info!("private: READY=1 waits for the first load of users and torrents");
     }
@@ -662,15 +666,27 @@ fn connection_id_key(config: &Config, state: Option<&StateDir>) -> anyhow::Resul
 struct ServeState {
     /// READY=1 was sent (in private mode only after the first load).
     ready_notified: bool,
+    /// Private mode: how many executors hold a loaded catalog, of how many.
+    executors_loaded: Option<(Arc<std::sync::atomic::AtomicUsize>, usize)>,
 }
 
-/// Sends READY=1 the first time the tracker can answer members.
-fn private_loaded(state: &mut ServeState, private: bool) {
+/// Sends READY=1 the first time the tracker can answer members: in
+/// private mode once every executor has taken the first loaded catalog
+/// (they pick it up on their reload timer, within a fraction of a second).
+fn private_loaded(state: &mut ServeState) {
     if state.ready_notified {
         return;
     }
     state.ready_notified = true;
-    if private {
+    if let Some((loaded, workers)) = &state.executors_loaded {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while loaded.load(std::sync::atomic::Ordering::Acquire) < *workers {
+            if Instant::now() >= deadline {
+                log::warn!("private: not every executor took the loaded catalog within 10 s");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         println!("aquatic: private data loaded");
     }
     notify("READY=1");
@@ -789,7 +805,7 @@ fn serve_until_stopped(
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     loop {
         match events.recv() {
-            Ok(Event::PrivateLoaded) => private_loaded(state, true),
+            Ok(Event::PrivateLoaded) => private_loaded(state),
             Ok(Event::Signal(signal @ (SIGHUP | SIGUSR1))) => {
                 notify(&format!("RELOADING=1\n{}", monotonic_usec()));
                 if signal == SIGHUP {
