@@ -122,6 +122,18 @@ impl<A> BtPeer<A> {
     fn set_id(&mut self, id: u64) {
         self.id = [id as u32, (id >> 32) as u32];
     }
+
+    /// A record for the peer whose stored id (hash and flag) is `id`.
+    fn new(id: u64, ip: A, port: u16, expiry: Tick) -> Self {
+        let mut record = Self {
+            id: [0; 2],
+            ip,
+            port,
+            expiry,
+        };
+        record.set_id(id);
+        record
+    }
 }
 
 impl<A: Copy + Eq + std::hash::Hash> DenseRecord for BtPeer<A> {
@@ -449,23 +461,11 @@ impl BtShard {
         };
         let previous = match request.ip {
             IpAddr::V4(ip) => {
-                let mut record = BtPeer {
-                    id: [0; 2],
-                    ip,
-                    port: request.port,
-                    expiry,
-                };
-                record.set_id(id);
+                let record = BtPeer::new(id, ip, request.port, expiry);
                 announce_v4(torrent, record, &mut ctx, &mut out.v4)
             }
             IpAddr::V6(ip) => {
-                let mut record = BtPeer {
-                    id: [0; 2],
-                    ip,
-                    port: request.port,
-                    expiry,
-                };
-                record.set_id(id);
+                let record = BtPeer::new(id, ip, request.port, expiry);
                 let swarms = torrent.swarms(ctx.state);
                 let v6 = swarms.v6.get_or_insert_with(Box::default);
                 announce_in(v6, record, &mut ctx, &mut out.v6)
@@ -826,13 +826,7 @@ impl BtShard {
             let (clock, state, full_ids) = (&self.clock, &self.state, &mut self.full_ids);
             let previous = match entry.ip {
                 IpAddr::V4(ip) => {
-                    let mut record = BtPeer {
-                        id: [0; 2],
-                        ip,
-                        port: entry.port,
-                        expiry,
-                    };
-                    record.set_id(id);
+                    let mut record = BtPeer::new(id, ip, entry.port, expiry);
                     match &mut torrent.peers {
                         Peers::Empty => {
                             if let Some(id) = full_id_change(full_ids, None, Some(id), peer_id) {
@@ -874,13 +868,7 @@ impl BtShard {
                     }
                 }
                 IpAddr::V6(ip) => {
-                    let mut record = BtPeer {
-                        id: [0; 2],
-                        ip,
-                        port: entry.port,
-                        expiry,
-                    };
-                    record.set_id(id);
+                    let record = BtPeer::new(id, ip, entry.port, expiry);
                     let swarms = torrent.swarms(state);
                     let v6 = swarms.v6.get_or_insert_with(Box::default);
                     restore_in(v6, record, status, clock, state, full_ids, peer_id)
