@@ -496,24 +496,12 @@ impl Router {
         replies: &'a PendingReplies<T>,
         frame: impl FnOnce(u64) -> Frame,
     ) -> Result<Waiting<'a, T>, RouteError> {
-        let count = self
-            .in_flight
-            .get(self.shards + node.0)
+        // Members' in-flight slots follow the executors'.
+        let in_flight = self
+            .reserve_slot(self.shards + node.0)
             .ok_or(RouteError::Busy)?;
-        if count.get() >= self.max_in_flight {
-            self.stats.mesh_full.bump();
-            return Err(RouteError::Busy);
-        }
-        count.set(count.get() + 1);
-        let in_flight = InFlight { count };
-        let token = self.token();
-        let receiver = replies.open(token);
-        let waiting = Waiting {
-            replies,
-            token,
-            receiver,
-            _in_flight: in_flight,
-        };
+        let waiting = self.open_reply(replies, in_flight);
+        let token = waiting.token;
         if self.send_to_node(node, frame(token), false) {
             Ok(waiting)
         } else {
@@ -638,13 +626,35 @@ impl Router {
     /// Reserves a request slot towards `to`, or None when too many are
     /// outstanding (then the destination is too slow: answer busy).
     fn reserve(&self, to: ShardId) -> Option<InFlight<'_>> {
-        let count = &self.in_flight[to.0];
+        self.reserve_slot(to.0)
+    }
+
+    /// Takes one of the in-flight places of slot `slot` (an executor, or
+    /// after them a cluster member); None when they are all taken.
+    fn reserve_slot(&self, slot: usize) -> Option<InFlight<'_>> {
+        let count = self.in_flight.get(slot)?;
         if count.get() >= self.max_in_flight {
             self.stats.mesh_full.bump();
             return None;
         }
         count.set(count.get() + 1);
         Some(InFlight { count })
+    }
+
+    /// Opens a reply slot for a request that holds `in_flight`.
+    fn open_reply<'a, T>(
+        &self,
+        replies: &'a PendingReplies<T>,
+        in_flight: InFlight<'a>,
+    ) -> Waiting<'a, T> {
+        let token = self.token();
+        let receiver = replies.open(token);
+        Waiting {
+            replies,
+            token,
+            receiver,
+            _in_flight: in_flight,
+        }
     }
 
     /// Sends a request and opens its reply slot.
@@ -655,14 +665,8 @@ impl Router {
         request: impl FnOnce(ReplyAddress) -> ShardRequest,
     ) -> Result<Waiting<'a, T>, RouteError> {
         let in_flight = self.reserve(to).ok_or(RouteError::Busy)?;
-        let token = self.token();
-        let receiver = replies.open(token);
-        let waiting = Waiting {
-            replies,
-            token,
-            receiver,
-            _in_flight: in_flight,
-        };
+        let waiting = self.open_reply(replies, in_flight);
+        let token = waiting.token;
         let address = ReplyAddress {
             origin: self.me,
             token,
