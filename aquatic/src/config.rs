@@ -1934,6 +1934,7 @@ mod tests {
         let valid = Config::from_toml(&cluster_toml(&dir, "b.example", two), Path::new("x"))
             .expect("valid");
         assert_eq!(valid.cluster.members.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1977,6 +1978,7 @@ mod tests {
                 ),
             ]
         );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

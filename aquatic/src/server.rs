@@ -1047,6 +1047,7 @@ mod tests {
             connection_id_key(&config, None).is_ok(),
             "no cluster: a random key"
         );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

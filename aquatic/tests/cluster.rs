@@ -94,17 +94,14 @@ impl Pki {
     }
 }
 
-/// Free loopback TCP ports for the links (the kernel's choice, released
-/// at once: a member's address must be known before it starts).
+/// Ports for the links: a member's address must be known before it starts.
 fn free_ports() -> [u16; 3] {
-    let listeners: Vec<_> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect();
-    [ports[0], ports[1], ports[2]]
+    loop {
+        let ports = [(); 3].map(|()| common::unused_port());
+        if ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2] {
+            return ports;
+        }
+    }
 }
 
 /// The files and ports of one test's cluster.

@@ -176,6 +176,18 @@ fn failure(body: &Value) -> Option<String> {
     })
 }
 
+/// Waits until every executor holds the first loaded users and torrents
+/// (the tracker prints a line then; before it, an announce reaching an
+/// executor that has not taken them yet is told "tracker is starting"),
+/// then announces member 1 on torrent 10.
+fn wait_loaded(tracker: &Tracker, wait: Duration) {
+    assert!(
+        tracker.wait_for_stdout("aquatic: private data loaded", wait),
+        "the tracker never loaded its data"
+    );
+    ok(v4(tracker), &Announce::new(1, 10, 1).event("started"));
+}
+
 fn ok(addr: SocketAddr, announce: &Announce) -> Value {
     let (status, body) = announce.send_to(addr);
     assert_eq!(status, 200);
@@ -249,11 +261,7 @@ fn refusals_accounting_addresses_and_reloads() {
     );
     let addr = v4(&tracker);
     // The first load happens right away; wait for it.
-    let loaded = eventually(FLUSH_WAIT, || {
-        let (_, body) = Announce::new(1, 10, 1).event("started").send_to(addr);
-        (failure(&body).is_none()).then_some(())
-    });
-    assert!(loaded.is_some(), "the tracker never loaded its data");
+    wait_loaded(&tracker, FLUSH_WAIT);
 
     // Each refusal, with its own reason.
     assert_eq!(refused(addr, &Announce::new(9, 10, 2)), "unknown passkey");
@@ -407,11 +415,7 @@ fn starts_without_database_and_reloads_on_its_timer() {
     );
     let db = MariaDb::start_on("late", port, None);
     seed(&db);
-    let loaded = eventually(Duration::from_secs(60), || {
-        let (_, body) = Announce::new(1, 10, 1).event("started").send_to(addr);
-        (failure(&body).is_none()).then_some(())
-    });
-    assert!(loaded.is_some(), "the tracker never loaded its data");
+    wait_loaded(&tracker, Duration::from_secs(60));
     // A member added is accepted after reload_interval_secs, no signal.
     db.conn()
         .query_drop(format!(
@@ -438,11 +442,7 @@ fn sigterm_flushes_pending_deltas() {
         .replace("flush_interval_secs = 1", "flush_interval_secs = 3600");
     let mut tracker = Tracker::start("private-sigterm", &config);
     let addr = v4(&tracker);
-    let loaded = eventually(FLUSH_WAIT, || {
-        let (_, body) = Announce::new(1, 10, 1).event("started").send_to(addr);
-        (failure(&body).is_none()).then_some(())
-    });
-    assert!(loaded.is_some());
+    wait_loaded(&tracker, FLUSH_WAIT);
     ok(addr, &Announce::new(1, 10, 1).counters(123, 45, 10));
     assert_eq!(
         transfer(&db, 1, 10),
@@ -465,11 +465,7 @@ fn totals_survive(name: &str, outage: impl FnOnce(&mut MariaDb, &dyn Fn(u64))) {
         &tracker_config(db.address(), &db, "reload_interval_secs = 0\n"),
     );
     let addr = v4(&tracker);
-    let loaded = eventually(FLUSH_WAIT, || {
-        let (_, body) = Announce::new(1, 10, 1).event("started").send_to(addr);
-        (failure(&body).is_none()).then_some(())
-    });
-    assert!(loaded.is_some());
+    wait_loaded(&tracker, FLUSH_WAIT);
     ok(addr, &Announce::new(1, 10, 1).counters(100, 10, 900));
     wait_transfer(&db, 1, 10, (100, 10));
     let step = |n: u64| {
@@ -609,11 +605,7 @@ fn a_commit_whose_answer_is_lost_is_not_applied_twice() {
         &tracker_config(proxy.address, &db, "reload_interval_secs = 0\n"),
     );
     let addr = v4(&tracker);
-    let loaded = eventually(FLUSH_WAIT, || {
-        let (_, body) = Announce::new(1, 10, 1).event("started").send_to(addr);
-        (failure(&body).is_none()).then_some(())
-    });
-    assert!(loaded.is_some());
+    wait_loaded(&tracker, FLUSH_WAIT);
     ok(addr, &Announce::new(1, 10, 1).counters(500, 50, 900));
     wait_transfer(&db, 1, 10, (500, 50));
     assert!(proxy.cut.load(Ordering::SeqCst), "the proxy cut a COMMIT");
@@ -650,11 +642,7 @@ fn database_over_tls() {
     );
     let tracker = Tracker::start("private-tls", &with_tls);
     let addr = v4(&tracker);
-    let loaded = eventually(FLUSH_WAIT, || {
-        let (_, body) = Announce::new(1, 10, 1).event("started").send_to(addr);
-        (failure(&body).is_none()).then_some(())
-    });
-    assert!(loaded.is_some(), "no load over TLS");
+    wait_loaded(&tracker, FLUSH_WAIT);
     ok(addr, &Announce::new(1, 10, 1).counters(42, 4, 900));
     wait_transfer(&db, 1, 10, (42, 4));
     drop(tracker);

@@ -4,6 +4,7 @@ systemd; a system instance is left alone), with the tracker's schema and a
 user `aquatic` (password in `password_file`). Needs Debian's mariadb-server."""
 
 import os
+import random
 import socket
 import subprocess
 import time
@@ -12,9 +13,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a listener whose address must be known before its process
+    starts. Picked at random below the kernel's ephemeral range, where no
+    `port 0` bind or outgoing connection of anything running beside us can
+    take it between this check and the listener's bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    lo, hi = (max(1024, low - 16384), low - 1) if low >= 2048 else (high + 1, 65535)
+    while True:
+        port = random.randint(lo, hi)
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return port
 
 
 class MariaDb:

@@ -34,16 +34,16 @@ import traceback
 
 import libtorrent as lt
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mariadb import free_port as unused_port  # noqa: E402
+
 CHECK_TIMEOUT = 120
 FILE_SIZE = 3 * 1024 * 1024 + 12345
 
 
-def free_port(kind):
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def free_port(_kind):
+    """See mariadb.free_port: below the ephemeral range, free for TCP and UDP."""
+    return unused_port()
 
 
 def sha256(path):

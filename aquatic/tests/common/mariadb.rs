@@ -5,7 +5,7 @@
 //! deploy/README.md documents. Stopped and removed on drop.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -24,10 +24,9 @@ pub struct MariaDb {
     tls: Option<(PathBuf, PathBuf)>,
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now (see [`super::unused_port`]).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    super::unused_port()
 }
 
 impl MariaDb {

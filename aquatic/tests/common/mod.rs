@@ -29,6 +29,8 @@ pub struct Tracker {
     stderr: Option<std::thread::JoinHandle<String>>,
     /// What the process has written to stderr so far, line by line.
     stderr_lines: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The process's stdout lines after its ready line.
+    stdout_lines: std::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 /// A fresh scratch directory for one test.
@@ -47,6 +49,43 @@ fn rand_suffix() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
     h.finish()
+}
+
+/// A port for a listener whose address must be known before its process
+/// starts (a cluster member's link, a database server).
+///
+/// It is picked at random *below* the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), because that range is where every
+/// `port 0` bind and every outgoing connection of the tests running beside
+/// this one take their ports: a port found free there and released could
+/// be handed to one of them before our listener binds it (CI saw a cluster
+/// link port taken that way). Below the range, only another test's random
+/// pick can collide, and the port is checked free for TCP and UDP first.
+pub fn unused_port() -> u16 {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((bounds.next()??, bounds.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let candidates = if low >= 2048 {
+        low.saturating_sub(16384).max(1024)..low
+    } else {
+        high.saturating_add(1)..u16::MAX
+    };
+    assert!(
+        candidates.len() >= 1000,
+        "no room outside the ephemeral ports {low}-{high}"
+    );
+    loop {
+        let port = rand::Rng::gen_range(&mut rand::thread_rng(), candidates.clone());
+        let free = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
 }
 
 /// The binary under test.
@@ -141,6 +180,7 @@ impl Tracker {
             }
         });
         let mut tracker = Tracker {
+            stdout_lines: std::sync::Mutex::new(rx),
             child,
             udp: None,
             http: None,
@@ -155,7 +195,12 @@ impl Tracker {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            let line = tracker
+                .stdout_lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .recv_timeout(left);
+            match line {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("aquatic: listening on ") {
                         let (scheme, addr) = rest.split_once("://").expect("scheme://addr");
@@ -182,6 +227,20 @@ impl Tracker {
                 }
             }
         }
+    }
+
+    /// Waits up to `timeout` for a stdout line starting with `prefix`
+    /// (lines before it are skipped); whether it came.
+    pub fn wait_for_stdout(&self, prefix: &str, timeout: Duration) -> bool {
+        let lines = self.stdout_lines.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + timeout;
+        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.starts_with(prefix) {
+                return true;
+            }
+        }
+        false
     }
 
     /// UDP address on IPv4 loopback.
