@@ -207,28 +207,7 @@ def check_cluster_lt_seeds_via_a_aria2_downloads_via_b(cluster, work, url_of):
     """libtorrent announces to node a, aria2c to node b: they find each
     other only if the nodes share the torrent's swarm."""
     a, b = cluster.nodes
-    data = os.path.join(work, "seed")
-    os.makedirs(data)
-    src, torrent_a = make_torrent(data, "payload.bin", url_of(a))
-    torrent_b = with_tracker_url(torrent_a, url_of(b), os.path.join(work, "via-b.torrent"))
-    session = lt_session()
-    handle = lt_add(session, torrent_a, data)
-    wait_lt_seeding(handle)
-    handle.force_reannounce()
-    out = os.path.join(work, "aria2-out")
-    os.makedirs(out)
-    proc = aria2(["--seed-time=0", "--dir=" + out, torrent_b], work, CHECK_TIMEOUT)
-    try:
-        output, _ = proc.communicate(timeout=CHECK_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        raise RuntimeError("aria2c did not finish in time:\n" + output[-2000:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"aria2c exited {proc.returncode}:\n" + output[-2000:])
-    if sha256(os.path.join(out, "payload.bin")) != sha256(src):
-        raise RuntimeError("checksum mismatch")
-    del session
+    lt_seeds_aria2_downloads(work, url_of(a), downloader_url=url_of(b))
 
 
 def make_torrent(data_dir, name, tracker_url):
@@ -306,17 +285,28 @@ def aria2(args, cwd, timeout):
     return subprocess.Popen(base + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def check_lt_seeds_aria2_downloads(tracker, work, url_of):
+def lt_seeds_aria2_downloads(work, seeder_url, downloader_url=None, before_download=None):
+    """libtorrent seeds a fresh torrent announcing to `seeder_url`; aria2c
+    downloads the same torrent (same info hash) announcing to
+    `downloader_url` (default: the same URL) and must get the same bytes.
+    `before_download(session)` runs once libtorrent seeds and has been told
+    to announce."""
     data = os.path.join(work, "seed")
     os.makedirs(data)
-    src, torrent = make_torrent(data, "payload.bin", url_of(tracker))
+    src, torrent = make_torrent(data, "payload.bin", seeder_url)
+    if downloader_url is not None:
+        torrent_for_aria2 = with_tracker_url(torrent, downloader_url, os.path.join(work, "download.torrent"))
+    else:
+        torrent_for_aria2 = torrent
     session = lt_session()
     handle = lt_add(session, torrent, data)
     wait_lt_seeding(handle)
     handle.force_reannounce()
+    if before_download is not None:
+        before_download(session)
     out = os.path.join(work, "aria2-out")
     os.makedirs(out)
-    proc = aria2(["--seed-time=0", "--dir=" + out, torrent], work, CHECK_TIMEOUT)
+    proc = aria2(["--seed-time=0", "--dir=" + out, torrent_for_aria2], work, CHECK_TIMEOUT)
     try:
         output, _ = proc.communicate(timeout=CHECK_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -325,10 +315,13 @@ def check_lt_seeds_aria2_downloads(tracker, work, url_of):
         raise RuntimeError("aria2c did not finish in time:\n" + output[-2000:])
     if proc.returncode != 0:
         raise RuntimeError(f"aria2c exited {proc.returncode}:\n" + output[-2000:])
-    got = os.path.join(out, "payload.bin")
-    if sha256(got) != sha256(src):
+    if sha256(os.path.join(out, "payload.bin")) != sha256(src):
         raise RuntimeError("checksum mismatch")
     del session
+
+
+def check_lt_seeds_aria2_downloads(tracker, work, url_of):
+    lt_seeds_aria2_downloads(work, url_of(tracker))
 
 
 def wait_lt_announced(session, timeout=20):
@@ -358,31 +351,14 @@ def check_restart_between_seeder_and_downloader(tracker, work, url_of):
     same state directory); aria2c's first announce finds the seeder from
     the snapshot, since libtorrent does not announce again within the
     30-minute interval."""
-    data = os.path.join(work, "seed")
-    os.makedirs(data)
-    src, torrent = make_torrent(data, "payload.bin", url_of(tracker))
-    session = lt_session()
-    handle = lt_add(session, torrent, data)
-    wait_lt_seeding(handle)
-    handle.force_reannounce()
-    wait_lt_announced(session)
-    tracker.restart()
-    if restored_peers(work) < 1:
-        raise RuntimeError("the restarted tracker restored no peer")
-    out = os.path.join(work, "aria2-out")
-    os.makedirs(out)
-    proc = aria2(["--seed-time=0", "--dir=" + out, torrent], work, CHECK_TIMEOUT)
-    try:
-        output, _ = proc.communicate(timeout=CHECK_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        raise RuntimeError("aria2c did not finish in time:\n" + output[-2000:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"aria2c exited {proc.returncode}:\n" + output[-2000:])
-    if sha256(os.path.join(out, "payload.bin")) != sha256(src):
-        raise RuntimeError("checksum mismatch")
-    del session
+
+    def restart_once_announced(session):
+        wait_lt_announced(session)
+        tracker.restart()
+        if restored_peers(work) < 1:
+            raise RuntimeError("the restarted tracker restored no peer")
+
+    lt_seeds_aria2_downloads(work, url_of(tracker), before_download=restart_once_announced)
 
 
 def check_aria2_seeds_lt_downloads(tracker, work, url_of):
