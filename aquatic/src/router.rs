@@ -522,34 +522,43 @@ impl Router {
     /// links' executor, each member that rejoined gets back the swarms
     /// this node served for it meanwhile (`Router::hand_back`).
     pub fn set_live(self: &Rc<Self>, live: LiveSet) {
-        if let Some(cluster) = &self.cluster {
-            let (lost, joined): (Vec<NodeId>, Vec<NodeId>) = {
-                let before = cluster.live.borrow();
-                (
-                    before.iter().filter(|n| !live.contains(*n)).collect(),
-                    live.iter().filter(|n| !before.contains(*n)).collect(),
-                )
-            };
-            *cluster.live.borrow_mut() = live;
-            if cluster.links.is_some() {
-                for node in joined {
-                    let rejoin = cluster.rejoins.get(node.0).map_or(0, |r| {
-                        r.set(r.get() + 1);
-                        r.get()
-                    });
-                    glommio::spawn_local(self.clone().hand_back(node, rejoin)).detach();
-                }
-            }
-            for node in lost {
-                let node = u32::try_from(node.0).unwrap_or(u32::MAX);
-                let dropped = self.host.with(|host| host.ws_drop_node(node));
-                if dropped > 0 {
-                    log::info!(
-                        "dropped {dropped} WebTorrent peers of member {node}, which left the live set"
-                    );
-                }
+        let joined = self.take_live(live);
+        let Some(cluster) = &self.cluster else { return };
+        if cluster.links.is_some() {
+            for node in joined {
+                let rejoin = cluster.rejoins.get(node.0).map_or(0, |r| {
+                    r.set(r.get() + 1);
+                    r.get()
+                });
+                glommio::spawn_local(self.clone().hand_back(node, rejoin)).detach();
             }
         }
+    }
+
+    /// Makes `live` this router's live set, drops the WebTorrent peers of
+    /// the members that left it, and returns the members that joined.
+    fn take_live(&self, live: LiveSet) -> Vec<NodeId> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        let (lost, joined): (Vec<NodeId>, Vec<NodeId>) = {
+            let before = cluster.live.borrow();
+            (
+                before.iter().filter(|n| !live.contains(*n)).collect(),
+                live.iter().filter(|n| !before.contains(*n)).collect(),
+            )
+        };
+        *cluster.live.borrow_mut() = live;
+        for node in lost {
+            let node = u32::try_from(node.0).unwrap_or(u32::MAX);
+            let dropped = self.host.with(|host| host.ws_drop_node(node));
+            if dropped > 0 {
+                log::info!(
+                    "dropped {dropped} WebTorrent peers of member {node}, which left the live set"
+                );
+            }
+        }
+        joined
     }
 
     /// Hands `node`, which rejoined the live set, the BitTorrent swarms
@@ -1484,6 +1493,17 @@ impl Router {
                 live,
                 first,
             } => {
+                // The links' view is the freshest: taken now rather than on
+                // this executor's reload timer, so that its own announces
+                // for the torrents handed back go to their owner at once
+                // instead of making new copies here.
+                let stale = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| *c.live.borrow() != live);
+                if stale {
+                    self.take_live(live.clone());
+                }
                 let (torrents, more) = self.take_handback(node, &live, first);
                 let reply = MeshMessage::HandbackTaken {
                     token,
