@@ -566,7 +566,8 @@ impl Router {
     /// torrents at a time (each take is short, and this task yields
     /// between takes, so announces go on), each frame queued only when the
     /// link's queue has room to spare (else it waits, it never drops).
-    /// Stops when `node` leaves again or rejoins anew. A link that speaks
+    /// Stops when `node` leaves again or rejoins anew (what it took and did
+    /// not queue goes back into this node's shards). A link that speaks
     /// frame version 1 gets no handback: those swarms expire here. Runs on
     /// the links' executor.
     async fn hand_back(self: Rc<Self>, node: NodeId, rejoin: u64) {
@@ -619,18 +620,30 @@ impl Router {
                 };
                 first = false;
                 let taken = torrents.len() as u64;
-                for frame in handback_frames(torrents) {
-                    while !links.has_room(node, 1) {
-                        if !still() {
-                            return;
-                        }
+                let mut frames = handback_frames(torrents).into_iter();
+                while let Some(frame) = frames.next() {
+                    while !links.has_room(node, 1) && still() {
                         sleep(HANDBACK_WAIT).await;
+                    }
+                    if !still() {
+                        // The member left again: what was taken goes back
+                        // into this node's shards rather than being lost.
+                        let rest = std::iter::once(frame).chain(frames);
+                        self.merge_here(
+                            rest.flat_map(|f| match f {
+                                Frame::Handback { torrents } => torrents,
+                                _ => Vec::new(),
+                            })
+                            .collect(),
+                        );
+                        return;
                     }
                     let peers = match &frame {
                         Frame::Handback { torrents } => peer_count(torrents),
                         _ => 0,
                     };
-                    // Room was checked just now, on this one thread.
+                    // There is room (checked just now, on this one thread),
+                    // so the queue takes it.
                     if links.push(node, frame) {
                         peers_out += peers;
                         if let Some(stats) = links.stats(node) {
@@ -740,6 +753,31 @@ impl Router {
             lists.remove(&node.0);
         }
         (torrents, more)
+    }
+
+    /// Merges handed-back swarms into this node's shards, each into the
+    /// one its own `shard_of` picks: inline for this executor's, over the
+    /// mesh (must arrive) for the others.
+    fn merge_here(&self, torrents: Vec<WireHandbackTorrent>) {
+        let mut parts: Vec<Vec<WireHandbackTorrent>> =
+            (0..self.shards).map(|_| Vec::new()).collect();
+        for torrent in torrents {
+            let shard = shard_of(&InfoHash(torrent.info_hash), self.shards);
+            parts[shard.0].push(torrent);
+        }
+        for (shard, part) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            if ShardId(shard) == self.me {
+                self.merge_handback(part);
+            } else {
+                self.send_must_arrive(
+                    ShardId(shard),
+                    MeshMessage::HandbackMerge { torrents: part },
+                );
+            }
+        }
     }
 
     /// Merges handed-back swarms this executor's shard owns.
@@ -1681,25 +1719,7 @@ impl Router {
                     add(&stats.handback_torrents_in, t);
                     add(&stats.handback_peers_in, p);
                 }
-                let mut parts: Vec<Vec<WireHandbackTorrent>> =
-                    (0..self.shards).map(|_| Vec::new()).collect();
-                for torrent in torrents {
-                    let shard = shard_of(&InfoHash(torrent.info_hash), self.shards);
-                    parts[shard.0].push(torrent);
-                }
-                for (shard, part) in parts.into_iter().enumerate() {
-                    if part.is_empty() {
-                        continue;
-                    }
-                    if ShardId(shard) == self.me {
-                        self.merge_handback(part);
-                    } else {
-                        self.send_must_arrive(
-                            ShardId(shard),
-                            MeshMessage::HandbackMerge { torrents: part },
-                        );
-                    }
-                }
+                self.merge_here(torrents);
             }
             Frame::Hello { .. } | Frame::Heartbeat { .. } | Frame::HeartbeatAck { .. } => {}
         }
