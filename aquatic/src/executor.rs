@@ -684,6 +684,26 @@ fn cluster_samples(
         counters.push(("cluster_link_dropped", member(), stats.dropped.get()));
         counters.push(("cluster_link_reconnects", member(), stats.reconnects.get()));
         counters.push(("cluster_link_refused", member(), stats.refused.get()));
+        for (direction, torrents, peers) in [
+            (
+                "out",
+                &stats.handback_torrents_out,
+                &stats.handback_peers_out,
+            ),
+            ("in", &stats.handback_torrents_in, &stats.handback_peers_in),
+        ] {
+            counters.push((
+                "cluster_handback_torrents",
+                directed(direction),
+                torrents.get(),
+            ));
+            counters.push(("cluster_handback_peers", directed(direction), peers.get()));
+        }
+        counters.push((
+            "cluster_handback_skipped",
+            member(),
+            stats.handback_skipped.get(),
+        ));
         gauges.push((
             "cluster_link_heartbeat_rtt_micros",
             member(),

@@ -19,8 +19,9 @@
 use std::{cell::RefCell, net::SocketAddr, sync::Arc, time::Duration};
 
 use aquatic_common::{
-    access_list::AccessList, time::SecondsSinceStart, AnnounceOutcome, InfoHash, PeerCounts,
-    PeerId, ScrapeStats, SelectedPeers, ShardId,
+    access_list::AccessList,
+    time::{SecondsSinceStart, ValidUntil},
+    AnnounceOutcome, InfoHash, PeerCounts, PeerId, ScrapeStats, SelectedPeers, ShardId,
 };
 use aquatic_udp_protocol::TransactionId;
 use aquatic_ws_protocol::OwnedOutMessage;
@@ -30,8 +31,8 @@ use crate::{
     config::Config,
     swarm::{
         private::{Batch, Catalog, Ledger},
-        BtAnnounce, BtShard, CleanReport, ConnectionRef, Limits, Rules, SwarmKind, WsAnnounce,
-        WsShard, WsTiming,
+        BtAnnounce, BtPeerEntry, BtShard, CleanReport, ConnectionRef, Limits, Rules, SwarmKind,
+        WsAnnounce, WsShard, WsTiming,
     },
 };
 
@@ -344,6 +345,47 @@ impl ShardHost {
         }
     }
 
+    /// The public UDP and HTTP torrents held (a cluster node looks for the
+    /// ones a rejoining member owns).
+    pub fn bt_info_hashes(&self) -> Vec<InfoHash> {
+        self.bt.info_hashes()
+    }
+
+    /// Removes a public torrent this node no longer owns, appending its
+    /// peers to `out`; its `completed` count, None when not held.
+    pub fn bt_take(
+        &mut self,
+        now: SecondsSinceStart,
+        info_hash: &InfoHash,
+        out: &mut Vec<BtPeerEntry>,
+    ) -> Option<u32> {
+        self.bt.take(info_hash, now, out)
+    }
+
+    /// Merges a swarm another member hands back (see
+    /// [`BtShard::merge_handback`]) under this node's rules: a torrent the
+    /// access list refuses is not taken, nor a peer on port 0, and no peer
+    /// lives longer than this node's peer timeout. Returns the peers put
+    /// in or refreshed.
+    pub fn bt_merge_handback(
+        &mut self,
+        now: SecondsSinceStart,
+        info_hash: InfoHash,
+        completed: u32,
+        mut peers: Vec<BtPeerEntry>,
+    ) -> usize {
+        if !self.rules.torrent_allowed(&info_hash) {
+            return 0;
+        }
+        let longest = ValidUntil::after(now, self.peer_timeout);
+        peers.retain(|p| p.port != 0 && p.valid_until.0 > now);
+        for peer in &mut peers {
+            peer.valid_until = peer.valid_until.min(longest);
+        }
+        self.bt
+            .merge_handback(info_hash, completed, now, &mut peers)
+    }
+
     /// Removes expired peers and empty torrents, shrinks sparse maps.
     pub fn clean(&mut self, now: SecondsSinceStart) -> (CleanReport, CleanReport) {
         let mut bt = self.bt.clean(now);
@@ -527,5 +569,45 @@ mod tests {
         assert_eq!(effects.scrapes[0].1[0].leechers, 2);
         assert_eq!(effects.scrapes[0].1[1], ScrapeStats::default());
         assert_eq!(host.gauges().bt_peers.leechers, 2);
+    }
+
+    #[test]
+    fn a_handback_keeps_this_nodes_rules() {
+        use aquatic_common::access_list::AccessListMode;
+        let allowed = InfoHash([7; 20]);
+        let refused = InfoHash([8; 20]);
+        let list = AccessList::parse(AccessListMode::Allow, &"07".repeat(20)).expect("list");
+        let mut host = ShardHost::new(
+            &Config::default(),
+            Arc::new(list),
+            SmallRng::seed_from_u64(5),
+        );
+        let now = SecondsSinceStart(10);
+        let peer = |port: u16, ttl: u32| BtPeerEntry {
+            peer_id_hash: u64::from(port),
+            peer_id: None,
+            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            port,
+            seeder: false,
+            valid_until: ValidUntil(SecondsSinceStart(now.0 + ttl)),
+        };
+        assert_eq!(
+            host.bt_merge_handback(now, refused, 0, vec![peer(1, 60)]),
+            0,
+            "the access list refuses the torrent"
+        );
+        let peers = vec![peer(0, 60), peer(2, 0), peer(3, 1_000_000)];
+        assert_eq!(
+            host.bt_merge_handback(now, allowed, 0, peers),
+            1,
+            "no port 0, nothing expired"
+        );
+        assert_eq!(host.gauges().bt_torrents, 1);
+        // Lives no longer than this node's peer timeout.
+        let mut entries = Vec::new();
+        host.bt_take(now, &allowed, &mut entries).expect("held");
+        let longest = ValidUntil::after(now, host.peer_timeout());
+        assert!(entries[0].valid_until <= longest, "{entries:?}");
+        assert_eq!(host.gauges().bt_torrents, 0);
     }
 }

@@ -33,8 +33,9 @@ use std::{
 };
 
 use aquatic_common::{
-    shard_of, time::SecondsSinceStart, time::ServerStartInstant, AnnounceOutcome, InfoHash, PeerId,
-    ScrapeStats, SelectedPeers, ShardId,
+    shard_of,
+    time::{SecondsSinceStart, ServerStartInstant, ValidUntil},
+    AnnounceOutcome, InfoHash, PeerId, ScrapeStats, SelectedPeers, ShardId,
 };
 use aquatic_udp_protocol::TransactionId;
 use aquatic_ws_protocol::OwnedOutMessage;
@@ -52,14 +53,14 @@ use crate::{
     cluster::{
         frame::{
             stats_from_wire, wire_stats, Frame, RemoteReply, ReplyTarget, WireAnnounce, WireAnswer,
-            WireConnection, WireWsAnnounce,
+            WireConnection, WireHandbackPeer, WireHandbackTorrent, WireWsAnnounce,
         },
         members::{LiveSet, Members, NodeId},
         queue::LinkQueues,
     },
     host::{AnnounceReplyTo, Effects, ReplyAddress, ShardRequest, SharedHost},
     metrics::ExecutorStats,
-    swarm::{AnnounceInput, ConnectionPeers, ConnectionRef, Refusal, SwarmKind},
+    swarm::{AnnounceInput, BtPeerEntry, ConnectionPeers, ConnectionRef, Refusal, SwarmKind},
     timing::within,
 };
 
@@ -67,6 +68,17 @@ use crate::{
 pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 /// How often a non-empty outbox is retried.
 const OUTBOX_RETRY: Duration = Duration::from_millis(1);
+/// Most torrents one handback take removes from a shard.
+const HANDBACK_TORRENTS: usize = 64;
+/// Most peers one handback take removes (a larger swarm is taken whole
+/// and split into frames of this many).
+const HANDBACK_PEERS: usize = 2048;
+/// Most held torrents one handback take looks at (most belong to other
+/// owners), so that one take stays short beside announces.
+const HANDBACK_SCAN: usize = 4096;
+/// How long a handback waits before looking again for room in the link's
+/// queue, or after a shard did not answer.
+const HANDBACK_WAIT: Duration = Duration::from_millis(10);
 
 /// What the asker of a request frame gets when the frame cannot leave
 /// (its link's queue is full): the executor and a "no answer" message,
@@ -99,6 +111,53 @@ fn busy_reply(frame: &Frame) -> Option<(ShardId, MeshMessage)> {
         )),
         _ => None,
     }
+}
+
+/// Adds `n` to a counter cell.
+fn add(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get().wrapping_add(n));
+}
+
+/// Peers in handed-back torrents.
+fn peer_count(torrents: &[WireHandbackTorrent]) -> u64 {
+    torrents.iter().map(|t| t.peers.len() as u64).sum()
+}
+
+/// Handback frames for taken torrents: at most [`HANDBACK_TORRENTS`]
+/// torrents and [`HANDBACK_PEERS`] peers each, a larger swarm split over
+/// several frames (its `completed` in the first part only).
+fn handback_frames(torrents: Vec<WireHandbackTorrent>) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let (mut current, mut peers) = (Vec::new(), 0);
+    for torrent in torrents {
+        let mut rest = torrent.peers;
+        let mut completed = torrent.completed;
+        loop {
+            let room = HANDBACK_PEERS - peers;
+            let tail = rest.split_off(rest.len().min(room));
+            peers += rest.len();
+            current.push(WireHandbackTorrent {
+                info_hash: torrent.info_hash,
+                completed,
+                peers: rest,
+            });
+            completed = 0;
+            rest = tail;
+            if peers >= HANDBACK_PEERS || current.len() >= HANDBACK_TORRENTS {
+                frames.push(Frame::Handback {
+                    torrents: std::mem::take(&mut current),
+                });
+                peers = 0;
+            }
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+    if !current.is_empty() {
+        frames.push(Frame::Handback { torrents: current });
+    }
+    frames
 }
 
 /// A peer on the wire: info hash and peer id.
@@ -153,6 +212,33 @@ pub enum MeshMessage {
         token: u64,
         /// Figures in the order asked.
         stats: Vec<Option<ScrapeStats>>,
+    },
+    /// From the executor that runs the links: take from this shard the
+    /// next torrents `node` owns under `live` (it rejoined), to hand back.
+    HandbackTake {
+        /// The asker's name for the answer.
+        token: u64,
+        /// The member they go to.
+        node: NodeId,
+        /// The live set they are owned under.
+        live: LiveSet,
+        /// The first take of this handback: list the torrents held now.
+        first: bool,
+    },
+    /// The answer: the torrents taken (now gone from the shard), and
+    /// whether more remain.
+    HandbackTaken {
+        /// From the take.
+        token: u64,
+        /// The swarms.
+        torrents: Vec<WireHandbackTorrent>,
+        /// More to take.
+        more: bool,
+    },
+    /// Swarms another member handed back, for this shard to merge.
+    HandbackMerge {
+        /// The swarms this shard owns.
+        torrents: Vec<WireHandbackTorrent>,
     },
     /// The answer to a UDP announce this executor forwarded to another
     /// node: sent from this executor's socket, which the client wrote to.
@@ -270,6 +356,14 @@ struct RouterCluster {
     /// `cluster.direct_udp_replies`: forwarded UDP announces are answered
     /// from this node's socket rather than returned to the node that got them.
     direct_udp: bool,
+    /// Per member, how many times it rejoined: a handback stops when a
+    /// newer one starts.
+    rejoins: Vec<Cell<u64>>,
+    /// Per member, the torrents still to look at for its handback (on
+    /// every executor, for its own shard).
+    handback_lists: RefCell<HashMap<usize, Vec<InfoHash>>>,
+    /// Handback takes waiting for a shard's answer (on the links' executor).
+    handback_takes: PendingReplies<(Vec<WireHandbackTorrent>, bool)>,
 }
 
 /// The executor that runs the links of a cluster node.
@@ -400,10 +494,13 @@ impl Router {
             .map(|_| Cell::new(0))
             .collect();
         self.cluster = Some(RouterCluster {
+            rejoins: (0..members.len()).map(|_| Cell::new(0)).collect(),
             members,
             live: RefCell::new(live),
             links,
             direct_udp,
+            handback_lists: RefCell::default(),
+            handback_takes: PendingReplies::default(),
         });
         self
     }
@@ -421,24 +518,290 @@ impl Router {
 
     /// Takes the live set the links found. The WebTorrent peers whose
     /// connections lived on a member that left it are dropped from this
-    /// executor's shard: that member's closes can no longer arrive.
-    pub fn set_live(&self, live: LiveSet) {
-        if let Some(cluster) = &self.cluster {
-            let lost: Vec<NodeId> = {
-                let before = cluster.live.borrow();
-                before.iter().filter(|n| !live.contains(*n)).collect()
-            };
-            *cluster.live.borrow_mut() = live;
-            for node in lost {
-                let node = u32::try_from(node.0).unwrap_or(u32::MAX);
-                let dropped = self.host.with(|host| host.ws_drop_node(node));
-                if dropped > 0 {
-                    log::info!(
-                        "dropped {dropped} WebTorrent peers of member {node}, which left the live set"
-                    );
-                }
+    /// executor's shard: that member's closes can no longer arrive. On the
+    /// links' executor, each member that rejoined gets back the swarms
+    /// this node served for it meanwhile (`Router::hand_back`).
+    pub fn set_live(self: &Rc<Self>, live: LiveSet) {
+        let joined = self.take_live(live);
+        let Some(cluster) = &self.cluster else { return };
+        if cluster.links.is_some() {
+            for node in joined {
+                let rejoin = cluster.rejoins.get(node.0).map_or(0, |r| {
+                    r.set(r.get() + 1);
+                    r.get()
+                });
+                glommio::spawn_local(self.clone().hand_back(node, rejoin)).detach();
             }
         }
+    }
+
+    /// Makes `live` this router's live set, drops the WebTorrent peers of
+    /// the members that left it, and returns the members that joined.
+    fn take_live(&self, live: LiveSet) -> Vec<NodeId> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        let (lost, joined): (Vec<NodeId>, Vec<NodeId>) = {
+            let before = cluster.live.borrow();
+            (
+                before.iter().filter(|n| !live.contains(*n)).collect(),
+                live.iter().filter(|n| !before.contains(*n)).collect(),
+            )
+        };
+        *cluster.live.borrow_mut() = live;
+        for node in lost {
+            let node = u32::try_from(node.0).unwrap_or(u32::MAX);
+            let dropped = self.host.with(|host| host.ws_drop_node(node));
+            if dropped > 0 {
+                log::info!(
+                    "dropped {dropped} WebTorrent peers of member {node}, which left the live set"
+                );
+            }
+        }
+        joined
+    }
+
+    /// Hands `node`, which rejoined the live set, the BitTorrent swarms
+    /// this node's shards hold and it owns again: shard by shard, a few
+    /// torrents at a time (each take is short, and this task yields
+    /// between takes, so announces go on), each frame queued only when the
+    /// link's queue has room to spare (else it waits, it never drops).
+    /// Stops when `node` leaves again or rejoins anew (what it took and did
+    /// not queue goes back into this node's shards). A link that speaks
+    /// frame version 1 gets no handback: those swarms expire here. Runs on
+    /// the links' executor.
+    async fn hand_back(self: Rc<Self>, node: NodeId, rejoin: u64) {
+        let Some(cluster) = &self.cluster else { return };
+        let Some(links) = cluster.links.clone() else {
+            return;
+        };
+        let name = cluster.members.name(node).to_owned();
+        let still = || {
+            cluster.live.borrow().contains(node)
+                && cluster
+                    .rejoins
+                    .get(node.0)
+                    .is_some_and(|r| r.get() == rejoin)
+        };
+        let version = links.version(node);
+        let handback = Frame::Handback {
+            torrents: Vec::new(),
+        };
+        if version < handback.since() {
+            if let Some(stats) = links.stats(node) {
+                crate::cluster::queue::bump(&stats.handback_skipped);
+            }
+            log::info!(
+                "cluster member {name} speaks link frame version {version}: its swarms served here are not handed back (they expire)"
+            );
+            return;
+        }
+        let (mut torrents_out, mut peers_out) = (0u64, 0u64);
+        for shard in (0..self.shards).map(ShardId) {
+            let mut first = true;
+            loop {
+                if !still() {
+                    return;
+                }
+                if !links.has_room(node, 1) {
+                    sleep(HANDBACK_WAIT).await;
+                    continue;
+                }
+                let live = cluster.live.borrow().clone();
+                let taken = if shard == self.me {
+                    Some(self.take_handback(node, &live, first))
+                } else {
+                    self.request_handback(shard, node, live, first).await
+                };
+                let Some((torrents, more)) = taken else {
+                    // Busy or silent: ask again (a first take lists anew).
+                    sleep(HANDBACK_WAIT).await;
+                    continue;
+                };
+                first = false;
+                let taken = torrents.len() as u64;
+                let mut frames = handback_frames(torrents).into_iter();
+                while let Some(frame) = frames.next() {
+                    while !links.has_room(node, 1) && still() {
+                        sleep(HANDBACK_WAIT).await;
+                    }
+                    if !still() {
+                        // The member left again: what was taken goes back
+                        // into this node's shards rather than being lost.
+                        let rest = std::iter::once(frame).chain(frames);
+                        self.merge_here(
+                            rest.flat_map(|f| match f {
+                                Frame::Handback { torrents } => torrents,
+                                _ => Vec::new(),
+                            })
+                            .collect(),
+                        );
+                        return;
+                    }
+                    let peers = match &frame {
+                        Frame::Handback { torrents } => peer_count(torrents),
+                        _ => 0,
+                    };
+                    // There is room (checked just now, on this one thread),
+                    // so the queue takes it.
+                    if links.push(node, frame) {
+                        peers_out += peers;
+                        if let Some(stats) = links.stats(node) {
+                            add(&stats.handback_peers_out, peers);
+                        }
+                    }
+                }
+                torrents_out += taken;
+                if let Some(stats) = links.stats(node) {
+                    add(&stats.handback_torrents_out, taken);
+                }
+                if !more {
+                    break;
+                }
+                glommio::yield_if_needed().await;
+            }
+        }
+        if torrents_out > 0 {
+            log::info!(
+                "cluster member {name} rejoined: handed it back {torrents_out} torrents ({peers_out} peers)"
+            );
+        }
+    }
+
+    /// Asks `shard` for its next torrents owned by `node`; None when it
+    /// is busy or does not answer in time.
+    async fn request_handback(
+        &self,
+        shard: ShardId,
+        node: NodeId,
+        live: LiveSet,
+        first: bool,
+    ) -> Option<(Vec<WireHandbackTorrent>, bool)> {
+        let cluster = self.cluster.as_ref()?;
+        let in_flight = self.reserve(shard)?;
+        let waiting = self.open_reply(&cluster.handback_takes, in_flight);
+        let message = MeshMessage::HandbackTake {
+            token: waiting.token,
+            node,
+            live,
+            first,
+        };
+        self.try_send(shard, message).ok()?;
+        within(self.deadline, waiting.recv()).await.flatten()
+    }
+
+    /// Takes from this executor's shard the next torrents `node` owns
+    /// under `live` (removing them here), and whether more remain.
+    fn take_handback(
+        &self,
+        node: NodeId,
+        live: &LiveSet,
+        first: bool,
+    ) -> (Vec<WireHandbackTorrent>, bool) {
+        let Some(cluster) = &self.cluster else {
+            return (Vec::new(), false);
+        };
+        let mut lists = cluster.handback_lists.borrow_mut();
+        if first {
+            lists.insert(node.0, self.host.with(|host| host.bt_info_hashes()));
+        }
+        let Some(list) = lists.get_mut(&node.0) else {
+            return (Vec::new(), false);
+        };
+        let now = self.now();
+        let (mut torrents, mut peers, mut entries) = (Vec::new(), 0, Vec::new());
+        let mut scanned = 0;
+        while torrents.len() < HANDBACK_TORRENTS
+            && peers < HANDBACK_PEERS
+            && scanned < HANDBACK_SCAN
+        {
+            let Some(hash) = list.pop() else { break };
+            scanned += 1;
+            if cluster.members.owner(&hash, live) != node {
+                continue;
+            }
+            entries.clear();
+            let Some(completed) = self
+                .host
+                .with(|host| host.bt_take(now, &hash, &mut entries))
+            else {
+                continue;
+            };
+            let wire: Vec<WireHandbackPeer> = entries
+                .iter()
+                .filter_map(|entry| {
+                    let remaining = entry.valid_until.0 .0.saturating_sub(now.0);
+                    (remaining > 0).then_some(WireHandbackPeer {
+                        ip: entry.ip,
+                        port: entry.port,
+                        peer_id_hash: entry.peer_id_hash,
+                        peer_id: entry.peer_id.map(|id| id.0),
+                        seeder: entry.seeder,
+                        remaining_secs: remaining,
+                    })
+                })
+                .collect();
+            peers += wire.len();
+            torrents.push(WireHandbackTorrent {
+                info_hash: hash.0,
+                completed,
+                peers: wire,
+            });
+        }
+        let more = !list.is_empty();
+        if !more {
+            lists.remove(&node.0);
+        }
+        (torrents, more)
+    }
+
+    /// Merges handed-back swarms into this node's shards, each into the
+    /// one its own `shard_of` picks: inline for this executor's, over the
+    /// mesh (must arrive) for the others.
+    fn merge_here(&self, torrents: Vec<WireHandbackTorrent>) {
+        let mut parts: Vec<Vec<WireHandbackTorrent>> =
+            (0..self.shards).map(|_| Vec::new()).collect();
+        for torrent in torrents {
+            let shard = shard_of(&InfoHash(torrent.info_hash), self.shards);
+            parts[shard.0].push(torrent);
+        }
+        for (shard, part) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            if ShardId(shard) == self.me {
+                self.merge_handback(part);
+            } else {
+                self.send_must_arrive(
+                    ShardId(shard),
+                    MeshMessage::HandbackMerge { torrents: part },
+                );
+            }
+        }
+    }
+
+    /// Merges handed-back swarms this executor's shard owns.
+    fn merge_handback(&self, torrents: Vec<WireHandbackTorrent>) {
+        let now = self.now();
+        self.host.with(|host| {
+            for torrent in torrents {
+                let peers = torrent
+                    .peers
+                    .iter()
+                    .map(|p| BtPeerEntry {
+                        peer_id_hash: p.peer_id_hash,
+                        peer_id: p.peer_id.map(PeerId),
+                        ip: p.ip,
+                        port: p.port,
+                        seeder: p.seeder,
+                        valid_until: ValidUntil(SecondsSinceStart(
+                            now.0.saturating_add(p.remaining_secs),
+                        )),
+                    })
+                    .collect();
+                host.bt_merge_handback(now, InfoHash(torrent.info_hash), torrent.completed, peers);
+            }
+        });
     }
 
     /// This node's place in the member list (0 without a cluster): the
@@ -1162,6 +1525,47 @@ impl Router {
                     self.stats.mesh_late_replies.bump();
                 }
             }
+            MeshMessage::HandbackTake {
+                token,
+                node,
+                live,
+                first,
+            } => {
+                // The links' view is the freshest: taken now rather than on
+                // this executor's reload timer, so that its own announces
+                // for the torrents handed back go to their owner at once
+                // instead of making new copies here.
+                let stale = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| *c.live.borrow() != live);
+                if stale {
+                    self.take_live(live.clone());
+                }
+                let (torrents, more) = self.take_handback(node, &live, first);
+                let reply = MeshMessage::HandbackTaken {
+                    token,
+                    torrents,
+                    more,
+                };
+                self.send_must_arrive(LINK_EXECUTOR, reply);
+            }
+            MeshMessage::HandbackTaken {
+                token,
+                torrents,
+                more,
+            } => {
+                let resolved = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.handback_takes.resolve(token, (torrents, more)));
+                if !resolved {
+                    // Those torrents left their shard: they refill by
+                    // re-announce at the owner.
+                    self.stats.mesh_late_replies.bump();
+                }
+            }
+            MeshMessage::HandbackMerge { torrents } => self.merge_handback(torrents),
             MeshMessage::UdpAnswer {
                 client,
                 transaction_id,
@@ -1307,6 +1711,15 @@ impl Router {
                     .map(|(hash, peer_id)| (InfoHash(hash), PeerId(peer_id)))
                     .collect();
                 self.ws_closed_here(connection.into_ref(), peers);
+            }
+            Frame::Handback { torrents } => {
+                let links = self.cluster.as_ref().and_then(|c| c.links.as_ref());
+                if let Some(stats) = links.and_then(|l| l.stats(from)) {
+                    let (t, p) = (torrents.len() as u64, peer_count(&torrents));
+                    add(&stats.handback_torrents_in, t);
+                    add(&stats.handback_peers_in, p);
+                }
+                self.merge_here(torrents);
             }
             Frame::Hello { .. } | Frame::Heartbeat { .. } | Frame::HeartbeatAck { .. } => {}
         }
@@ -1654,6 +2067,49 @@ mod tests {
         };
         assert!(busy_reply(&udp).is_none());
         assert!(busy_reply(&Frame::Heartbeat { sent_micros: 1 }).is_none());
+    }
+
+    #[test]
+    fn handback_frames_are_bounded_and_split_a_large_swarm() {
+        let peer = WireHandbackPeer {
+            ip: "10.0.0.1".parse().expect("ip"),
+            port: 1,
+            peer_id_hash: 1,
+            peer_id: None,
+            seeder: false,
+            remaining_secs: 60,
+        };
+        let torrent = |tag: u8, peers: usize| WireHandbackTorrent {
+            info_hash: [tag; 20],
+            completed: 5,
+            peers: vec![peer; peers],
+        };
+        let mut torrents = vec![torrent(0, HANDBACK_PEERS * 2 + 10)];
+        torrents.extend((1..=HANDBACK_TORRENTS as u8 + 1).map(|t| torrent(t, 1)));
+        let frames = handback_frames(torrents);
+        let mut peers = 0;
+        let mut completed = 0;
+        for frame in &frames {
+            let Frame::Handback { torrents } = frame else {
+                panic!("{frame:?}")
+            };
+            assert!(torrents.len() <= HANDBACK_TORRENTS);
+            assert!(peer_count(torrents) <= HANDBACK_PEERS as u64);
+            peers += peer_count(torrents);
+            completed += torrents.iter().map(|t| u64::from(t.completed)).sum::<u64>();
+            let mut writer = crate::cluster::frame::FrameWriter::default();
+            assert!(writer.push(frame), "fits a frame");
+        }
+        assert_eq!(
+            peers,
+            (HANDBACK_PEERS * 2 + 10 + HANDBACK_TORRENTS + 1) as u64
+        );
+        assert_eq!(
+            completed,
+            5 * (HANDBACK_TORRENTS as u64 + 2),
+            "each torrent's count once"
+        );
+        assert!(handback_frames(Vec::new()).is_empty());
     }
 
     #[test]

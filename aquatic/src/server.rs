@@ -478,7 +478,7 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
 
     let state = open_state_dir(&config, workers)?;
     let key = connection_id_key(&config, state.as_deref())?;
-    let peer_id_key = snapshot::peer_id_key(state.as_deref())?;
+    let peer_id_key = peer_id_key(&config, state.as_deref())?;
     let start = ServerStartInstant::new();
     let restored = Arc::new(RestoredShards::new(restore(
         state.as_deref(),
@@ -660,6 +660,23 @@ fn connection_id_key(config: &Config, state: Option<&StateDir>) -> anyhow::Resul
         .with_context(|| format!("cannot read cluster.key_file {}", path.display()))?;
     ConnectionIdKey::from_material(&material)
         .with_context(|| format!("cluster.key_file {}", path.display()))
+}
+
+/// The peer-id key: on a cluster node derived from `cluster.key_file`
+/// (like the connection-id key), so every member hashes a peer id alike and
+/// a swarm handed from one to another still matches its peers'
+/// re-announces; else the state directory's (or a random one).
+fn peer_id_key(
+    config: &Config,
+    state: Option<&StateDir>,
+) -> anyhow::Result<crate::swarm::PeerIdKey> {
+    if !config.cluster.enabled {
+        return Ok(snapshot::peer_id_key(state)?);
+    }
+    let path = &config.cluster.key_file;
+    let material = std::fs::read(path)
+        .with_context(|| format!("cannot read cluster.key_file {}", path.display()))?;
+    Ok(crate::swarm::PeerIdKey::from_material(&material))
 }
 
 /// What the main thread remembers while serving.

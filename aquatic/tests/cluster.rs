@@ -432,13 +432,144 @@ fn connection_ids_are_valid_on_every_node_and_a_killed_node_is_replaced() {
     );
 
     // c restarts and rejoins: its torrent is its own again, and peers
-    // re-announcing through any node meet there.
+    // announcing through any node meet there (c's peer is seen through a;
+    // the survivors' peers come back too, which the handback test checks).
     nodes[2] = spec.start(2);
     wait_live(&nodes.iter().collect::<Vec<_>>(), 3);
     let mut c = Client::new(udp(&nodes[2]));
     c.announce(killed, 42, 9202, AnnounceEvent::Started, 10);
     let through_a = http_announce(http(&nodes[0]), killed, 43, 9203);
-    assert_eq!(http_peer_ports(&through_a), [9202], "c owns it again");
+    assert!(
+        http_peer_ports(&through_a).contains(&9202),
+        "c owns it again: {:?}",
+        http_peer_ports(&through_a)
+    );
+}
+
+/// BitTorrent torrents `node` holds, over its executors.
+fn bt_torrents(node: &Tracker) -> f64 {
+    let text = metrics_text(node.metrics.expect("metrics"));
+    sum(&text, "aquatic_torrents", &["swarm=\"bt\""])
+}
+
+/// A handback counter of `node` (`what` torrents or peers, `direction`
+/// out or in), over its members.
+fn handback(node: &Tracker, what: &str, direction: &str) -> f64 {
+    let text = metrics_text(node.metrics.expect("metrics"));
+    let name = format!("aquatic_cluster_handback_{what}_total");
+    sum(&text, &name, &[&format!("direction=\"{direction}\"")])
+}
+
+#[test]
+fn a_rejoining_node_gets_back_the_swarms_the_survivors_served() {
+    let spec = Spec::new("cluster-handback");
+    let mut nodes = start_cluster(&spec);
+    nodes[2].child.kill().expect("kill -9");
+    let _ = nodes[2].child.wait();
+    wait_live(&[&nodes[0], &nodes[1]], 2);
+
+    // While c is away, a and b serve its torrents: a UDP peer through a
+    // and an HTTP peer through b in each, one swarm per torrent.
+    let hashes = [
+        hash_owned_by(2, 7),
+        hash_owned_by(2, 8),
+        hash_owned_by(2, 9),
+    ];
+    let mut through_a = Client::new(udp(&nodes[0]));
+    for (i, hash) in hashes.iter().enumerate() {
+        let i = i as u16;
+        through_a.announce(*hash, 50 + i as u8, 9300 + i, AnnounceEvent::Started, 10);
+        let body = http_announce(http(&nodes[1]), *hash, 60 + i as u8, 9400 + i);
+        assert_eq!(http_peer_ports(&body), [9300 + i], "served by a survivor");
+    }
+    let held = eventually(SETTLE, || {
+        (bt_torrents(&nodes[0]) + bt_torrents(&nodes[1]) == 3.0).then_some(())
+    });
+    assert!(held.is_some(), "the survivors hold c's three torrents");
+
+    // c restarts empty; once live again the survivors hand it the swarms
+    // and drop their copies.
+    nodes[2] = spec.start(2);
+    wait_live(&nodes.iter().collect::<Vec<_>>(), 3);
+    let handed = eventually(SETTLE, || {
+        let out = handback(&nodes[0], "peers", "out") + handback(&nodes[1], "peers", "out");
+        let torrents_out =
+            handback(&nodes[0], "torrents", "out") + handback(&nodes[1], "torrents", "out");
+        let received = handback(&nodes[2], "peers", "in");
+        let left = bt_torrents(&nodes[0]) + bt_torrents(&nodes[1]);
+        (out == 6.0 && torrents_out == 3.0 && received == 6.0 && left == 0.0).then_some(())
+    });
+    assert!(
+        handed.is_some(),
+        "handed back: {} + {} peers out, {} in; survivors still hold {} torrents",
+        handback(&nodes[0], "peers", "out"),
+        handback(&nodes[1], "peers", "out"),
+        handback(&nodes[2], "peers", "in"),
+        bt_torrents(&nodes[0]) + bt_torrents(&nodes[1])
+    );
+
+    // A new peer through c, and one through a (forwarded to c), find the
+    // peers announced while c was down, which did not announce again.
+    let mut through_c = Client::new(udp(&nodes[2]));
+    for (i, hash) in hashes.iter().enumerate() {
+        let i = i as u16;
+        // The merge reaches c's owning shard over its mesh: ask until it did.
+        let seen = eventually(SETTLE, || {
+            let answer =
+                through_c.announce(*hash, 70 + i as u8, 9500 + i, AnnounceEvent::Started, 10);
+            (sorted(peers_v4(&answer)) == [9300 + i, 9400 + i]).then_some(())
+        });
+        assert!(seen.is_some(), "c holds the swarm of torrent {i}");
+        let body = http_announce(http(&nodes[0]), *hash, 80 + i as u8, 9600 + i);
+        assert_eq!(
+            http_peer_ports(&body),
+            [9300 + i, 9400 + i, 9500 + i],
+            "one swarm at c, seen through a"
+        );
+    }
+    assert_eq!(
+        bt_torrents(&nodes[0]) + bt_torrents(&nodes[1]),
+        0.0,
+        "the survivors no longer hold c's torrents"
+    );
+}
+
+/// The member list is read at start only: a SIGHUP that changes it says
+/// so, naming the key, and the node keeps its running list.
+#[test]
+fn a_changed_member_list_on_sighup_is_logged_and_kept() {
+    let spec = Spec::new("cluster-members-reload");
+    let a = spec.start(0);
+    let config = std::fs::read_to_string(&a.config_path).expect("config");
+    let d = format!(
+        ", {{ name = \"d\", address = \"127.0.0.1:{}\" }}]",
+        common::unused_port()
+    );
+    let added = config.replacen("}]\n", &format!("}}{d}\n"), 1);
+    assert_ne!(added, config, "a member added");
+    std::fs::write(&a.config_path, added).expect("write");
+    a.signal(libc::SIGHUP);
+    let line = a
+        .wait_for_stderr("need a restart", SETTLE)
+        .expect("the member list is logged as restart-only");
+    assert!(
+        line.ends_with("(running values kept): cluster.members"),
+        "{line}"
+    );
+    // Still the three members it started with, and serving.
+    let text = metrics_text(a.metrics.expect("metrics"));
+    let members: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("aquatic_cluster_member_live{"))
+        .filter_map(|l| l.split("member=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(members, ["a", "b", "c"].into_iter().collect());
+    let answer =
+        Client::new(udp(&a)).announce(hash_owned_by(1, 5), 1, 9800, AnnounceEvent::Started, 10);
+    assert!(
+        matches!(answer, OwnedResponse::AnnounceIpv4 { .. }),
+        "{answer:?}"
+    );
 }
 
 /// Links refused by `node` so far (on dial or on accept).
@@ -504,8 +635,9 @@ fn a_member_certificate_claiming_another_name_is_refused() {
 }
 
 /// Plays member b in front of a real node a: accepts a's link with b's
-/// certificate, speaking only the oldest frame version a reads, then a
-/// version a does not speak.
+/// certificate and no ALPN version choice (a node of the previous
+/// release), speaking only the oldest frame version a reads (a hands it no
+/// swarms: that version has no handback), then a version a does not speak.
 #[test]
 fn the_oldest_frame_version_links_and_an_unknown_one_is_refused() {
     use aquatic::cluster::frame::{
@@ -540,14 +672,26 @@ fn the_oldest_frame_version_links_and_an_unknown_one_is_refused() {
         .expect("server config");
 
     let mut a = spec.start(0);
+    // Before b links, a serves a torrent b will own: b speaks version 1,
+    // which has no handback, so a keeps it (it expires there).
+    let owned_by_b = (0u8..=255)
+        .map(|i| {
+            [
+                0x42, i, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, i,
+            ]
+        })
+        .find(|hash| owner_index(["a", "b"], &InfoHash(*hash)) == Some(1))
+        .expect("some hash of 256 is b's");
+    Client::new(udp(&a)).announce(owned_by_b, 1, 9700, AnnounceEvent::Started, 10);
     let (tcp, _) = listener.accept().expect("a dials b");
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let connection = rustls::ServerConnection::new(std::sync::Arc::new(server)).expect("tls");
     let mut link = rustls::StreamOwned::new(connection, tcp);
-    let mut reader = FrameReader::default();
+    // Reads as a version 1 node does: a newer frame fails here.
+    let mut reader = FrameReader::up_to(OLDEST_FRAME_VERSION);
     let mut read_frame = |link: &mut rustls::StreamOwned<_, _>| loop {
-        if let Some(frame) = reader.next_frame().expect("a writes valid frames") {
+        if let Some(frame) = reader.next_frame().expect("a writes version 1 frames") {
             return frame;
         }
         let mut buf = [0u8; 4096];
@@ -571,6 +715,28 @@ fn the_oldest_frame_version_links_and_an_unknown_one_is_refused() {
         (live_members(&a) == 4.0).then_some(())
     });
     assert!(live.is_some(), "a took the double for b");
+    let skipped = |a: &Tracker| {
+        let text = metrics_text(a.metrics.expect("metrics"));
+        sum(
+            &text,
+            "aquatic_cluster_handback_skipped_total",
+            &["member=\"b\""],
+        )
+    };
+    let kept = eventually(SETTLE, || {
+        if let Frame::Heartbeat { sent_micros } = read_frame(&mut link) {
+            let mut writer = FrameWriter::default();
+            writer.push_version(OLDEST_FRAME_VERSION, &Frame::HeartbeatAck { sent_micros });
+            link.write_all(writer.bytes()).expect("ack");
+        }
+        (skipped(&a) == 1.0 && bt_torrents(&a) == 1.0).then_some(())
+    });
+    assert!(
+        kept.is_some(),
+        "a skipped the handback to a version 1 member and kept the torrent: skipped {}, torrents {}",
+        skipped(&a),
+        bt_torrents(&a)
+    );
 
     let mut writer = FrameWriter::default();
     writer.push_version(FRAME_VERSION + 1, &Frame::Heartbeat { sent_micros: 2 });

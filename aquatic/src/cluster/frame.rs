@@ -5,9 +5,15 @@
 //!   frame = version: u16 LE | length: u32 LE | body: `length` bytes (bincode 2, codec.rs)
 //! ```
 //!
-//! A node writes the current version and reads the current and the
-//! previous one, so that a rolling upgrade never splits the cluster; any
-//! other version ends the link with an error naming both. The length is
+//! A node speaks the current version and the previous one, so that a
+//! rolling upgrade never splits the cluster; any other version ends the
+//! link with an error naming both. Which of the two a link speaks is
+//! agreed in the TLS handshake (ALPN, see `cluster::tls`): each side then
+//! writes that version and reads nothing newer. A version differs from the
+//! previous one only by frames appended to [`Frame`] (bincode numbers the
+//! variants in order), so a previous-version body is a valid body of this
+//! version, and a frame the previous version lacks is simply not sent on a
+//! link that speaks it ([`Frame::since`]). The length is
 //! checked against [`MAX_FRAME_BYTES`] before a byte of the body is
 //! buffered, and the body decodes under the codec's own limit. Many frames
 //! go out in one write: [`FrameWriter`] appends them to one buffer.
@@ -26,12 +32,11 @@ use crate::{
     swarm::{AnnounceInput, ConnectionRef, PeerIdUse, WsAnnounce, WsAnswer},
 };
 
-/// The frame version this build writes.
-pub const FRAME_VERSION: u16 = 1;
-/// The oldest version this build reads (the previous release's). Version 1
-/// is the first: no release has shipped an older one. (The peer-id fields
-/// of issue 18 joined version 1 before any release, so it did not need a
-/// new version; the next change of a body's layout does.)
+/// The frame version this build writes to a member that speaks it.
+/// Version 2 adds [`Frame::Handback`].
+pub const FRAME_VERSION: u16 = 2;
+/// The oldest version this build speaks (the previous release's): version
+/// 1, every frame but [`Frame::Handback`].
 pub const OLDEST_FRAME_VERSION: u16 = 1;
 /// The header before each body.
 pub const HEADER_BYTES: usize = 6;
@@ -48,6 +53,15 @@ pub enum FrameError {
     Version {
         /// This build's version.
         ours: u16,
+        /// What the peer sent.
+        theirs: u16,
+    },
+    /// A frame newer than the version the link agreed on (a peer that
+    /// does not keep to its handshake).
+    #[error("link frame version {theirs} on a link that agreed on version {agreed}")]
+    NotAgreed {
+        /// The link's version.
+        agreed: u16,
         /// What the peer sent.
         theirs: u16,
     },
@@ -159,7 +173,40 @@ pub struct WireWsAnnounce {
     pub answer: Option<([u8; 20], [u8; 20], String)>,
 }
 
-/// What crosses a link.
+/// One peer of a swarm handed back to its owner: what a snapshot keeps of
+/// it, with its lifetime left rather than a clock reading (the nodes'
+/// clocks have different zeros).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct WireHandbackPeer {
+    /// Its address.
+    pub ip: IpAddr,
+    /// Its port.
+    pub port: u16,
+    /// The hash of its peer id under the members' shared peer-id key
+    /// (derived from `cluster.key_file`).
+    pub peer_id_hash: u64,
+    /// Its full id, where it was kept (it announced over HTTP).
+    pub peer_id: Option<[u8; 20]>,
+    /// Seeding, else leeching.
+    pub seeder: bool,
+    /// Seconds it has left before it expires unless it announces.
+    pub remaining_secs: u32,
+}
+
+/// A torrent's swarm (or a part of a large one) handed back.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct WireHandbackTorrent {
+    /// The torrent.
+    pub info_hash: [u8; 20],
+    /// `completed` events the sender counted while it owned the torrent
+    /// (0 in the later parts of a split swarm).
+    pub completed: u32,
+    /// Its peers.
+    pub peers: Vec<WireHandbackPeer>,
+}
+
+/// What crosses a link. New frames go at the end, each with the version
+/// that introduced it in [`Frame::since`].
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Frame {
     /// The first frame each way: who is speaking (checked against its
@@ -233,6 +280,23 @@ pub enum Frame {
         /// Its peers in torrents the receiver owns.
         peers: Vec<([u8; 20], [u8; 20])>,
     },
+    /// Swarms the sender served while the receiver was not live, handed
+    /// back now that it owns them again (version 2).
+    Handback {
+        /// The torrents, each at most once per frame.
+        torrents: Vec<WireHandbackTorrent>,
+    },
+}
+
+impl Frame {
+    /// The first frame version that has this frame: a link speaking an
+    /// older one does not carry it.
+    pub fn since(&self) -> u16 {
+        match self {
+            Frame::Handback { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl WireConnection {
@@ -428,10 +492,13 @@ pub struct FrameWriter {
 }
 
 impl FrameWriter {
-    /// Appends `frame` in version `version` (the current one but in tests
-    /// that play an older node). A frame that would be too long is not
+    /// Appends `frame` in version `version` (the link's agreed one). A
+    /// frame that would be too long, or that `version` lacks, is not
     /// written (false): the caller counts it dropped.
     pub fn push_version(&mut self, version: u16, frame: &Frame) -> bool {
+        if frame.since() > version {
+            return false;
+        }
         let start = self.buffer.len();
         self.buffer.extend_from_slice(&version.to_le_bytes());
         self.buffer.extend_from_slice(&[0; 4]);
@@ -470,14 +537,39 @@ impl FrameWriter {
 }
 
 /// Frames out of the bytes a link delivers, however they were cut.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameReader {
     buffer: Vec<u8>,
     /// Bytes of `buffer` already decoded.
     consumed: usize,
+    /// The newest version read: the one the link agreed on.
+    newest: u16,
+}
+
+impl Default for FrameReader {
+    /// A reader of every version this build speaks (before a link has
+    /// agreed on one: the hello frames).
+    fn default() -> Self {
+        Self::up_to(FRAME_VERSION)
+    }
 }
 
 impl FrameReader {
+    /// A reader of the versions from [`OLDEST_FRAME_VERSION`] to `newest`
+    /// (a link's agreed version; a test double's only one).
+    pub fn up_to(newest: u16) -> Self {
+        Self {
+            buffer: Vec::new(),
+            consumed: 0,
+            newest: newest.min(FRAME_VERSION),
+        }
+    }
+
+    /// The same buffered bytes, read up to `newest` from now on.
+    pub fn limit_to(&mut self, newest: u16) {
+        self.newest = newest.min(FRAME_VERSION);
+    }
+
     /// Takes bytes read from the link.
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.consumed > 0 && self.consumed == self.buffer.len() {
@@ -503,6 +595,12 @@ impl FrameReader {
                 theirs: version,
             });
         }
+        if version > self.newest {
+            return Err(FrameError::NotAgreed {
+                agreed: self.newest,
+                theirs: version,
+            });
+        }
         let length = u32::from_le_bytes([rest[2], rest[3], rest[4], rest[5]]) as usize;
         if length > MAX_FRAME_BYTES {
             return Err(FrameError::TooLong(length));
@@ -510,9 +608,16 @@ impl FrameReader {
         let Some(body) = rest.get(HEADER_BYTES..HEADER_BYTES + length) else {
             return Ok(None);
         };
-        // Version 1 is the only layout so far; a version 2 would decode
-        // version 1 bodies here into today's frames.
+        // Version 2 only appended a variant: a version 1 body decodes as
+        // itself. A frame newer than the version it came in is a broken
+        // peer's.
         let frame = codec::decode::<Frame>(body)?;
+        if frame.since() > version {
+            return Err(FrameError::NotAgreed {
+                agreed: version,
+                theirs: frame.since(),
+            });
+        }
         self.consumed += HEADER_BYTES + length;
         Ok(Some(frame))
     }
@@ -630,6 +735,65 @@ mod tests {
             reader.next_frame().expect("read"),
             Some(Frame::Hello { name: "a".into() })
         );
+    }
+
+    fn handback() -> Frame {
+        Frame::Handback {
+            torrents: vec![WireHandbackTorrent {
+                info_hash: [9; 20],
+                completed: 3,
+                peers: vec![WireHandbackPeer {
+                    ip: "10.0.0.2".parse().expect("ip"),
+                    port: 6881,
+                    peer_id_hash: 77,
+                    peer_id: Some([1; 20]),
+                    seeder: true,
+                    remaining_secs: 1200,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_handback_crosses_a_version_2_link_and_never_a_version_1_one() {
+        let mut writer = FrameWriter::default();
+        assert!(writer.push_version(2, &handback()));
+        let mut reader = FrameReader::up_to(2);
+        reader.feed(writer.bytes());
+        assert_eq!(reader.next_frame().expect("read"), Some(handback()));
+        // Not written in version 1, which lacks it.
+        let mut old = FrameWriter::default();
+        assert!(!old.push_version(1, &handback()));
+        assert!(old.bytes().is_empty());
+        // A link that agreed on version 1 refuses a version 2 frame, and
+        // a handback smuggled in a version 1 header.
+        let mut reader = FrameReader::up_to(1);
+        reader.feed(writer.bytes());
+        assert!(matches!(
+            reader.next_frame(),
+            Err(FrameError::NotAgreed {
+                agreed: 1,
+                theirs: 2
+            })
+        ));
+        let mut smuggled = writer.bytes().to_vec();
+        smuggled[..2].copy_from_slice(&1u16.to_le_bytes());
+        let mut reader = FrameReader::up_to(2);
+        reader.feed(&smuggled);
+        assert!(matches!(
+            reader.next_frame(),
+            Err(FrameError::NotAgreed { .. })
+        ));
+        // Every version 1 frame is read the same by a version 2 reader.
+        let mut writer = FrameWriter::default();
+        for frame in frames() {
+            assert!(writer.push_version(1, &frame));
+        }
+        let mut reader = FrameReader::up_to(2);
+        reader.feed(writer.bytes());
+        for frame in frames() {
+            assert_eq!(reader.next_frame().expect("read"), Some(frame));
+        }
     }
 
     #[test]

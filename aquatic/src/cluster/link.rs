@@ -34,7 +34,7 @@ use crate::{
         frame::{Frame, FrameReader, FrameWriter},
         members::{LiveSet, Liveness, Members, NodeId},
         queue::{bump, LinkQueues},
-        tls::{server_name, LinkTls},
+        tls::{agreed_version, server_name, LinkTls},
     },
     net::udp::{ForwardedAnswers, UdpEndpoint},
     reload::Reloadable,
@@ -179,9 +179,13 @@ async fn read_frame<S: AsyncRead + Unpin>(
     }
 }
 
-async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, frame: &Frame) -> Option<()> {
+async fn write_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: u16,
+    frame: &Frame,
+) -> Option<()> {
     let mut writer = FrameWriter::default();
-    writer.push(frame).then_some(())?;
+    writer.push_version(version, frame).then_some(())?;
     stream.write_all(writer.bytes()).await.ok()?;
     stream.flush().await.ok()
 }
@@ -207,7 +211,8 @@ async fn accept(links: Rc<Links>, listener: TcpListener) {
                     Ok(tls) => tls,
                     Err(err) => return Err((None, format!("TLS handshake failed: {err}"))),
                 };
-                let mut reader = FrameReader::default();
+                let version = agreed_version(tls.get_ref().1.alpn_protocol());
+                let mut reader = FrameReader::up_to(version);
                 let mut buf = vec![0u8; 16 << 10];
                 let Some(Frame::Hello { name }) = read_frame(&mut tls, &mut reader, &mut buf).await
                 else {
@@ -229,13 +234,15 @@ async fn accept(links: Rc<Links>, listener: TcpListener) {
                 let hello = Frame::Hello {
                     name: links.members.name(links.members.me()).to_owned(),
                 };
-                write_frame(&mut tls, &hello)
+                write_frame(&mut tls, version, &hello)
                     .await
                     .ok_or((Some(node), "hello not sent".to_owned()))?;
-                Ok((node, tls, reader))
+                Ok((node, tls, reader, version))
             };
             match within(HANDSHAKE_TIMEOUT, handshake).await {
-                Some(Ok((node, tls, reader))) => serve(&links, node, tls, reader).await,
+                Some(Ok((node, tls, reader, version))) => {
+                    serve(&links, node, tls, reader, version).await
+                }
                 Some(Err((node, why))) => links.refused(node, peer, &why),
                 None => links.refused(None, peer, "handshake timed out"),
             }
@@ -265,18 +272,19 @@ async fn dial(links: Rc<Links>, node: NodeId) {
             let hello = Frame::Hello {
                 name: links.members.name(links.members.me()).to_owned(),
             };
-            write_frame(&mut tls, &hello).await?;
-            let mut reader = FrameReader::default();
+            let version = agreed_version(tls.get_ref().1.alpn_protocol());
+            write_frame(&mut tls, version, &hello).await?;
+            let mut reader = FrameReader::up_to(version);
             let mut buf = vec![0u8; 16 << 10];
             match read_frame(&mut tls, &mut reader, &mut buf).await? {
-                Frame::Hello { name: theirs } if theirs == name => Some((tls, reader)),
+                Frame::Hello { name: theirs } if theirs == name => Some((tls, reader, version)),
                 _ => None,
             }
         };
         match within(HANDSHAKE_TIMEOUT, connected).await.flatten() {
-            Some((tls, reader)) => {
+            Some((tls, reader, version)) => {
                 backoff = BACKOFF_MIN;
-                serve(&links, node, tls, reader).await;
+                serve(&links, node, tls, reader, version).await;
             }
             None => {
                 sleep(backoff).await;
@@ -286,13 +294,17 @@ async fn dial(links: Rc<Links>, node: NodeId) {
     }
 }
 
-/// Runs one authenticated link until it breaks or a newer one replaces it.
-async fn serve<S>(links: &Rc<Links>, node: NodeId, stream: S, mut reader: FrameReader)
+/// Runs one authenticated link, speaking frame `version` both ways, until
+/// it breaks or a newer one replaces it.
+async fn serve<S>(links: &Rc<Links>, node: NodeId, stream: S, mut reader: FrameReader, version: u16)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let generation = links.generation[node.0].get() + 1;
     links.generation[node.0].set(generation);
+    reader.limit_to(version);
+    // Before the member can rejoin: what it is sent depends on it.
+    links.queues.set_version(node, version);
     let current = || links.generation[node.0].get() == generation;
     if let Some(stats) = links.queues.stats(node) {
         if stats.links.get() > 0 {
@@ -300,7 +312,10 @@ where
         }
         bump(&stats.links);
     }
-    log::info!("cluster link to {} up", links.members.name(node));
+    log::info!(
+        "cluster link to {} up (frame version {version})",
+        links.members.name(node)
+    );
     links.heard(node);
     // A link that was replaced still holds the waker until it notices.
     let mut woken = None;
@@ -340,7 +355,7 @@ where
                 continue;
             }
             for frame in batch.drain(..) {
-                if !writer.push(&frame) {
+                if !writer.push_version(version, &frame) {
                     if let Some(stats) = links.queues.stats(node) {
                         bump(&stats.dropped);
                     }

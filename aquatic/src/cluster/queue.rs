@@ -37,6 +37,17 @@ pub struct LinkStats {
     pub heartbeat_rtt_micros: Cell<u64>,
     /// Links made so far.
     pub links: Cell<u64>,
+    /// Torrents handed back to this member (it rejoined and owns them).
+    pub handback_torrents_out: Cell<u64>,
+    /// Their peers.
+    pub handback_peers_out: Cell<u64>,
+    /// Torrents this member handed back to this node.
+    pub handback_torrents_in: Cell<u64>,
+    /// Their peers.
+    pub handback_peers_in: Cell<u64>,
+    /// Rejoins whose swarms were not handed back: the link speaks a frame
+    /// version without handback.
+    pub handback_skipped: Cell<u64>,
 }
 
 /// Adds one to a counter cell.
@@ -47,6 +58,8 @@ pub fn bump(cell: &Cell<u64>) {
 /// One member's outgoing queue.
 struct Queue {
     frames: RefCell<VecDeque<Frame>>,
+    /// The frame version the current (or last) link agreed on.
+    version: Cell<u16>,
     wake: LocalSender<()>,
     woken: RefCell<Option<LocalReceiver<()>>>,
     stats: LinkStats,
@@ -66,6 +79,7 @@ impl LinkQueues {
                 let (wake, woken) = local_channel::new_bounded(1);
                 Queue {
                     frames: RefCell::default(),
+                    version: Cell::new(crate::cluster::frame::OLDEST_FRAME_VERSION),
                     wake,
                     woken: RefCell::new(Some(woken)),
                     stats: LinkStats::default(),
@@ -101,6 +115,36 @@ impl LinkQueues {
         frames.push_back(frame);
         let _ = queue.wake.try_send(());
         true
+    }
+
+    /// Records the frame version `to`'s new link agreed on.
+    pub fn set_version(&self, to: NodeId, version: u16) {
+        if let Some(queue) = self.queues.get(to.0) {
+            queue.version.set(version);
+        }
+    }
+
+    /// The frame version `to`'s link speaks.
+    pub fn version(&self, to: NodeId) -> u16 {
+        self.queues
+            .get(to.0)
+            .map_or(crate::cluster::frame::OLDEST_FRAME_VERSION, |q| {
+                q.version.get()
+            })
+    }
+
+    /// Whether a request pushed for `to` now would find room for `frames`
+    /// more with some to spare: background work (handback) waits for this
+    /// rather than take the room of requests.
+    pub fn has_room(&self, to: NodeId, frames: usize) -> bool {
+        self.queues
+            .get(to.0)
+            .is_some_and(|q| q.frames.borrow().len() + frames <= (self.capacity / 2).max(1))
+    }
+
+    /// The most frames a queue holds for requests.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Takes up to `most` frames for `to`, oldest first.

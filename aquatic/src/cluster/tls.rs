@@ -22,8 +22,27 @@ use rustls::{
 
 use crate::config::ClusterConfig;
 
-/// ALPN of links, so a link never speaks to an HTTPS listener by mistake.
+/// ALPN of links, so a link never speaks to an HTTPS listener by mistake:
+/// frame version 1's name (the first release offered only this one).
 pub const LINK_ALPN: &[u8] = b"aquatic-link";
+/// ALPN of a link speaking frame version 2.
+pub const LINK_ALPN_V2: &[u8] = b"aquatic-link/2";
+
+/// What both sides offer, newest first: the acceptor picks the first of
+/// its own list that the dialler offers (rustls), so two current nodes
+/// agree on version 2 and a current node and a previous one on version 1.
+fn link_alpn() -> Vec<Vec<u8>> {
+    vec![LINK_ALPN_V2.to_vec(), LINK_ALPN.to_vec()]
+}
+
+/// The frame version a link agreed on in its handshake. No ALPN at all is
+/// a peer that predates the choice: the oldest version.
+pub fn agreed_version(alpn: Option<&[u8]>) -> u16 {
+    match alpn {
+        Some(LINK_ALPN_V2) => 2,
+        _ => crate::cluster::frame::OLDEST_FRAME_VERSION,
+    }
+}
 
 /// Why the cluster's TLS files cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +136,7 @@ impl LinkTls {
             .with_client_cert_verifier(clients)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| rejected(&e))?;
-        server.alpn_protocols = vec![LINK_ALPN.to_vec()];
+        server.alpn_protocols = link_alpn();
         let names = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| rejected(&e))?;
@@ -127,7 +146,7 @@ impl LinkTls {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(|e| rejected(&e))?;
-        client.alpn_protocols = vec![LINK_ALPN.to_vec()];
+        client.alpn_protocols = link_alpn();
         Ok(Self {
             server: Arc::new(server),
             client: Arc::new(client),
@@ -268,6 +287,50 @@ pub(crate) mod tests {
         );
         assert!(handshake(&b, &impostor, "a").is_err(), "dialler refuses it");
         assert!(handshake(&a, &b, "b").is_ok());
+    }
+
+    /// The ALPN a dialler with `client` protocols and an acceptor with
+    /// `server` ones agree on (in memory), as both sides read it.
+    fn agreed(client: Vec<Vec<u8>>, server: Vec<Vec<u8>>) -> (u16, u16) {
+        let ca = TestCa::new("cluster");
+        let (a, b) = (ca.tls("a"), ca.tls("b"));
+        let mut client_config = (*a.client).clone();
+        client_config.alpn_protocols = client;
+        let mut server_config = (*b.server).clone();
+        server_config.alpn_protocols = server;
+        let name = server_name("b").expect("name");
+        let mut client = ClientConnection::new(Arc::new(client_config), name).expect("client");
+        let mut server = ServerConnection::new(Arc::new(server_config)).expect("server");
+        for _ in 0..20 {
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).expect("write");
+            server.read_tls(&mut bytes.as_slice()).expect("read");
+            server.process_new_packets().expect("server");
+            let mut bytes = Vec::new();
+            server.write_tls(&mut bytes).expect("write");
+            client.read_tls(&mut bytes.as_slice()).expect("read");
+            client.process_new_packets().expect("client");
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return (
+                    agreed_version(client.alpn_protocol()),
+                    agreed_version(server.alpn_protocol()),
+                );
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    #[test]
+    fn two_current_nodes_agree_on_version_2_and_a_previous_one_on_1() {
+        assert_eq!(agreed(link_alpn(), link_alpn()), (2, 2));
+        let previous = vec![LINK_ALPN.to_vec()];
+        assert_eq!(
+            agreed(link_alpn(), previous.clone()),
+            (1, 1),
+            "old acceptor"
+        );
+        assert_eq!(agreed(previous, link_alpn()), (1, 1), "old dialler");
+        assert_eq!(agreed(link_alpn(), Vec::new()), (1, 1), "no ALPN at all");
     }
 
     #[test]

@@ -789,94 +789,205 @@ impl BtShard {
         now: SecondsSinceStart,
         peers: &[BtPeerEntry],
     ) {
+        if let Some((torrent, _)) = self.insert_entries(info_hash, now, peers) {
+            torrent.completed = torrent.completed.max(completed);
+        }
+    }
+
+    /// Merges a swarm another cluster member served while this node was
+    /// not live (a handback) into `info_hash`'s swarms at `now`. The same
+    /// rule as a restore: a peer already held keeps its record unless the
+    /// handed one expires later, i.e. announced more recently (the caller
+    /// caps lifetimes at this node's peer timeout), so a peer that
+    /// announced here directly since is never overridden by an older copy.
+    /// The sender counted `completed` only while it owned the torrent, so
+    /// it adds to this node's count. A full peer id is hashed again under
+    /// this shard's key. Returns how many peers were put in or refreshed.
+    pub fn merge_handback(
+        &mut self,
+        info_hash: InfoHash,
+        completed: u32,
+        now: SecondsSinceStart,
+        peers: &mut [BtPeerEntry],
+    ) -> usize {
+        for entry in peers.iter_mut() {
+            if let Some(peer_id) = entry.peer_id {
+                entry.peer_id_hash = self.key.hash(&peer_id);
+            }
+        }
+        match self.insert_entries(info_hash, now, peers) {
+            Some((torrent, changed)) => {
+                torrent.completed = torrent.completed.saturating_add(completed);
+                changed
+            }
+            None => 0,
+        }
+    }
+
+    /// Removes `info_hash`'s torrent, appending its peers to `out`
+    /// (expiries read near `now`); its `completed` count, None for a
+    /// torrent not held. For a handback: this node no longer owns it.
+    pub fn take(
+        &mut self,
+        info_hash: &InfoHash,
+        now: SecondsSinceStart,
+        out: &mut Vec<BtPeerEntry>,
+    ) -> Option<u32> {
+        let completed = self.torrent_entries(info_hash, now, out)?;
+        let hash = self.state.hash_one(info_hash);
+        let Ok(entry) = self
+            .torrents
+            .find_entry(hash, |t| t.info_hash == *info_hash)
+        else {
+            return Some(completed);
+        };
+        let (torrent, _) = entry.remove();
+        self.counts.remove(torrent.counts());
+        let full_ids = &mut self.full_ids;
+        let mut release = |id: u64, has_full_id: bool| {
+            if has_full_id {
+                full_ids.release(id & !HAS_FULL_ID);
+            }
+        };
+        match &torrent.peers {
+            Peers::Empty => {}
+            Peers::One { peer, .. } => release(peer.id(), peer.has_full_id()),
+            Peers::Many(swarms) => {
+                for (p, _) in swarms.v4.iter() {
+                    release(p.id(), p.has_full_id());
+                }
+                for (p, _) in swarms.v6.iter().flat_map(|v6| v6.iter()) {
+                    release(p.id(), p.has_full_id());
+                }
+            }
+        }
+        Some(completed)
+    }
+
+    /// Puts peers from elsewhere (a snapshot, a handback) into
+    /// `info_hash`'s swarms at `now` through [`insert_record`], keeping the
+    /// counts; the torrent and how many peers went in or were refreshed,
+    /// or None (nothing made) for no peers.
+    fn insert_entries(
+        &mut self,
+        info_hash: InfoHash,
+        now: SecondsSinceStart,
+        peers: &[BtPeerEntry],
+    ) -> Option<(&mut Torrent, usize)> {
         if peers.is_empty() {
-            return;
+            return None;
         }
         let hash = self.state.hash_one(info_hash);
         let eq = |t: &Torrent| t.info_hash == info_hash;
-        let torrent = match self.torrents.find_mut(hash, eq) {
-            Some(torrent) => torrent,
-            None => {
-                let state = &self.state;
-                self.torrents
-                    .insert_unique(
-                        hash,
-                        Torrent {
-                            info_hash,
-                            completed: 0,
-                            peers: Peers::Empty,
-                        },
-                        |t| state.hash_one(t.info_hash),
-                    )
-                    .into_mut()
-            }
-        };
-        torrent.completed = torrent.completed.max(completed);
+        if self.find(&info_hash).is_none() {
+            let state = &self.state;
+            self.torrents.insert_unique(
+                hash,
+                Torrent {
+                    info_hash,
+                    completed: 0,
+                    peers: Peers::Empty,
+                },
+                |t| state.hash_one(t.info_hash),
+            );
+        }
+        let torrent = self.torrents.find_mut(hash, eq)?;
+        let mut changed = 0;
         for entry in peers {
-            let status = status_of(entry.seeder);
-            let mut id = entry.peer_id_hash & !HAS_FULL_ID;
-            if entry.peer_id.is_some() {
-                id |= HAS_FULL_ID;
-            }
             let ttl = entry.valid_until.0 .0.saturating_sub(now.0);
             let expiry = self
                 .clock
                 .expiry(now, std::time::Duration::from_secs(u64::from(ttl)));
-            let peer_id = entry.peer_id.unwrap_or(PeerId([0; 20]));
-            let (clock, state, full_ids) = (&self.clock, &self.state, &mut self.full_ids);
-            let previous = match entry.ip {
-                IpAddr::V4(ip) => {
-                    let mut record = BtPeer::new(id, ip, entry.port, expiry);
-                    match &mut torrent.peers {
-                        Peers::Empty => {
-                            if let Some(id) = full_id_change(full_ids, None, Some(id), peer_id) {
-                                record.set_id(id);
-                            }
-                            torrent.peers = Peers::One {
-                                seeder: entry.seeder,
-                                peer: record,
-                            };
-                            Some(None)
+            let parts = ShardParts {
+                clock: &self.clock,
+                state: &self.state,
+                full_ids: &mut self.full_ids,
+            };
+            if let Some(previous) = insert_record(torrent, entry, expiry, parts) {
+                self.counts.change(previous, Some(status_of(entry.seeder)));
+                changed += 1;
+            }
+        }
+        Some((torrent, changed))
+    }
+}
+
+/// The parts of a shard putting a peer in needs besides its torrent.
+struct ShardParts<'a> {
+    clock: &'a CoarseClock,
+    state: &'a DefaultHashBuilder,
+    full_ids: &'a mut FullIds,
+}
+
+/// Puts one peer from elsewhere (snapshot, handback) into `torrent`,
+/// expiring at `expiry`, unless it holds that peer with a later expiry;
+/// returns the change to count (`Some(previous status)`). The one place
+/// this rule lives, for the inline single peer and for the swarms.
+fn insert_record(
+    torrent: &mut Torrent,
+    entry: &BtPeerEntry,
+    expiry: Tick,
+    parts: ShardParts<'_>,
+) -> Option<Option<PeerStatus>> {
+    let ShardParts {
+        clock,
+        state,
+        full_ids,
+    } = parts;
+    let status = status_of(entry.seeder);
+    let mut id = entry.peer_id_hash & !HAS_FULL_ID;
+    if entry.peer_id.is_some() {
+        id |= HAS_FULL_ID;
+    }
+    let peer_id = entry.peer_id.unwrap_or(PeerId([0; 20]));
+    match entry.ip {
+        IpAddr::V4(ip) => {
+            let mut record = BtPeer::new(id, ip, entry.port, expiry);
+            match &mut torrent.peers {
+                Peers::Empty => {
+                    if let Some(id) = full_id_change(full_ids, None, Some(id), peer_id) {
+                        record.set_id(id);
+                    }
+                    torrent.peers = Peers::One {
+                        seeder: entry.seeder,
+                        peer: record,
+                    };
+                    Some(None)
+                }
+                Peers::One { seeder, peer } if peer.same_peer(&record) => {
+                    if clock.valid_at(peer.expiry, record.expiry) {
+                        None
+                    } else {
+                        let previous = status_of(*seeder);
+                        if let Some(id) =
+                            full_id_change(full_ids, Some(peer.id()), Some(id), peer_id)
+                        {
+                            record.set_id(id);
                         }
-                        Peers::One { seeder, peer } if peer.same_peer(&record) => {
-                            if clock.valid_at(peer.expiry, record.expiry) {
-                                None
-                            } else {
-                                let previous = status_of(*seeder);
-                                if let Some(id) =
-                                    full_id_change(full_ids, Some(peer.id()), Some(id), peer_id)
-                                {
-                                    record.set_id(id);
-                                }
-                                *peer = record;
-                                *seeder = entry.seeder;
-                                Some(Some(previous))
-                            }
-                        }
-                        _ => {
-                            let swarms = torrent.swarms(state);
-                            restore_in(
-                                &mut swarms.v4,
-                                record,
-                                status,
-                                clock,
-                                state,
-                                full_ids,
-                                peer_id,
-                            )
-                        }
+                        *peer = record;
+                        *seeder = entry.seeder;
+                        Some(Some(previous))
                     }
                 }
-                IpAddr::V6(ip) => {
-                    let record = BtPeer::new(id, ip, entry.port, expiry);
+                _ => {
                     let swarms = torrent.swarms(state);
-                    let v6 = swarms.v6.get_or_insert_with(Box::default);
-                    restore_in(v6, record, status, clock, state, full_ids, peer_id)
+                    restore_in(
+                        &mut swarms.v4,
+                        record,
+                        status,
+                        clock,
+                        state,
+                        full_ids,
+                        peer_id,
+                    )
                 }
-            };
-            if let Some(previous) = previous {
-                self.counts.change(previous, Some(status));
             }
+        }
+        IpAddr::V6(ip) => {
+            let record = BtPeer::new(id, ip, entry.port, expiry);
+            let swarms = torrent.swarms(state);
+            let v6 = swarms.v6.get_or_insert_with(Box::default);
+            restore_in(v6, record, status, clock, state, full_ids, peer_id)
         }
     }
 }
@@ -1308,5 +1419,89 @@ mod tests {
                 leechers: 100
             }
         );
+    }
+
+    #[test]
+    fn a_taken_torrent_leaves_with_its_counts_and_full_ids() {
+        let mut f = Fixture::new();
+        f.run(0, &announce(1, V4, 10));
+        f.run(0, &announce(2, V6, 0));
+        let mut other = announce(3, V4, 10);
+        other.info_hash = InfoHash([2; 20]);
+        f.run(0, &other);
+        let mut out = Vec::new();
+        let hash = InfoHash([1; 20]);
+        assert_eq!(f.shard.take(&hash, SecondsSinceStart(4), &mut out), Some(0));
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter().all(|e| e.peer_id.is_some()),
+            "HTTP peers' ids go along"
+        );
+        assert_eq!(f.shard.torrents(), 1);
+        assert_eq!(
+            f.shard.peer_counts(),
+            PeerCounts {
+                seeders: 0,
+                leechers: 1
+            }
+        );
+        assert_eq!(f.shard.full_ids.0.len(), 1, "only the other torrent's id");
+        assert_eq!(f.shard.take(&hash, SecondsSinceStart(4), &mut out), None);
+    }
+
+    #[test]
+    fn a_handback_never_overrides_a_more_recent_announce_and_adds_completed() {
+        // The owner that gets the swarm back: peer 1 announced here at 100
+        // (a seeder now); peer 2 only at the other node.
+        let mut owner = Fixture::new();
+        let mut one = announce(1, V4, 0);
+        one.completed = true;
+        owner.run(100, &one);
+        // The node that served meanwhile, same key (the cluster's).
+        let mut served = Fixture::new();
+        served.shard = BtShard::default().with_peer_id_key(owner.shard.peer_id_key());
+        served.run(50, &announce(1, V4, 10));
+        let mut two = announce(2, V4, 10);
+        two.completed = true;
+        served.run(60, &two);
+        let hash = InfoHash([1; 20]);
+        let mut entries = Vec::new();
+        let completed = served
+            .shard
+            .take(&hash, SecondsSinceStart(100), &mut entries)
+            .expect("held");
+        // A full id is hashed again under the receiver's key: a wrong
+        // hash on the wire does not make a second peer.
+        for entry in &mut entries {
+            entry.peer_id_hash ^= 1;
+        }
+        let merged =
+            owner
+                .shard
+                .merge_handback(hash, completed, SecondsSinceStart(100), &mut entries);
+        assert_eq!(merged, 1, "peer 2 only: peer 1's own announce is newer");
+        assert_eq!(
+            owner.shard.peer_counts(),
+            PeerCounts {
+                seeders: 2,
+                leechers: 0
+            },
+            "peer 1 stays the seeder it said it was here (peer 2 completed)"
+        );
+        assert_eq!(owner.shard.scrape(&hash).completed, 2, "1 here + 1 there");
+        // An older copy of peer 2 does not shorten its life.
+        let mut stale = entries.clone();
+        for entry in &mut stale {
+            entry.valid_until = ValidUntil(SecondsSinceStart(101));
+        }
+        assert_eq!(
+            owner
+                .shard
+                .merge_handback(hash, 0, SecondsSinceStart(100), &mut stale),
+            0
+        );
+        // Peer 1 expires at 3700 (its own announce), peer 2 at 3660.
+        assert_eq!(owner.shard.clean(SecondsSinceStart(3661)).peers_removed, 1);
+        assert_eq!(owner.shard.peer_counts().seeders, 1);
     }
 }

@@ -197,6 +197,12 @@ impl Rules {
         &self.limits
     }
 
+    /// Whether the access list lets `info_hash` be tracked here (a
+    /// handed-back swarm is checked like an announce).
+    pub fn torrent_allowed(&self, info_hash: &InfoHash) -> bool {
+        self.access_list.allows(info_hash)
+    }
+
     fn allowed(&self, info_hash: &InfoHash) -> Result<(), Refusal> {
         if self.access_list.allows(info_hash) {
             Ok(())
