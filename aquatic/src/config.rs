@@ -789,7 +789,11 @@ pub struct ClusterConfig {
     pub node: String,
     /// Where this node accepts links from the other members.
     pub listen: SocketAddr,
-    /// Every node of the cluster, this one included.
+    /// Every node of the cluster, this one included. Re-read on SIGHUP: a
+    /// member added is dialled and owns torrents once its link is up (the
+    /// others hand its swarms over); a member removed has its links closed
+    /// and its torrents move to their next owner. `node` and `listen` need
+    /// a restart.
     pub members: Vec<ClusterMember>,
     /// The connection-id key every member shares (32 or more bytes).
     pub key_file: PathBuf,

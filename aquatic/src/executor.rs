@@ -91,8 +91,9 @@ pub struct ExecutorSockets {
 /// What every executor of a cluster node shares.
 #[derive(Clone)]
 pub struct ClusterShared {
-    /// The member list.
-    pub members: Arc<Members>,
+    /// The member list, replaced when SIGHUP changes `cluster.members`
+    /// (positions never move).
+    pub members: Arc<Reloadable<Members>>,
     /// The live set, replaced by the links as members come and go.
     pub live: Arc<Reloadable<LiveSet>>,
     /// What the links need, taken by the executor that joins the mesh as
@@ -259,14 +260,14 @@ pub async fn run(setup: ExecutorSetup) {
     };
     let link_queues = match (&shared.cluster, &link_setup) {
         (Some(cluster), Some(_)) => Some(Rc::new(LinkQueues::new(
-            cluster.members.len(),
+            cluster.members.current().1.len(),
             config.runtime.mesh_channel_size,
         ))),
         _ => None,
     };
     let router = match &shared.cluster {
         Some(cluster) => router.with_cluster(
-            Rc::new((*cluster.members).clone()),
+            Rc::new((*cluster.members.current().1).clone()),
             (*cluster.live.current().1).clone(),
             link_queues.clone(),
             config.cluster.direct_udp_replies,
@@ -363,10 +364,12 @@ pub async fn run(setup: ExecutorSetup) {
         spawn(background, publish_metrics(source, hub));
     }
     let tls_copies = [http_tls, ws_tls].into_iter().flatten().collect();
-    let live = shared
-        .cluster
-        .as_ref()
-        .map(|cluster| LocalCopy::new(cluster.live.clone()));
+    let live = shared.cluster.as_ref().map(|cluster| {
+        (
+            LocalCopy::new(cluster.live.clone()),
+            LocalCopy::new(cluster.members.clone()),
+        )
+    });
     spawn(
         background,
         refresh_reloadables(
@@ -657,6 +660,9 @@ fn cluster_samples(
     gauges: &mut Vec<crate::metrics::Sample<i64>>,
 ) {
     for node in (0..members.len()).map(crate::cluster::members::NodeId) {
+        if members.is_removed(node) {
+            continue;
+        }
         let member = || vec![("member", members.name(node).to_owned())];
         // Every executor's own view: they take the live set on a timer.
         gauges.push((
@@ -782,13 +788,20 @@ async fn refresh_reloadables(
         std::cell::Cell<bool>,
     )>,
     tls_configs: Vec<Rc<LocalCopy<rustls::ServerConfig>>>,
-    live: Option<LocalCopy<LiveSet>>,
+    live: Option<(LocalCopy<LiveSet>, LocalCopy<Members>)>,
 ) {
     let host = targets.host.clone();
     loop {
         sleep(Duration::from_millis(200)).await;
-        if let Some(live) = live.as_ref().and_then(LocalCopy::refresh) {
-            router.set_live((*live).clone());
+        if let Some((live, members)) = &live {
+            // Members before the live set: a member that joined is known
+            // by the time it can be an owner.
+            if let Some(members) = members.refresh() {
+                router.set_members(Rc::new((*members).clone()));
+            }
+            if let Some(live) = live.refresh() {
+                router.set_live((*live).clone());
+            }
         }
         if let Some(config) = config.refresh() {
             targets.apply(&config);

@@ -133,6 +133,10 @@ pub const RUNTIME_KEYS: &[&str] = &[
     "http.tls_private_key_path",
     "ws.tls_certificate_path",
     "ws.tls_private_key_path",
+    // Members added or removed (positions never move, see
+    // `cluster::members`); this node's own `cluster.node` and
+    // `cluster.listen` stay restart-only.
+    "cluster.members",
 ];
 
 /// Why a reload changed nothing.
@@ -333,6 +337,40 @@ mod tests {
             moved.applied,
             ["http.tls_certificate_path", "http.tls_private_key_path"]
         );
+    }
+
+    #[test]
+    fn the_member_list_reloads_but_this_nodes_name_and_listen_address_need_a_restart() {
+        let dir = std::env::temp_dir().join(format!("aquatic-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for file in ["key", "ca.pem", "node.pem", "node.key"] {
+            std::fs::write(dir.join(file), b"x").expect("file");
+        }
+        let cluster = |node: &str, listen: u16, members: &str| {
+            config(&format!(
+                "[cluster]\nenabled = true\nnode = \"{node}\"\nlisten = \"127.0.0.1:{listen}\"\n\
+                 members = [{members}]\nkey_file = {key:?}\nca_certificate_path = {ca:?}\n\
+                 certificate_path = {cert:?}\nprivate_key_path = {pkey:?}\n",
+                key = dir.join("key").display().to_string(),
+                ca = dir.join("ca.pem").display().to_string(),
+                cert = dir.join("node.pem").display().to_string(),
+                pkey = dir.join("node.key").display().to_string(),
+            ))
+        };
+        let a = r#"{ name = "a", address = "127.0.0.1:3100" }"#;
+        let b = r#"{ name = "b", address = "127.0.0.1:3200" }"#;
+        let c = r#"{ name = "c", address = "127.0.0.1:3300" }"#;
+        let running = cluster("a", 3100, &format!("{a}, {b}"));
+        let file = cluster("c", 3101, &format!("{a}, {c}"));
+        let plan = plan(&running, &file).expect("plan");
+        assert_eq!(plan.applied, ["cluster.members"]);
+        assert_eq!(plan.not_applied, ["cluster.listen", "cluster.node"]);
+        assert_eq!(plan.config.cluster.node, "a");
+        assert_eq!(plan.config.cluster.members, file.cluster.members);
+        // A list without this node does not go with its running name.
+        let without_me = cluster("b", 3100, b);
+        assert!(super::plan(&running, &without_me).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -349,7 +349,9 @@ struct Outbox {
 
 /// What the router knows of the cluster.
 struct RouterCluster {
-    members: Rc<Members>,
+    /// Replaced when a reload changes the member list (positions never
+    /// move, so a `NodeId` held across the change stays right).
+    members: RefCell<Rc<Members>>,
     live: RefCell<LiveSet>,
     /// The links' queues, on the executor that runs the links.
     links: Option<Rc<LinkQueues>>,
@@ -358,12 +360,19 @@ struct RouterCluster {
     direct_udp: bool,
     /// Per member, how many times it rejoined: a handback stops when a
     /// newer one starts.
-    rejoins: Vec<Cell<u64>>,
+    rejoins: RefCell<Vec<u64>>,
     /// Per member, the torrents still to look at for its handback (on
     /// every executor, for its own shard).
     handback_lists: RefCell<HashMap<usize, Vec<InfoHash>>>,
     /// Handback takes waiting for a shard's answer (on the links' executor).
     handback_takes: PendingReplies<(Vec<WireHandbackTorrent>, bool)>,
+}
+
+impl RouterCluster {
+    /// The member list now.
+    fn members(&self) -> Rc<Members> {
+        self.members.borrow().clone()
+    }
 }
 
 /// The executor that runs the links of a cluster node.
@@ -379,8 +388,9 @@ pub struct Router {
     stats: Rc<ExecutorStats>,
     deadline: Duration,
     next_token: Cell<u64>,
-    /// Requests outstanding per destination.
-    in_flight: Vec<Cell<usize>>,
+    /// Requests outstanding per destination (executors, then members;
+    /// grows when a reload adds members).
+    in_flight: RefCell<Vec<Rc<Cell<usize>>>>,
     max_in_flight: usize,
     /// None: the owner could not answer.
     announces: PendingReplies<Option<(AnnounceOutcome, SelectedPeers)>>,
@@ -395,7 +405,8 @@ pub struct Router {
 
 /// Counts a request outstanding to one destination while it lives.
 struct InFlight<'a> {
-    count: &'a Cell<usize>,
+    count: Rc<Cell<usize>>,
+    _request: std::marker::PhantomData<&'a ()>,
 }
 
 impl Drop for InFlight<'_> {
@@ -462,7 +473,7 @@ impl Router {
             stats,
             deadline,
             next_token: Cell::new(0),
-            in_flight: (0..shards).map(|_| Cell::new(0)).collect(),
+            in_flight: RefCell::new((0..shards).map(|_| Rc::default()).collect()),
             max_in_flight: mesh_channel_size,
             announces: PendingReplies::default(),
             scrapes: PendingReplies::default(),
@@ -490,12 +501,12 @@ impl Router {
         direct_udp: bool,
     ) -> Self {
         // One request slot counter per member too, after the shards'.
-        self.in_flight = (0..self.shards + members.len())
-            .map(|_| Cell::new(0))
+        *self.in_flight.get_mut() = (0..self.shards + members.len())
+            .map(|_| Rc::default())
             .collect();
         self.cluster = Some(RouterCluster {
-            rejoins: (0..members.len()).map(|_| Cell::new(0)).collect(),
-            members,
+            rejoins: RefCell::new(vec![0; members.len()]),
+            members: RefCell::new(members),
             live: RefCell::new(live),
             links,
             direct_udp,
@@ -510,10 +521,19 @@ impl Router {
     pub fn cluster_view(&self) -> Option<(Rc<Members>, LiveSet, Option<Rc<LinkQueues>>)> {
         let cluster = self.cluster.as_ref()?;
         Some((
-            cluster.members.clone(),
+            cluster.members(),
             cluster.live.borrow().clone(),
             cluster.links.clone(),
         ))
+    }
+
+    /// Takes a reloaded member list (see `Members::reloaded`): added
+    /// members own torrents once they are live, removed ones at once no
+    /// longer do.
+    pub fn set_members(&self, members: Rc<Members>) {
+        if let Some(cluster) = &self.cluster {
+            *cluster.members.borrow_mut() = members;
+        }
     }
 
     /// Takes the live set the links found. The WebTorrent peers whose
@@ -526,10 +546,14 @@ impl Router {
         let Some(cluster) = &self.cluster else { return };
         if cluster.links.is_some() {
             for node in joined {
-                let rejoin = cluster.rejoins.get(node.0).map_or(0, |r| {
-                    r.set(r.get() + 1);
-                    r.get()
-                });
+                let rejoin = {
+                    let mut rejoins = cluster.rejoins.borrow_mut();
+                    if rejoins.len() <= node.0 {
+                        rejoins.resize(node.0 + 1, 0);
+                    }
+                    rejoins[node.0] += 1;
+                    rejoins[node.0]
+                };
                 glommio::spawn_local(self.clone().hand_back(node, rejoin)).detach();
             }
         }
@@ -575,13 +599,10 @@ impl Router {
         let Some(links) = cluster.links.clone() else {
             return;
         };
-        let name = cluster.members.name(node).to_owned();
+        let name = cluster.members().name(node).to_owned();
         let still = || {
             cluster.live.borrow().contains(node)
-                && cluster
-                    .rejoins
-                    .get(node.0)
-                    .is_some_and(|r| r.get() == rejoin)
+                && cluster.rejoins.borrow().get(node.0) == Some(&rejoin)
         };
         let version = links.version(node);
         let handback = Frame::Handback {
@@ -717,7 +738,7 @@ impl Router {
         {
             let Some(hash) = list.pop() else { break };
             scanned += 1;
-            if cluster.members.owner(&hash, live) != node {
+            if cluster.members().owner(&hash, live) != node {
                 continue;
             }
             entries.clear();
@@ -809,14 +830,14 @@ impl Router {
     pub fn node(&self) -> u32 {
         self.cluster
             .as_ref()
-            .map_or(0, |c| u32::try_from(c.members.me().0).unwrap_or(u32::MAX))
+            .map_or(0, |c| u32::try_from(c.members().me().0).unwrap_or(u32::MAX))
     }
 
     /// The member that owns `info_hash`, if it is not this node.
     fn remote_owner(&self, info_hash: &InfoHash) -> Option<NodeId> {
         let cluster = self.cluster.as_ref()?;
-        let owner = cluster.members.owner(info_hash, &cluster.live.borrow());
-        (owner != cluster.members.me()).then_some(owner)
+        let owner = cluster.members().owner(info_hash, &cluster.live.borrow());
+        (owner != cluster.members().me()).then_some(owner)
     }
 
     /// Sends `frame` to another member: into its link's queue here, or to
@@ -995,13 +1016,23 @@ impl Router {
     /// Takes one of the in-flight places of slot `slot` (an executor, or
     /// after them a cluster member); None when they are all taken.
     fn reserve_slot(&self, slot: usize) -> Option<InFlight<'_>> {
-        let count = self.in_flight.get(slot)?;
+        let count = {
+            let mut in_flight = self.in_flight.borrow_mut();
+            // A member a reload added: its slot is made on first use.
+            if slot >= self.shards && in_flight.len() <= slot {
+                in_flight.resize_with(slot + 1, Rc::default);
+            }
+            in_flight.get(slot)?.clone()
+        };
         if count.get() >= self.max_in_flight {
             self.stats.mesh_full.bump();
             return None;
         }
         count.set(count.get() + 1);
-        Some(InFlight { count })
+        Some(InFlight {
+            count,
+            _request: std::marker::PhantomData,
+        })
     }
 
     /// Opens a reply slot for a request that holds `in_flight`.
@@ -1233,7 +1264,7 @@ impl Router {
         let mut stats: Vec<Option<ScrapeStats>> = vec![None; hashes.len()];
         let mut waiting = Vec::new();
         let mut here: Vec<(usize, &InfoHash)> = Vec::with_capacity(hashes.len());
-        let members = self.cluster.as_ref().map_or(0, |c| c.members.len());
+        let members = self.cluster.as_ref().map_or(0, |c| c.members().len());
         let mut remote: Vec<Vec<(usize, InfoHash)>> = (0..members).map(|_| Vec::new()).collect();
         for (i, hash) in hashes.iter().enumerate() {
             match to_other_nodes.then(|| self.remote_owner(hash)).flatten() {

@@ -387,6 +387,7 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
 
     let mut cluster = None;
     let mut cluster_tls = None;
+    let mut cluster_members = None;
     if let Some(members) = Members::from_config(&config.cluster) {
         let tls = Arc::new(Reloadable::new(
             LinkTls::load(&config.cluster).context("cannot load the cluster certificates")?,
@@ -395,8 +396,9 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
         let listener = std::net::TcpListener::bind(config.cluster.listen)
             .with_context(|| format!("cannot bind cluster.listen {}", config.cluster.listen))?;
         listening.push(format!("cluster://{}", listener.local_addr()?));
-        let members = Arc::new(members);
         let live = Arc::new(Reloadable::new(LiveSet::only(members.me(), members.len())));
+        let members = Arc::new(Reloadable::new(members));
+        cluster_members = Some(members.clone());
         let links = LinkSetup {
             members: members.clone(),
             tls,
@@ -596,6 +598,7 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
         http_tls,
         ws_tls,
         cluster_tls,
+        cluster_members,
         database: private.as_ref().map(|(p, _)| p.database.clone()),
     };
     let result = serve_until_stopped(
@@ -884,6 +887,8 @@ struct Reloadables {
     /// The cluster CA, certificate and key (links made after a reload use
     /// the new ones; links already up keep theirs).
     cluster_tls: Option<Arc<Reloadable<LinkTls>>>,
+    /// The cluster's member list, replaced when `cluster.members` changes.
+    cluster_members: Option<Arc<Reloadable<Members>>>,
     /// Private mode: the database thread reloads users and torrents.
     database: Option<mpsc::SyncSender<DbMessage>>,
 }
@@ -947,6 +952,30 @@ fn reload_config(reloadables: &Reloadables) {
         path.display(),
         plan.applied.join(", ")
     );
+    if let Some(members) = &reloadables.cluster_members {
+        if plan.applied.iter().any(|key| key == "cluster.members") {
+            let running = members.current().1;
+            // `plan` validated the list with this node's running name in it.
+            if let Some(next) = running.reloaded(&plan.config.cluster) {
+                let added: Vec<&str> = next
+                    .others()
+                    .filter(|n| running.is_removed(*n))
+                    .map(|n| next.name(n))
+                    .collect();
+                let removed: Vec<&str> = running
+                    .others()
+                    .filter(|n| next.is_removed(*n))
+                    .map(|n| running.name(n))
+                    .collect();
+                log::info!(
+                    "cluster members reloaded: added [{}], removed [{}]",
+                    added.join(", "),
+                    removed.join(", ")
+                );
+                members.replace(next);
+            }
+        }
+    }
     reloadables.config.replace(plan.config);
 }
 

@@ -2,7 +2,8 @@
 //! different nodes see each other (UDP, HTTP and a mix), scrapes agree
 //! whichever node answers them, connection ids are valid on every node,
 //! a killed node's torrents move to the survivors and come back when it
-//! rejoins, and links from impostors are refused.
+//! rejoins, links from impostors are refused, and members added or
+//! removed on SIGHUP join or leave.
 //!
 //! Certificates are made here with rcgen: a CA, and one certificate per
 //! node with its member name as subjectAltName.
@@ -534,42 +535,199 @@ fn a_rejoining_node_gets_back_the_swarms_the_survivors_served() {
     );
 }
 
-/// The member list is read at start only: a SIGHUP that changes it says
-/// so, naming the key, and the node keeps its running list.
-#[test]
-fn a_changed_member_list_on_sighup_is_logged_and_kept() {
-    let spec = Spec::new("cluster-members-reload");
-    let a = spec.start(0);
-    let config = std::fs::read_to_string(&a.config_path).expect("config");
-    let d = format!(
-        ", {{ name = \"d\", address = \"127.0.0.1:{}\" }}]",
-        common::unused_port()
-    );
-    let added = config.replacen("}]\n", &format!("}}{d}\n"), 1);
-    assert_ne!(added, config, "a member added");
-    std::fs::write(&a.config_path, added).expect("write");
-    a.signal(libc::SIGHUP);
-    let line = a
-        .wait_for_stderr("need a restart", SETTLE)
-        .expect("the member list is logged as restart-only");
+/// `config` with its member list replaced by `members` (name, link port).
+fn with_members(config: &str, members: &[(&str, u16)]) -> String {
+    let list: Vec<String> = members
+        .iter()
+        .map(|(name, port)| format!("{{ name = \"{name}\", address = \"127.0.0.1:{port}\" }}"))
+        .collect();
+    config
+        .lines()
+        .map(|line| {
+            if line.starts_with("members = ") {
+                format!("members = [{}]", list.join(", "))
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Rewrites `node`'s config with `members` and sends SIGHUP; waits until
+/// every executor lists exactly those members in its metrics.
+fn reload_members(node: &Tracker, members: &[(&str, u16)]) {
+    let config = std::fs::read_to_string(&node.config_path).expect("config");
+    let changed = with_members(&config, members);
+    assert_ne!(changed, config, "the member list changed");
+    std::fs::write(&node.config_path, changed).expect("write");
+    node.signal(libc::SIGHUP);
+    let want: std::collections::BTreeSet<String> =
+        members.iter().map(|(name, _)| (*name).to_owned()).collect();
+    let listed = eventually(SETTLE, || {
+        let text = metrics_text(node.metrics.expect("metrics"));
+        // Two executors, each listing every member once.
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with("aquatic_cluster_member_live{"))
+            .count();
+        (listed_members(node) == want && lines == 2 * want.len()).then_some(())
+    });
     assert!(
-        line.ends_with("(running values kept): cluster.members"),
-        "{line}"
+        listed.is_some(),
+        "the member list is reloaded: {:?}",
+        listed_members(node)
     );
-    // Still the three members it started with, and serving.
-    let text = metrics_text(a.metrics.expect("metrics"));
-    let members: std::collections::BTreeSet<&str> = text
+}
+
+/// The members `node`'s metrics list (live or not).
+fn listed_members(node: &Tracker) -> std::collections::BTreeSet<String> {
+    metrics_text(node.metrics.expect("metrics"))
         .lines()
         .filter(|l| l.starts_with("aquatic_cluster_member_live{"))
-        .filter_map(|l| l.split("member=\"").nth(1)?.split('"').next())
+        .filter_map(|l| Some(l.split("member=\"").nth(1)?.split('"').next()?.to_owned()))
+        .collect()
+}
+
+/// SIGHUP adds a fourth member: the three running nodes dial it once it
+/// starts, it becomes live everywhere, the swarm the others served for a
+/// torrent it now owns is handed to it, and announces through any node
+/// reach it.
+#[test]
+fn a_member_added_on_sighup_is_dialled_and_owns_its_torrents() {
+    let spec = Spec::new("cluster-members-add");
+    let nodes = start_cluster(&spec);
+    let four = ["a", "b", "c", "d"];
+    let d_port = loop {
+        let port = common::unused_port();
+        if !spec.ports.contains(&port) {
+            break port;
+        }
+    };
+    // A hash the four-member rendezvous gives to d: served by a, b or c
+    // until d is there.
+    let hash = (0u8..=255)
+        .map(|i| {
+            let mut hash = [11u8; 20];
+            hash[19] = i;
+            hash
+        })
+        .find(|hash| owner_index(four, &InfoHash(*hash)) == Some(3))
+        .expect("some hash of 256 is owned by d");
+    let mut through_a = Client::new(udp(&nodes[0]));
+    through_a.announce(hash, 1, 9701, AnnounceEvent::Started, 10);
+    let held = eventually(SETTLE, || {
+        let held = bt_torrents(&nodes[0]) + bt_torrents(&nodes[1]) + bt_torrents(&nodes[2]);
+        (held == 1.0).then_some(())
+    });
+    assert!(held.is_some(), "one of the three holds it");
+
+    let members: Vec<(&str, u16)> = NAMES
+        .iter()
+        .copied()
+        .zip(spec.ports)
+        .chain([("d", d_port)])
         .collect();
-    assert_eq!(members, ["a", "b", "c"].into_iter().collect());
-    let answer =
-        Client::new(udp(&a)).announce(hash_owned_by(1, 5), 1, 9800, AnnounceEvent::Started, 10);
-    assert!(
-        matches!(answer, OwnedResponse::AnnounceIpv4 { .. }),
-        "{answer:?}"
+    for node in &nodes {
+        reload_members(node, &members);
+    }
+    // d's own config: the four members, its certificate naming it.
+    let (cert, key) = spec.pki.node("d", "d");
+    let d_config = with_members(
+        &spec.config_with(0, &spec.pki.ca_path(), &cert, &key),
+        &members,
+    )
+    .replace("node = \"a\"", "node = \"d\"")
+    .replace(
+        &format!("listen = \"127.0.0.1:{}\"", spec.ports[0]),
+        &format!("listen = \"127.0.0.1:{d_port}\""),
     );
+    let d = Tracker::start("cluster-d", &d_config);
+    let all: Vec<&Tracker> = nodes.iter().chain([&d]).collect();
+    wait_live(&all, 4);
+
+    // The handback moves the swarm to d; the others drop their copy.
+    let moved = eventually(SETTLE, || {
+        let others = bt_torrents(&nodes[0]) + bt_torrents(&nodes[1]) + bt_torrents(&nodes[2]);
+        (bt_torrents(&d) == 1.0 && others == 0.0).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "d holds {} torrents, the others {}",
+        bt_torrents(&d),
+        bt_torrents(&nodes[0]) + bt_torrents(&nodes[1]) + bt_torrents(&nodes[2])
+    );
+    // Announces through a (UDP) and b (HTTP) reach d's swarm.
+    let seen = eventually(SETTLE, || {
+        let body = http_announce(http(&nodes[1]), hash, 2, 9702);
+        (http_peer_ports(&body) == [9701]).then_some(())
+    });
+    assert!(seen.is_some(), "the peer handed to d is seen through b");
+    let answer = through_a.announce(hash, 3, 9703, AnnounceEvent::Started, 10);
+    assert_eq!(sorted(peers_v4(&answer)), [9701, 9702], "through a");
+    let answer = Client::new(udp(&d)).announce(hash, 4, 9704, AnnounceEvent::Started, 10);
+    assert_eq!(sorted(peers_v4(&answer)), [9701, 9702, 9703], "at d itself");
+    // Metrics are published on a timer: what they show is awaited.
+    let only_d = eventually(SETTLE, || {
+        let others = bt_torrents(&nodes[0]) + bt_torrents(&nodes[1]) + bt_torrents(&nodes[2]);
+        (bt_torrents(&d) == 1.0 && others == 0.0).then_some(())
+    });
+    assert!(only_d.is_some(), "only d holds the torrent");
+}
+
+/// SIGHUP removes a member: its links close, the others serve its torrents
+/// between them, and a later SIGHUP that lists it again brings it back.
+#[test]
+fn a_member_removed_on_sighup_leaves_and_can_come_back() {
+    let spec = Spec::new("cluster-members-remove");
+    let nodes = start_cluster(&spec);
+    let hash = hash_owned_by(2, 12);
+    // Served at c, through a.
+    let mut through_a = Client::new(udp(&nodes[0]));
+    through_a.announce(hash, 1, 9711, AnnounceEvent::Started, 10);
+    let at_c = eventually(SETTLE, || (bt_torrents(&nodes[2]) == 1.0).then_some(()));
+    assert!(at_c.is_some(), "c owns it");
+
+    let two: Vec<(&str, u16)> = NAMES.iter().copied().zip(spec.ports).take(2).collect();
+    for node in &nodes[..2] {
+        reload_members(node, &two);
+    }
+    wait_live(&[&nodes[0], &nodes[1]], 2);
+    // c still runs (and still lists a and b), but a and b no longer send
+    // it anything: c loses them too once their links are closed.
+    let alone = eventually(SETTLE, || (live_members(&nodes[2]) == 2.0).then_some(()));
+    assert!(
+        alone.is_some(),
+        "c's links to a and b closed: {} live",
+        live_members(&nodes[2])
+    );
+    let body = http_announce(http(&nodes[1]), hash, 2, 9712);
+    assert!(
+        http_peer_ports(&body).is_empty(),
+        "a new swarm on a or b, not c's: {:?}",
+        http_peer_ports(&body)
+    );
+    let answer = through_a.announce(hash, 3, 9713, AnnounceEvent::Started, 10);
+    assert_eq!(peers_v4(&answer), [9712], "a and b share one owner");
+    let held = eventually(SETTLE, || {
+        (bt_torrents(&nodes[0]) + bt_torrents(&nodes[1]) == 1.0).then_some(())
+    });
+    assert!(held.is_some(), "a and b hold one copy");
+
+    // Listed again: c comes back into its old place and owns its torrents.
+    let three: Vec<(&str, u16)> = NAMES.iter().copied().zip(spec.ports).collect();
+    for node in &nodes[..2] {
+        reload_members(node, &three);
+    }
+    wait_live(&nodes.iter().collect::<Vec<_>>(), 3);
+    let answer = eventually(SETTLE, || {
+        let answer = through_a.announce(hash, 3, 9713, AnnounceEvent::Started, 10);
+        let ports = sorted(peers_v4(&answer));
+        // c's old peer plus the one b handed back to it.
+        (ports == [9711, 9712]).then_some(ports)
+    });
+    assert!(answer.is_some(), "c owns the torrent again");
 }
 
 /// Links refused by `node` so far (on dial or on accept).

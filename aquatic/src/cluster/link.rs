@@ -13,9 +13,16 @@
 //! the other's certificate names the member it is (see `cluster::tls`); a
 //! failure is logged, counted and the connection closed. A dialler that
 //! loses its link dials again with a backoff from 100 ms to 5 s.
+//!
+//! The member list is re-read on SIGHUP (`Members::reloaded`): the liveness
+//! tick takes a new list, makes room for the members added (queues,
+//! generations) and starts dialling those this node dials; a member
+//! removed leaves the live set at once, its dialler stops, its link closes
+//! (both halves check on their next wake-up) and its connections are
+//! refused like a non-member's.
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::RefCell,
     net::SocketAddr,
     os::fd::{FromRawFd, IntoRawFd},
     rc::Rc,
@@ -37,7 +44,7 @@ use crate::{
         tls::{agreed_version, server_name, LinkTls},
     },
     net::udp::{ForwardedAnswers, UdpEndpoint},
-    reload::Reloadable,
+    reload::{LocalCopy, Reloadable},
     router::{Router, UdpAnswers},
     timing::within,
 };
@@ -54,8 +61,8 @@ const LIVENESS_TICK: Duration = Duration::from_millis(100);
 
 /// What the links need from the main thread.
 pub struct LinkSetup {
-    /// The member list.
-    pub members: Arc<Members>,
+    /// The member list, replaced on SIGHUP.
+    pub members: Arc<Reloadable<Members>>,
     /// Certificates, replaced on SIGUSR1; each new link takes the current ones.
     pub tls: Arc<Reloadable<LinkTls>>,
     /// The bound link listener.
@@ -67,7 +74,7 @@ pub struct LinkSetup {
 }
 
 struct Links {
-    members: Rc<Members>,
+    members: RefCell<Rc<Members>>,
     tls: Arc<Reloadable<LinkTls>>,
     queues: Rc<LinkQueues>,
     router: Rc<Router>,
@@ -75,7 +82,9 @@ struct Links {
     liveness: RefCell<Liveness>,
     live: Arc<Reloadable<LiveSet>>,
     /// Each member's current link; a newer one retires an older one.
-    generation: Vec<Cell<u64>>,
+    generation: RefCell<Vec<u64>>,
+    /// The members a dialler runs for (one each).
+    dialling: RefCell<std::collections::HashSet<NodeId>>,
     started: Instant,
     heartbeat: Duration,
 }
@@ -87,11 +96,13 @@ pub async fn run(
     queues: Rc<LinkQueues>,
     udp: Option<Rc<UdpEndpoint>>,
 ) {
-    let members = Rc::new((*setup.members).clone());
+    let members_copy = LocalCopy::new(setup.members.clone());
+    let members = Rc::new((*members_copy.get()).clone());
     let links = Rc::new(Links {
         liveness: RefCell::new(Liveness::new(&members, setup.failure_timeout)),
-        generation: (0..members.len()).map(|_| Cell::new(0)).collect(),
-        members,
+        generation: RefCell::new(vec![0; members.len()]),
+        dialling: RefCell::default(),
+        members: RefCell::new(members),
         tls: setup.tls,
         queues,
         router,
@@ -104,20 +115,19 @@ pub async fn run(
     // SAFETY: a bound, listening TCP socket the main thread handed over.
     let listener = unsafe { TcpListener::from_raw_fd(setup.listener.into_raw_fd()) };
     glommio::spawn_local(accept(links.clone(), listener)).detach();
-    for node in links.members.others() {
-        if links.members.dials(node) {
-            glommio::spawn_local(dial(links.clone(), node)).detach();
-        }
-    }
+    links.start_diallers();
     loop {
         sleep(LIVENESS_TICK).await;
+        if let Some(members) = members_copy.refresh() {
+            links.take_members(Rc::new((*members).clone()));
+        }
         let now = links.now();
-        let me = links.members.me();
+        let me = links.members().me();
         let left = links.liveness.borrow_mut().expire(me, now);
         for node in &left {
             log::warn!(
                 "cluster member {} silent for {:?}: its torrents move to their next owner",
-                links.members.name(*node),
+                links.members().name(*node),
                 links.heartbeat * 4
             );
             links.queues.clear(*node);
@@ -129,6 +139,54 @@ pub async fn run(
 }
 
 impl Links {
+    fn members(&self) -> Rc<Members> {
+        self.members.borrow().clone()
+    }
+
+    fn generation(&self, node: NodeId) -> u64 {
+        self.generation.borrow().get(node.0).copied().unwrap_or(0)
+    }
+
+    /// Starts a dialler for every member this node dials that has none.
+    fn start_diallers(self: &Rc<Self>) {
+        let members = self.members();
+        for node in members.others() {
+            if members.dials(node) && self.dialling.borrow_mut().insert(node) {
+                glommio::spawn_local(dial(self.clone(), node)).detach();
+            }
+        }
+    }
+
+    /// Takes a reloaded member list: room for the members added, the ones
+    /// removed out of the live set (their links close on their next
+    /// wake-up: `serve` checks), diallers for the added ones.
+    fn take_members(self: &Rc<Self>, members: Rc<Members>) {
+        let before = self.members();
+        self.queues.grow(members.len());
+        {
+            let mut generation = self.generation.borrow_mut();
+            if generation.len() < members.len() {
+                generation.resize(members.len(), 0);
+            }
+        }
+        // The routers here know the new list before anything can join.
+        self.router.set_members(members.clone());
+        *self.members.borrow_mut() = members.clone();
+        let mut left = false;
+        for node in before.others().filter(|n| members.is_removed(*n)) {
+            log::info!(
+                "cluster member {} removed from the member list: its links close, its torrents move to their next owner",
+                members.name(node)
+            );
+            self.queues.clear(node);
+            left |= self.liveness.borrow_mut().forget(node);
+        }
+        if left {
+            self.publish();
+        }
+        self.start_diallers();
+    }
+
     fn now(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
@@ -140,9 +198,12 @@ impl Links {
     }
 
     fn heard(&self, node: NodeId) {
+        if self.members().is_removed(node) {
+            return;
+        }
         let joined = self.liveness.borrow_mut().heard(node, self.now());
         if joined {
-            log::info!("cluster member {} is live", self.members.name(node));
+            log::info!("cluster member {} is live", self.members().name(node));
             self.publish();
         }
     }
@@ -218,7 +279,8 @@ async fn accept(links: Rc<Links>, listener: TcpListener) {
                 else {
                     return Err((None, "no hello frame".to_owned()));
                 };
-                let Some(node) = links.members.by_name(&name) else {
+                let members = links.members();
+                let Some(node) = members.by_name(&name) else {
                     return Err((None, format!("{name:?} is not a member")));
                 };
                 let certificates = tls.get_ref().1.peer_certificates().unwrap_or_default();
@@ -228,11 +290,11 @@ async fn accept(links: Rc<Links>, listener: TcpListener) {
                         format!("its certificate does not name {name:?}"),
                     ));
                 }
-                if node == links.members.me() || links.members.dials(node) {
+                if node == members.me() || members.dials(node) {
                     return Err((Some(node), format!("{name:?} should not dial this node")));
                 }
                 let hello = Frame::Hello {
-                    name: links.members.name(links.members.me()).to_owned(),
+                    name: members.name(members.me()).to_owned(),
                 };
                 write_frame(&mut tls, version, &hello)
                     .await
@@ -253,10 +315,17 @@ async fn accept(links: Rc<Links>, listener: TcpListener) {
 
 async fn dial(links: Rc<Links>, node: NodeId) {
     let mut backoff = BACKOFF_MIN;
-    let name = links.members.name(node).to_owned();
+    let name = links.members().name(node).to_owned();
     loop {
+        if links.members().is_removed(node) {
+            // A reload removed it; a later one that lists it again starts
+            // a new dialler.
+            links.dialling.borrow_mut().remove(&node);
+            return;
+        }
         let connected = async {
-            let address = links.members.address(node)?;
+            // The address as listed now: a reload may have moved it.
+            let address = links.members().address(node)?;
             let stream = TcpStream::connect(address).await.ok()?;
             let _ = stream.set_nodelay(true);
             let client = links.tls.current().1.client.clone();
@@ -269,8 +338,9 @@ async fn dial(links: Rc<Links>, node: NodeId) {
                     return None;
                 }
             };
+            let members = links.members();
             let hello = Frame::Hello {
-                name: links.members.name(links.members.me()).to_owned(),
+                name: members.name(members.me()).to_owned(),
             };
             let version = agreed_version(tls.get_ref().1.alpn_protocol());
             write_frame(&mut tls, version, &hello).await?;
@@ -300,12 +370,15 @@ async fn serve<S>(links: &Rc<Links>, node: NodeId, stream: S, mut reader: FrameR
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let generation = links.generation[node.0].get() + 1;
-    links.generation[node.0].set(generation);
+    let generation = links.generation(node) + 1;
+    if let Some(slot) = links.generation.borrow_mut().get_mut(node.0) {
+        *slot = generation;
+    }
     reader.limit_to(version);
     // Before the member can rejoin: what it is sent depends on it.
     links.queues.set_version(node, version);
-    let current = || links.generation[node.0].get() == generation;
+    // Ends when a newer link replaces it or a reload removes the member.
+    let current = || links.generation(node) == generation && !links.members().is_removed(node);
     if let Some(stats) = links.queues.stats(node) {
         if stats.links.get() > 0 {
             bump(&stats.reconnects);
@@ -314,7 +387,7 @@ where
     }
     log::info!(
         "cluster link to {} up (frame version {version})",
-        links.members.name(node)
+        links.members().name(node)
     );
     links.heard(node);
     // A link that was replaced still holds the waker until it notices.
@@ -387,7 +460,7 @@ where
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(err) => {
-                        log::warn!("cluster link from {}: {err}", links.members.name(node));
+                        log::warn!("cluster link from {}: {err}", links.members().name(node));
                         return;
                     }
                 };
@@ -442,5 +515,5 @@ where
     };
     futures_lite::future::or(writer, reading).await;
     links.queues.return_waker(node, woken);
-    log::info!("cluster link to {} down", links.members.name(node));
+    log::info!("cluster link to {} down", links.members().name(node));
 }

@@ -1,6 +1,12 @@
 //! The members of the cluster as the runtime uses them: a [`NodeId`] per
 //! member, this node's own id, and the live set that ownership is chosen
 //! over.
+//!
+//! Positions never move: a member added by a reload gets the next one, a
+//! member removed keeps its position as a tombstone that owns nothing (and
+//! gets it back if its name returns), so a [`NodeId`] held anywhere (a
+//! WebTorrent peer's connection, a link's queue, a reply slot) stays right
+//! across reloads.
 
 use aquatic_common::InfoHash;
 
@@ -15,6 +21,8 @@ pub struct NodeId(pub usize);
 pub struct Members {
     names: Vec<String>,
     addresses: Vec<std::net::SocketAddr>,
+    /// Removed by a reload: owns nothing, is never dialled or accepted.
+    removed: Vec<bool>,
     me: NodeId,
 }
 
@@ -29,8 +37,41 @@ impl Members {
         Some(Self {
             names: config.members.iter().map(|m| m.name.clone()).collect(),
             addresses: config.members.iter().map(|m| m.address).collect(),
+            removed: vec![false; config.members.len()],
             me: NodeId(me),
         })
+    }
+
+    /// The member list of a reloaded `[cluster]` table, positions kept:
+    /// known names keep theirs (with the new address), new names are
+    /// appended, names no longer listed become tombstones. This node stays
+    /// itself (`cluster.node` needs a restart). None when the cluster is
+    /// off or would no longer list this node.
+    pub fn reloaded(&self, config: &ClusterConfig) -> Option<Self> {
+        if !config.enabled || !config.members.iter().any(|m| m.name == self.name(self.me)) {
+            return None;
+        }
+        let mut next = self.clone();
+        next.removed.iter_mut().for_each(|r| *r = true);
+        for member in &config.members {
+            match next.names.iter().position(|n| *n == member.name) {
+                Some(i) => {
+                    next.addresses[i] = member.address;
+                    next.removed[i] = false;
+                }
+                None => {
+                    next.names.push(member.name.clone());
+                    next.addresses.push(member.address);
+                    next.removed.push(false);
+                }
+            }
+        }
+        Some(next)
+    }
+
+    /// Whether a reload removed `node` (a tombstone).
+    pub fn is_removed(&self, node: NodeId) -> bool {
+        self.removed.get(node.0).copied().unwrap_or(true)
     }
 
     /// This node.
@@ -38,7 +79,7 @@ impl Members {
         self.me
     }
 
-    /// How many members there are.
+    /// How many positions there are (tombstones included).
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -58,16 +99,20 @@ impl Members {
         self.addresses.get(node.0).copied()
     }
 
-    /// The member called `name`.
+    /// The member called `name` (not a tombstone).
     pub fn by_name(&self, name: &str) -> Option<NodeId> {
-        self.names.iter().position(|n| n == name).map(NodeId)
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(NodeId)
+            .filter(|n| !self.is_removed(*n))
     }
 
-    /// Every member but this one.
+    /// Every member but this one (tombstones left out).
     pub fn others(&self) -> impl Iterator<Item = NodeId> + '_ {
         (0..self.names.len())
             .map(NodeId)
-            .filter(move |n| *n != self.me)
+            .filter(move |n| *n != self.me && !self.is_removed(*n))
     }
 
     /// Whether this node dials `other` (rather than waiting for it to
@@ -84,7 +129,9 @@ impl Members {
             .names
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i == self.me.0 || live.contains(NodeId(*i)))
+            .filter(|(i, _)| {
+                *i == self.me.0 || (live.contains(NodeId(*i)) && !self.is_removed(NodeId(*i)))
+            })
             .map(|(i, name)| (i, name.as_str()))
             .collect::<Vec<_>>();
         ownership::owner_index(live_names.iter().map(|(_, name)| *name), info_hash)
@@ -114,6 +161,9 @@ impl LiveSet {
 
     /// Marks `node` live or not; true if that changed anything.
     pub fn set(&mut self, node: NodeId, live: bool) -> bool {
+        if live && node.0 >= self.0.len() {
+            self.0.resize(node.0 + 1, false);
+        }
         match self.0.get_mut(node.0) {
             Some(slot) if *slot != live => {
                 *slot = live;
@@ -156,6 +206,9 @@ impl Liveness {
 
     /// A frame from `node` arrived at `now`; true if it (re)joined.
     pub fn heard(&mut self, node: NodeId, now: f64) -> bool {
+        if node.0 >= self.last_heard.len() {
+            self.last_heard.resize(node.0 + 1, None);
+        }
         if let Some(slot) = self.last_heard.get_mut(node.0) {
             *slot = Some(now);
         }
@@ -176,6 +229,15 @@ impl Liveness {
             }
         }
         left
+    }
+
+    /// A member removed by a reload leaves the live set at once; true if
+    /// it was live.
+    pub fn forget(&mut self, node: NodeId) -> bool {
+        if let Some(slot) = self.last_heard.get_mut(node.0) {
+            *slot = None;
+        }
+        self.live.set(node, false)
     }
 
     /// The live set now.
@@ -230,6 +292,42 @@ mod tests {
         let (a, b) = (members("a"), members("b"));
         assert!(a.dials(NodeId(1)) && !b.dials(NodeId(0)));
         assert_eq!(a.others().collect::<Vec<_>>(), [NodeId(1), NodeId(2)]);
+    }
+
+    #[test]
+    fn a_reload_appends_new_members_and_keeps_removed_ones_as_tombstones() {
+        let a = members("a");
+        let mut config = ClusterConfig {
+            enabled: true,
+            node: "a".to_owned(),
+            ..ClusterConfig::default()
+        };
+        let member = |name: &str, port: u16| ClusterMember {
+            name: name.to_owned(),
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        config.members = vec![member("d", 4000), member("c", 3999), member("a", 3100)];
+        let next = a.reloaded(&config).expect("a stays");
+        assert_eq!(next.len(), 4);
+        assert_eq!(next.by_name("c"), Some(NodeId(2)), "c keeps its position");
+        assert_eq!(next.address(NodeId(2)), Some(member("c", 3999).address));
+        assert_eq!(next.by_name("d"), Some(NodeId(3)), "d is appended");
+        assert!(next.is_removed(NodeId(1)) && next.by_name("b").is_none());
+        assert_eq!(next.others().collect::<Vec<_>>(), [NodeId(2), NodeId(3)]);
+        let all = LiveSet(vec![true; 4]);
+        assert!((0..=255u8).all(|b| next.owner(&InfoHash([b; 20]), &all) != NodeId(1)));
+        config.members.push(member("b", 3101));
+        let back = next.reloaded(&config).expect("a stays");
+        assert_eq!(
+            back.by_name("b"),
+            Some(NodeId(1)),
+            "b comes back to its place"
+        );
+        config.members.retain(|m| m.name != "a");
+        assert!(
+            back.reloaded(&config).is_none(),
+            "a node cannot remove itself"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
+    rc::Rc,
 };
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -62,34 +63,49 @@ struct Queue {
     version: Cell<u16>,
     wake: LocalSender<()>,
     woken: RefCell<Option<LocalReceiver<()>>>,
-    stats: LinkStats,
+    stats: Rc<LinkStats>,
 }
 
-/// The outgoing queues of every link, by member.
+impl Queue {
+    fn new() -> Rc<Self> {
+        let (wake, woken) = local_channel::new_bounded(1);
+        Rc::new(Queue {
+            frames: RefCell::default(),
+            version: Cell::new(crate::cluster::frame::OLDEST_FRAME_VERSION),
+            wake,
+            woken: RefCell::new(Some(woken)),
+            stats: Rc::default(),
+        })
+    }
+}
+
+/// The outgoing queues of every link, by member; members added by a
+/// reload get theirs with [`LinkQueues::grow`] (positions never move).
 pub struct LinkQueues {
-    queues: Vec<Queue>,
+    queues: RefCell<Vec<Rc<Queue>>>,
     capacity: usize,
 }
 
 impl LinkQueues {
     /// Queues for `members` members, each holding `capacity` requests.
     pub fn new(members: usize, capacity: usize) -> Self {
-        let queues = (0..members)
-            .map(|_| {
-                let (wake, woken) = local_channel::new_bounded(1);
-                Queue {
-                    frames: RefCell::default(),
-                    version: Cell::new(crate::cluster::frame::OLDEST_FRAME_VERSION),
-                    wake,
-                    woken: RefCell::new(Some(woken)),
-                    stats: LinkStats::default(),
-                }
-            })
-            .collect();
         Self {
-            queues,
+            queues: RefCell::new((0..members).map(|_| Queue::new()).collect()),
             capacity: capacity.max(1),
         }
+    }
+
+    /// Makes room for `members` members (never shrinks: a removed member
+    /// keeps its queue, emptied, and its figures).
+    pub fn grow(&self, members: usize) {
+        let mut queues = self.queues.borrow_mut();
+        while queues.len() < members {
+            queues.push(Queue::new());
+        }
+    }
+
+    fn get(&self, of: NodeId) -> Option<Rc<Queue>> {
+        self.queues.borrow().get(of.0).cloned()
     }
 
     /// Queues a frame that may be refused; false (counted) when the queue
@@ -104,7 +120,7 @@ impl LinkQueues {
     }
 
     fn push_within(&self, to: NodeId, frame: Frame, limit: usize) -> bool {
-        let Some(queue) = self.queues.get(to.0) else {
+        let Some(queue) = self.get(to) else {
             return false;
         };
         let mut frames = queue.frames.borrow_mut();
@@ -119,15 +135,14 @@ impl LinkQueues {
 
     /// Records the frame version `to`'s new link agreed on.
     pub fn set_version(&self, to: NodeId, version: u16) {
-        if let Some(queue) = self.queues.get(to.0) {
+        if let Some(queue) = self.get(to) {
             queue.version.set(version);
         }
     }
 
     /// The frame version `to`'s link speaks.
     pub fn version(&self, to: NodeId) -> u16 {
-        self.queues
-            .get(to.0)
+        self.get(to)
             .map_or(crate::cluster::frame::OLDEST_FRAME_VERSION, |q| {
                 q.version.get()
             })
@@ -137,8 +152,7 @@ impl LinkQueues {
     /// more with some to spare: background work (handback) waits for this
     /// rather than take the room of requests.
     pub fn has_room(&self, to: NodeId, frames: usize) -> bool {
-        self.queues
-            .get(to.0)
+        self.get(to)
             .is_some_and(|q| q.frames.borrow().len() + frames <= (self.capacity / 2).max(1))
     }
 
@@ -149,7 +163,7 @@ impl LinkQueues {
 
     /// Takes up to `most` frames for `to`, oldest first.
     pub fn take(&self, to: NodeId, most: usize, into: &mut Vec<Frame>) {
-        if let Some(queue) = self.queues.get(to.0) {
+        if let Some(queue) = self.get(to) {
             let mut frames = queue.frames.borrow_mut();
             let n = frames.len().min(most);
             into.extend(frames.drain(..n));
@@ -158,14 +172,12 @@ impl LinkQueues {
 
     /// Whether frames wait for `to`.
     pub fn has_frames(&self, to: NodeId) -> bool {
-        self.queues
-            .get(to.0)
-            .is_some_and(|q| !q.frames.borrow().is_empty())
+        self.get(to).is_some_and(|q| !q.frames.borrow().is_empty())
     }
 
     /// Drops what waits for a member that left the live set (counted).
     pub fn clear(&self, to: NodeId) {
-        if let Some(queue) = self.queues.get(to.0) {
+        if let Some(queue) = self.get(to) {
             let n = queue.frames.borrow_mut().drain(..).count() as u64;
             queue.stats.dropped.set(queue.stats.dropped.get() + n);
         }
@@ -174,18 +186,20 @@ impl LinkQueues {
     /// The wake-up receiver of `to`'s writer (taken once; the writer of
     /// each new link borrows it back).
     pub fn take_waker(&self, to: NodeId) -> Option<LocalReceiver<()>> {
-        self.queues.get(to.0)?.woken.borrow_mut().take()
+        let queue = self.get(to)?;
+        let woken = queue.woken.borrow_mut().take();
+        woken
     }
 
     /// Gives a waker back when a link ends.
     pub fn return_waker(&self, to: NodeId, woken: LocalReceiver<()>) {
-        if let Some(queue) = self.queues.get(to.0) {
+        if let Some(queue) = self.get(to) {
             *queue.woken.borrow_mut() = Some(woken);
         }
     }
 
     /// A link's figures.
-    pub fn stats(&self, of: NodeId) -> Option<&LinkStats> {
-        self.queues.get(of.0).map(|q| &q.stats)
+    pub fn stats(&self, of: NodeId) -> Option<Rc<LinkStats>> {
+        self.get(of).map(|q| q.stats.clone())
     }
 }
