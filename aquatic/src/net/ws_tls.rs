@@ -471,6 +471,14 @@ mod tests {
 
     impl Harness {
         fn new(chunk: usize) -> Self {
+            Self::with_versions(chunk, rustls::DEFAULT_VERSIONS)
+        }
+
+        /// With a client that offers only `versions`.
+        fn with_versions(
+            chunk: usize,
+            versions: &[&'static rustls::SupportedProtocolVersion],
+        ) -> Self {
             let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
                 .expect("certificate");
             let cert = certified.cert.der().clone();
@@ -487,7 +495,7 @@ mod tests {
             let mut roots = RootCertStore::empty();
             roots.add(cert).expect("root");
             let client = ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
+                .with_protocol_versions(versions)
                 .expect("versions")
                 .with_root_certificates(roots)
                 .with_no_client_auth();
@@ -592,7 +600,20 @@ mod tests {
     #[test]
     fn a_large_message_split_across_reads_and_records_arrives_whole_both_ways() {
         // 7-byte socket reads and writes: every record arrives in pieces.
-        let mut harness = Harness::new(7);
+        large_messages_both_ways(Harness::new(7));
+    }
+
+    #[test]
+    fn tls_1_2_carries_messages_too() {
+        let harness =
+            large_messages_both_ways(Harness::with_versions(7, &[&rustls::version::TLS12]));
+        assert_eq!(
+            harness.client.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+    }
+
+    fn large_messages_both_ways(mut harness: Harness) -> Harness {
         let stream = harness.accept();
         assert_eq!(buffered(&stream), 0, "buffers kept after the handshake");
         // Three records of up to 16 KiB; the reader takes 1000 bytes a
@@ -613,6 +634,8 @@ mod tests {
         });
         assert!(harness.received == reply, "the client read other bytes");
         assert_eq!(buffered(&stream), 0, "buffers kept once the reply was sent");
+        drop(stream);
+        harness
     }
 
     #[test]
