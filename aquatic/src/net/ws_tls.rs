@@ -12,7 +12,9 @@
 //! - `incoming` holds received TLS bytes only while a record is incomplete
 //!   (a record split across reads); once every complete record is
 //!   processed and nothing is left, it is freed. Reads from the socket go
-//!   through a buffer on the stack of the poll call.
+//!   through a buffer on the stack of the poll call. Its size is bounded by
+//!   rustls: a record longer than TLS allows, or a handshake message over
+//!   64 KiB (whose fragments stay here until it is whole), is an error.
 //! - `outgoing` holds encrypted bytes only until the socket took them.
 //! - `plaintext` holds the rest of a decrypted record that the reader has
 //!   not asked for yet (tungstenite reads in small pieces).
