@@ -16,7 +16,9 @@ max_connections_per_worker is raised on both trackers.
 
 Usage: /usr/bin/python3 benches/ws_idle.py [--connections 10000] [--rounds 4]
            [--tls both|ws|wss] [--ours target/release/aquatic] [--peers DIR]
-           [--trackers ours,aquatic_ws]
+           [--trackers ours,aquatic_ws] [--base OTHER_BUILD_OF_OURS]
+With --base, a tracker "base" (another build of ours, e.g. main's, same
+config as ours) can be listed in --trackers: ours,base,aquatic_ws.
 Needs Debian's python3-websockets (installed with apt-get when missing).
 """
 
@@ -132,7 +134,7 @@ def run_one(name, binary, tls, connections, work):
     port = compare.free_port()
     cfg = os.path.join(work, f"{name}.toml")
     with open(cfg, "w") as f:
-        if name == "ours":
+        if name in ("ours", "base"):
             f.write(ours_config(port, work, tls, connections))
         else:
             f.write(aquatic_ws_config(binary, port, work, tls, connections))
@@ -162,6 +164,7 @@ def main():
     parser.add_argument("--ours", default=os.path.join(compare.ROOT, "target/release/aquatic"))
     parser.add_argument("--peers", default=os.path.join(compare.HERE, ".peers"))
     parser.add_argument("--trackers", default="ours,aquatic_ws")
+    parser.add_argument("--base", help="another build of ours, listed as tracker 'base'")
     args = parser.parse_args()
     try:
         import websockets  # noqa: F401
@@ -176,6 +179,10 @@ def main():
     if "aquatic_ws" in trackers:
         compare.ensure_peers(args.peers, ["aquatic_ws"])
     binaries = {"ours": args.ours, "aquatic_ws": os.path.join(args.peers, "bin", "aquatic_ws")}
+    if "base" in trackers:
+        if not args.base:
+            sys.exit("tracker 'base' needs --base PATH")
+        binaries["base"] = args.base
     work = tempfile.mkdtemp(prefix="aquatic-wsidle-")
     compare.make_certificate(work)
     modes = {"both": [False, True], "ws": [False], "wss": [True]}[args.tls]

@@ -357,6 +357,47 @@ fn wss_with_a_generated_certificate() {
     );
 }
 
+/// How long a reload may take to show.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A WSS connection that trusts only `certificate`; None if the handshake fails.
+fn wss_connect(
+    certificate: &common::TestCertificate,
+    addr: SocketAddr,
+) -> Option<Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>> {
+    let stream = certificate.connect(addr);
+    let (socket, _) = tungstenite::client("wss://localhost/announce", stream).ok()?;
+    Some(Client { socket })
+}
+
+#[test]
+fn sigusr1_reloads_the_wss_certificate_and_open_connections_go_on() {
+    let (first, second) = (
+        common::TestCertificate::new("wss-reload-a"),
+        common::TestCertificate::new("wss-reload-b"),
+    );
+    let tracker = Tracker::start("wss-reload", &with_ws(&base_config(), &first.config_lines));
+    let addr = ws_v4(&tracker);
+    let mut open = wss_connect(&first, addr).expect("served with the first certificate");
+    let hash = hash_on_shard(0, 2, 51);
+    assert_eq!(open.announce(announce(hash, 1)), (0, 1));
+    assert!(
+        wss_connect(&second, addr).is_none(),
+        "a client that trusts only the second certificate is refused at first"
+    );
+
+    // The second certificate's files take the first one's paths.
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(second.dir.join(file), first.dir.join(file)).expect("copy");
+    }
+    tracker.signal(libc::SIGUSR1);
+    let mut fresh = eventually(WAIT, || wss_connect(&second, addr))
+        .expect("the second certificate is served after SIGUSR1");
+    assert_eq!(fresh.announce(announce(hash, 2)), (0, 2));
+    // The connection opened before the reload goes on, over its old keys.
+    assert_eq!(open.announce(announce(hash, 1)), (0, 2));
+}
+
 #[test]
 fn sigterm_closes_websockets_with_a_close_frame_and_exits_zero() {
     let mut tracker = Tracker::start("ws-stop", &base_config());

@@ -10,6 +10,7 @@ pub mod steering;
 pub mod udp;
 mod udp_batch;
 pub mod ws;
+mod ws_tls;
 
 use std::{
     cell::Cell,
