@@ -70,12 +70,12 @@ use crate::{
 /// The first bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"AQTSNAP\0";
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The formats this build reads, each with its body reader: the current
 /// one and (once there is one) the previous, so that an upgrade, the main
 /// reason to restart, keeps the swarms. A new version adds its row and
 /// keeps the old row, converting to the current records.
-const READERS: &[(u16, BodyReader)] = &[(1, read_body_v1), (2, read_body_v2)];
+const READERS: &[(u16, BodyReader)] = &[(1, read_body_v1), (2, read_body_v2), (3, read_body_v3)];
 
 /// Bytes of the fixed header.
 pub const HEADER_BYTES: usize = 48;
@@ -105,7 +105,7 @@ pub enum IpRecord {
     V6([u8; 16]),
 }
 
-/// One UDP or HTTP peer in a snapshot (format version 2).
+/// One UDP or HTTP peer in a snapshot (format versions 2 and 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct PeerRecord {
     /// Where the peer is.
@@ -156,6 +156,7 @@ impl TorrentRecordV1 {
         TorrentRecord {
             info_hash: self.info_hash,
             completed: self.completed,
+            private_torrent: None,
             peers: self
                 .peers
                 .into_iter()
@@ -172,7 +173,30 @@ impl TorrentRecordV1 {
     }
 }
 
-/// Peers of one torrent in a snapshot (format version 2). A torrent with
+/// Peers of one torrent in a format version 2 snapshot (public swarms
+/// only: version 2 did not keep the private tracker's).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct TorrentRecordV2 {
+    /// The torrent.
+    pub info_hash: [u8; 20],
+    /// Its `completed` count (the scrape's "downloaded").
+    pub completed: u32,
+    /// Its peers.
+    pub peers: Vec<PeerRecord>,
+}
+
+impl From<TorrentRecordV2> for TorrentRecord {
+    fn from(old: TorrentRecordV2) -> Self {
+        Self {
+            info_hash: old.info_hash,
+            completed: old.completed,
+            private_torrent: None,
+            peers: old.peers,
+        }
+    }
+}
+
+/// Peers of one torrent in a snapshot (format version 3). A torrent with
 /// many peers spans several records with the same info hash.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct TorrentRecord {
@@ -180,8 +204,22 @@ pub struct TorrentRecord {
     pub info_hash: [u8; 20],
     /// Its `completed` count (the scrape's "downloaded").
     pub completed: u32,
+    /// Set for a swarm of the private tracker: the torrent's id in the
+    /// database (the private swarms are apart from the public ones, and
+    /// their seeders and leechers are written back under this id).
+    pub private_torrent: Option<u32>,
     /// Its peers.
     pub peers: Vec<PeerRecord>,
+}
+
+/// A [`TorrentRecord`] borrowing its peers, to encode a slice of a
+/// shard's peers without copying them again.
+#[derive(Encode)]
+struct TorrentRecordRef<'a> {
+    info_hash: [u8; 20],
+    completed: u32,
+    private_torrent: Option<u32>,
+    peers: &'a [PeerRecord],
 }
 
 impl PeerRecord {
@@ -277,32 +315,55 @@ pub enum SnapshotError {
 }
 
 /// A snapshot body being built: records encoded as they come, so that an
-/// executor can build it in slices between requests.
+/// executor can build it in slices between requests. Each slice encodes
+/// into a buffer of its own ([`start_chunk`](Self::start_chunk)): the body
+/// is never one growing buffer that the executor reallocates (copying all
+/// of it, tens of megabytes at a million peers) in the middle of a slice.
+/// The buffers are written one after the other, and freed, off the
+/// executor.
 #[derive(Debug, Default)]
 pub struct SnapshotBody {
-    bytes: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
     records: u64,
     peers: u64,
 }
 
 impl SnapshotBody {
-    /// Appends one torrent, split into records of at most
-    /// [`RECORD_MAX_PEERS`] peers.
+    /// Starts a new buffer of `capacity` bytes for the next records.
+    pub fn start_chunk(&mut self, capacity: usize) {
+        if self.chunks.last().is_some_and(|c| c.is_empty()) {
+            return;
+        }
+        self.chunks.push(Vec::with_capacity(capacity));
+    }
+
+    /// Appends peers of one torrent (all of them, or a part: the parts of
+    /// one torrent are records of their own, merged again on restore),
+    /// split into records of at most [`RECORD_MAX_PEERS`] peers. Nothing
+    /// is written for no peers.
     pub fn push_torrent(
         &mut self,
         info_hash: InfoHash,
         completed: u32,
+        private_torrent: Option<u32>,
         peers: &[PeerRecord],
     ) -> Result<(), codec::CodecError> {
-        for chunk in peers.chunks(RECORD_MAX_PEERS) {
-            let record = TorrentRecord {
+        if self.chunks.is_empty() {
+            self.chunks.push(Vec::new());
+        }
+        let Some(out) = self.chunks.last_mut() else {
+            return Ok(());
+        };
+        for part in peers.chunks(RECORD_MAX_PEERS) {
+            let record = TorrentRecordRef {
                 info_hash: info_hash.0,
                 completed,
-                peers: chunk.to_vec(),
+                private_torrent,
+                peers: part,
             };
-            codec::encode_into(&record, &mut self.bytes)?;
+            codec::encode_into(&record, out)?;
             self.records += 1;
-            self.peers += chunk.len() as u64;
+            self.peers += part.len() as u64;
         }
         Ok(())
     }
@@ -312,31 +373,83 @@ impl SnapshotBody {
         self.peers
     }
 
+    fn len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+
+    /// The header for this body.
+    fn header(&self, created_at: UnixSeconds) -> [u8; HEADER_BYTES] {
+        header_bytes(
+            FORMAT_VERSION,
+            created_at,
+            self.records,
+            self.len(),
+            self.chunks.iter().map(Vec::as_slice),
+        )
+    }
+
+    /// Writes the whole file, header and body, to `out`.
+    pub fn write_to(&self, created_at: UnixSeconds, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(&self.header(created_at))?;
+        for chunk in &self.chunks {
+            out.write_all(chunk)?;
+        }
+        Ok(())
+    }
+
     /// The whole file: header and body.
     pub fn into_file(self, created_at: UnixSeconds) -> Vec<u8> {
-        file_bytes(FORMAT_VERSION, created_at, self.records, &self.bytes)
+        let mut file = Vec::with_capacity(HEADER_BYTES + self.len() as usize);
+        // Writing into a Vec cannot fail.
+        let _ = self.write_to(created_at, &mut file);
+        file
     }
 }
 
-/// A file of `version` around an already encoded body.
+/// The header of a file of `version` whose body is `body`, in parts.
+fn header_bytes<'a>(
+    version: u16,
+    created_at: UnixSeconds,
+    records: u64,
+    body_len: u64,
+    body: impl Iterator<Item = &'a [u8]>,
+) -> [u8; HEADER_BYTES] {
+    let mut header = [0u8; HEADER_BYTES];
+    header[..8].copy_from_slice(&MAGIC);
+    header[8..10].copy_from_slice(&version.to_le_bytes());
+    header[12..16].copy_from_slice(&created_at.0.to_le_bytes());
+    header[16..24].copy_from_slice(&records.to_le_bytes());
+    header[24..32].copy_from_slice(&body_len.to_le_bytes());
+    let sum = checksum(&header[..CHECKED_HEADER_BYTES], body);
+    header[32..].copy_from_slice(&sum);
+    header
+}
+
+/// A file of `version` around an already encoded body (tests write
+/// older versions with it).
+#[cfg(test)]
 fn file_bytes(version: u16, created_at: UnixSeconds, records: u64, body: &[u8]) -> Vec<u8> {
+    let header = header_bytes(
+        version,
+        created_at,
+        records,
+        body.len() as u64,
+        std::iter::once(body),
+    );
     let mut file = Vec::with_capacity(HEADER_BYTES + body.len());
-    file.extend_from_slice(&MAGIC);
-    file.extend_from_slice(&version.to_le_bytes());
-    file.extend_from_slice(&0u16.to_le_bytes());
-    file.extend_from_slice(&created_at.0.to_le_bytes());
-    file.extend_from_slice(&records.to_le_bytes());
-    file.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    let sum = checksum(&file[..CHECKED_HEADER_BYTES], body);
-    file.extend_from_slice(&sum);
+    file.extend_from_slice(&header);
     file.extend_from_slice(body);
     file
 }
 
-fn checksum(header: &[u8], body: &[u8]) -> [u8; 16] {
+/// SipHash-2-4-128 of the header's first bytes and the body, which may
+/// come in parts (the hash is of their concatenation).
+fn checksum<'a>(header: &[u8], body: impl Iterator<Item = &'a [u8]>) -> [u8; 16] {
     let mut h = SipHasher24::new_with_keys(0x6171_7561_7469_6373, 0x736e_6170_7368_6f74);
     h.write(header);
-    h.write(body);
+    for part in body {
+        h.write(part);
+    }
     h.finish128().as_bytes()
 }
 
@@ -391,7 +504,7 @@ pub fn parse(bytes: &[u8], key: &PeerIdKey) -> Result<SnapshotContents, Snapshot
         return Err(SnapshotError::TrailingBytes(got - expected));
     }
     let body = &bytes[HEADER_BYTES..];
-    if checksum(&bytes[..CHECKED_HEADER_BYTES], body)[..] != bytes[32..48] {
+    if checksum(&bytes[..CHECKED_HEADER_BYTES], std::iter::once(body))[..] != bytes[32..48] {
         return Err(SnapshotError::Checksum);
     }
     Ok(SnapshotContents {
@@ -411,8 +524,19 @@ fn read_body_v1(
     Ok(old.into_iter().map(|r| r.upgrade(key)).collect())
 }
 
-/// Format version 2: `records` [`TorrentRecord`]s back to back.
+/// Format version 2: `records` [`TorrentRecordV2`]s back to back (no
+/// private swarms).
 fn read_body_v2(
+    body: &[u8],
+    records: u64,
+    _key: &PeerIdKey,
+) -> Result<Vec<TorrentRecord>, SnapshotError> {
+    let old: Vec<TorrentRecordV2> = read_records(body, records)?;
+    Ok(old.into_iter().map(TorrentRecord::from).collect())
+}
+
+/// Format version 3: `records` [`TorrentRecord`]s back to back.
+fn read_body_v3(
     body: &[u8],
     records: u64,
     _key: &PeerIdKey,
@@ -557,6 +681,20 @@ impl StateDir {
         write_durably(&path, file, 0o600)?;
         self.note_written(executor);
         Ok(file.len() as u64)
+    }
+
+    /// Writes executor `executor`'s snapshot from a body built in slices,
+    /// like [`write_snapshot`](Self::write_snapshot). Returns the size.
+    pub fn write_snapshot_body(
+        &self,
+        executor: usize,
+        body: &SnapshotBody,
+        created_at: UnixSeconds,
+    ) -> io::Result<u64> {
+        let path = self.snapshot_path(executor);
+        write_durably_with(&path, 0o600, |file| body.write_to(created_at, file))?;
+        self.note_written(executor);
+        Ok(HEADER_BYTES as u64 + body.len())
     }
 
     fn note_written(&self, executor: usize) {
@@ -720,6 +858,15 @@ fn reject(path: &Path) -> String {
 /// the new one whole: a temporary file, fsynced, renamed over `path`, and
 /// the directory fsynced so the rename itself is on disk.
 fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_durably_with(path, mode, |file| file.write_all(bytes))
+}
+
+/// [`write_durably`] of what `fill` writes.
+fn write_durably_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let mut temp = path.as_os_str().to_owned();
     temp.push(TEMP_SUFFIX);
     let temp = PathBuf::from(temp);
@@ -729,7 +876,7 @@ fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .write(true)
         .mode(mode)
         .open(&temp)?;
-    file.write_all(bytes)?;
+    fill(&mut file)?;
     file.sync_all()?;
     drop(file);
     fs::rename(&temp, path)?;
@@ -832,7 +979,8 @@ mod tests {
         let mut body = SnapshotBody::default();
         for t in 0..5u8 {
             let peers: Vec<PeerRecord> = (0..t * 3).map(|n| peer(n, 10 * n as u32)).collect();
-            body.push_torrent(InfoHash([t; 20]), t as u32, &peers)
+            body.start_chunk(64);
+            body.push_torrent(InfoHash([t; 20]), t as u32, None, &peers)
                 .expect("encodes");
         }
         body.into_file(UnixSeconds(created_at))
@@ -864,12 +1012,63 @@ mod tests {
         let peers: Vec<PeerRecord> = (0..RECORD_MAX_PEERS + 5)
             .map(|i| peer((i % 250) as u8, 1))
             .collect();
-        body.push_torrent(InfoHash([1; 20]), 3, &peers)
+        body.push_torrent(InfoHash([1; 20]), 3, Some(9), &peers)
             .expect("encodes");
         assert_eq!(body.peers(), peers.len() as u64);
         let contents = parse(&body.into_file(UnixSeconds(1)), &KEY).expect("parses");
         assert_eq!(contents.records.len(), 2);
         assert_eq!(contents.records[1].peers.len(), 5);
+        assert!(contents
+            .records
+            .iter()
+            .all(|r| r.private_torrent == Some(9)));
+    }
+
+    /// A body built in many buffers is the file one buffer would make:
+    /// the checksum runs over the parts as over their concatenation.
+    #[test]
+    fn a_body_in_chunks_is_one_file() {
+        let mut chunked = SnapshotBody::default();
+        let mut whole = Vec::new();
+        for t in 0..20u8 {
+            chunked.start_chunk(16);
+            let peers: Vec<PeerRecord> = (0..t).map(|n| peer(n, 1)).collect();
+            chunked
+                .push_torrent(InfoHash([t; 20]), 1, None, &peers)
+                .expect("encodes");
+            if !peers.is_empty() {
+                codec::encode_into(
+                    &TorrentRecord {
+                        info_hash: [t; 20],
+                        completed: 1,
+                        private_torrent: None,
+                        peers,
+                    },
+                    &mut whole,
+                )
+                .expect("encodes");
+            }
+        }
+        let file = chunked.into_file(UnixSeconds(7));
+        assert_eq!(file, file_bytes(FORMAT_VERSION, UnixSeconds(7), 19, &whole));
+        assert_eq!(parse(&file, &KEY).expect("parses").records.len(), 19);
+    }
+
+    /// A version 2 file (the previous release's: no private swarms) loads
+    /// as public swarms.
+    #[test]
+    fn a_version_2_file_keeps_loading() {
+        let old = TorrentRecordV2 {
+            info_hash: [3; 20],
+            completed: 4,
+            peers: vec![peer(2, 5), peer(3, 6)],
+        };
+        let mut body = Vec::new();
+        codec::encode_into(&old, &mut body).expect("encodes");
+        let file = file_bytes(2, UnixSeconds(10), 1, &body);
+        let contents = parse(&file, &KEY).expect("a version 2 file loads");
+        assert_eq!(contents.records, vec![TorrentRecord::from(old)]);
+        assert_eq!(contents.records[0].private_torrent, None);
     }
 
     /// A version 1 file as this build first wrote it, byte for byte: when
@@ -894,6 +1093,7 @@ mod tests {
             vec![TorrentRecord {
                 info_hash: [0xab; 20],
                 completed: 7,
+                private_torrent: None,
                 peers: vec![PeerRecord {
                     ip: IpRecord::V4([192, 0, 2, 1]),
                     port: 6881,

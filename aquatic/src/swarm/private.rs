@@ -366,6 +366,18 @@ impl Ledger {
     pub fn peers(&self) -> usize {
         self.baselines.len()
     }
+
+    /// The database id of a torrent with private peers here (snapshots
+    /// keep it with the swarm).
+    pub fn torrent_id(&self, info_hash: &InfoHash) -> Option<TorrentId> {
+        self.reported.get(info_hash).map(|(id, _)| *id)
+    }
+
+    /// Marks a restored private swarm's torrent for writing its counts,
+    /// as an announce would have.
+    pub fn restore_torrent(&mut self, info_hash: InfoHash, torrent: TorrentId) {
+        self.reported.entry(info_hash).or_insert((torrent, None));
+    }
 }
 
 #[cfg(test)]
