@@ -61,7 +61,7 @@ use crate::{
     },
     reload::{LocalCopy, Reloadable},
     router::{MeshMessage, Router, UdpAnswers, LINK_EXECUTOR, REPLY_DEADLINE},
-    snapshot::{PeerRecord, RestoredShards, SnapshotBody, StateDir, TorrentRecord},
+    snapshot::{BaselineRecord, PeerRecord, RestoredShards, SnapshotBody, StateDir, TorrentRecord},
     swarm::{
         private::{Catalog, TorrentId},
         PeerIdKey, Refusal,
@@ -325,7 +325,9 @@ pub async fn run(setup: ExecutorSetup) {
         stats,
     };
     if let Some(snapshots) = &ex.snapshots {
-        snapshots.restore(restored.take(ex.router.id().0));
+        let shard = ex.router.id().0;
+        snapshots.restore(restored.take(shard));
+        snapshots.restore_baselines(restored.take_baselines(shard));
     }
 
     spawn(requests, ex.router.clone().drain_outbox(outbox_woken));
@@ -402,6 +404,38 @@ pub async fn run(setup: ExecutorSetup) {
     }
     if let Some(private) = &shared.private {
         hand_over_last(&ex.host, &private.database).await;
+        if let Some(snapshots) = &ex.snapshots {
+            hand_over_baselines(snapshots.baselines(), &private.database).await;
+        }
+    }
+}
+
+/// Hands a stopping executor's private baselines to the database thread,
+/// which keeps them in the state directory with what its last flush
+/// leaves (they are in no swarm snapshot: see snapshot.rs).
+async fn hand_over_baselines(
+    baselines: Vec<BaselineRecord>,
+    database: &std::sync::mpsc::SyncSender<DbMessage>,
+) {
+    if baselines.is_empty() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + HAND_OVER_GRACE;
+    let mut message = DbMessage::Baselines(baselines);
+    loop {
+        match database.try_send(message) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::TrySendError::Full(back)) => message = back,
+            Err(_) => return,
+        }
+        if std::time::Instant::now() >= deadline {
+            log::error!(
+                "private: could not hand over the baselines: channel full; members' next \
+                 announces after the restart credit nothing"
+            );
+            return;
+        }
+        sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -893,6 +927,33 @@ impl Snapshots {
             }
         });
         self.status.peers_restored.set(restored);
+    }
+
+    /// Puts the private baselines of the last clean stop into the ledger;
+    /// runs before any task.
+    fn restore_baselines(&self, records: Vec<BaselineRecord>) {
+        let now = self.start.seconds_elapsed();
+        self.host.with(|host| {
+            let timeout = host.peer_timeout();
+            let (_, ledger) = host.private_parts_mut();
+            for entry in records.iter().filter_map(|r| r.to_entry(now, timeout)) {
+                ledger.restore_baseline(entry);
+            }
+        });
+    }
+
+    /// Every private baseline, for the stop (one pass: nothing is served
+    /// any more).
+    fn baselines(&self) -> Vec<BaselineRecord> {
+        let now = self.start.seconds_elapsed();
+        self.host.with(|host| {
+            let timeout = host.peer_timeout();
+            let (_, ledger) = host.private_parts();
+            ledger
+                .baseline_entries()
+                .map(|e| BaselineRecord::from_entry(&e, now, timeout))
+                .collect()
+        })
     }
 
     async fn write_periodically(self: Rc<Self>, interval: Duration) {
