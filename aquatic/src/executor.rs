@@ -844,6 +844,31 @@ const SNAPSHOT_SLICE_BYTES: usize = SNAPSHOT_SLICE_PEERS * 40;
 /// The pause between two slices.
 const SNAPSHOT_SLICE_PAUSE: Duration = Duration::from_micros(100);
 
+/// Runs a periodic snapshot's write (checksum, copy into the page cache,
+/// fsync) on a thread of its own at the lowest CPU priority (nice 19): an
+/// executor sharing its core (glommio's blocking thread is not pinned, and
+/// may land on any executor's core) then preempts it as soon as a request
+/// arrives, instead of waiting out a scheduler slice behind it.
+fn at_lowest_priority(work: impl FnOnce() -> Result<u64, String> + Send) -> Result<u64, String> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn_scoped(scope, || {
+                // SAFETY: setpriority(2) on this thread's own id (on
+                // Linux a thread id names one thread). A failure leaves
+                // the priority as it was, which is only slower for others.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+                }
+                work()
+            })
+            .map_err(|e| format!("cannot start the snapshot thread: {e}"))?;
+        thread
+            .join()
+            .map_err(|_| "the snapshot thread panicked".to_owned())?
+    })
+}
+
 /// What the stop-time snapshot is called in logs.
 const AT_STOP: &str = "at stop";
 
@@ -1070,14 +1095,24 @@ impl Snapshots {
             None => {
                 let state = self.state.clone();
                 let executor = self.executor;
+                let periodic = why != AT_STOP;
                 glommio::executor()
                     .spawn_blocking(move || {
-                        // The hash lists and the buffers are freed here,
-                        // not on the executor.
-                        drop(lists);
-                        state
-                            .write_snapshot_body(executor, &body, created_at)
-                            .map_err(|e| e.to_string())
+                        let work = move || {
+                            // The hash lists and the buffers are freed
+                            // here, not on the executor.
+                            drop(lists);
+                            state
+                                .write_snapshot_body(executor, &body, created_at)
+                                .map_err(|e| e.to_string())
+                        };
+                        if periodic {
+                            at_lowest_priority(work)
+                        } else {
+                            // At stop nothing is served: full speed, so
+                            // that it fits in snapshot.stop_timeout_secs.
+                            work()
+                        }
                     })
                     .await
             }
