@@ -181,11 +181,18 @@ fn probe(tracker: SocketAddr, seconds: u64) {
     }
     let mut timed = receiver.join().expect("receiver");
     timed.sort_unstable_by_key(|(delay, _)| std::cmp::Reverse(*delay));
-    // The five longest waits and when they began (wall clock), to set
-    // beside the tracker's log.
+    // The longest waits (the five longest, and any of 5 ms or more, up to
+    // 200) and when they began (wall clock), to set beside the tracker's
+    // log.
     let wall = std::time::SystemTime::now();
     let now = Instant::now();
-    for (delay, sent) in timed.iter().take(5) {
+    let long = timed
+        .iter()
+        .enumerate()
+        .take_while(|(i, (delay, _))| *i < 5 || *delay >= Duration::from_millis(5))
+        .take(200)
+        .map(|(_, waited)| waited);
+    for (delay, sent) in long {
         let at = wall - (now - *sent);
         let unix = at
             .duration_since(std::time::UNIX_EPOCH)
