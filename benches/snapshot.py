@@ -26,6 +26,7 @@ Usage:
   python3 benches/snapshot.py [--torrents 100000] [--peers-per-torrent 10]
                               [--duration 20] [--interval 5] [--rounds 2]
                               [--ours target/release/aquatic] [--peers DIR]
+                              [--loads both|idle|load] [--realtime]
 
 Needs `cargo build --release -p aquatic --bins --examples`; installs
 aquatic_udp_load_test into DIR/bin (default benches/.peers) when missing.
@@ -118,6 +119,26 @@ def start(binary, config_path, log_path):
     raise RuntimeError(f"tracker did not start; see {log_path}")
 
 
+def executor_threads(pid):
+    """The executor threads of a tracker: per name "aquatic-<i>" the first
+    made (the blocking thread glommio starts from it shares its name)."""
+    first = {}
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            name = f.read().strip()
+        if re.fullmatch(r"aquatic-\d+", name) and name not in first:
+            first[name] = tid
+    return list(first.values())
+
+
+def make_realtime(pid):
+    """SCHED_FIFO for the executor threads only (not the blocking or
+    snapshot threads): other processes on the shared machine then no longer
+    delay them, and what is left is the tracker's own pauses."""
+    for tid in executor_threads(pid):
+        subprocess.run(["chrt", "-f", "-p", "10", str(tid)], check=True)
+
+
 def stop(proc):
     began = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -142,6 +163,9 @@ def run_one(args, label, interval, load_binary, work, run):
         f.write(config(udp_port, metrics_port, state, interval))
     address = f"127.0.0.1:{udp_port}"
     tracker, _ = start(args.ours, config_path, log_path)
+    if args.realtime:
+        make_realtime(tracker.pid)
+    rt = ["chrt", "-f", "10"] if args.realtime else []
     try:
         fill = subprocess.run(["taskset", "-c", "1", PROBE, "fill", address, str(args.torrents),
                                str(args.peers_per_torrent)], capture_output=True, text=True, check=True)
@@ -154,7 +178,7 @@ def run_one(args, label, interval, load_binary, work, run):
                 f.write(compare.load_config("udp", load_binary, udp_port, args.duration))
             load = subprocess.Popen(["taskset", "-c", "1", load_binary, "-c", load_cfg],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        probe = subprocess.run(["taskset", "-c", "1", PROBE, "probe", address, str(args.duration)],
+        probe = subprocess.run([*rt, "taskset", "-c", "1", PROBE, "probe", address, str(args.duration)],
                                capture_output=True, text=True, check=True)
         load_out = load.communicate(timeout=args.duration + 60)[0] if load else ""
         after = metrics(metrics_port)
@@ -190,15 +214,22 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ours", default=os.path.join(ROOT, "target/release/aquatic"))
     parser.add_argument("--peers", default=os.path.join(HERE, ".peers"))
+    parser.add_argument("--loads", choices=["both", "idle", "load"], default="both",
+                        help="'idle' runs the probe alone and needs no load tester")
+    parser.add_argument("--realtime", action="store_true",
+                        help="run the executor threads and the probe SCHED_FIFO (needs root), so that "
+                             "other processes on a shared machine do not add their delays")
     args = parser.parse_args()
     print("command: " + " ".join(shlex.quote(a) for a in ["python3", "benches/snapshot.py", *sys.argv[1:]]))
     for path in [args.ours, PROBE]:
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: cargo build --release -p aquatic --bins --examples")
-    compare.ensure_peers(args.peers, ["aquatic_udp_load_test"])
     load_binary = os.path.join(args.peers, "bin", "aquatic_udp_load_test")
+    if args.loads != "idle":
+        compare.ensure_peers(args.peers, ["aquatic_udp_load_test"])
     configs = [("stop-only", 0), ("periodic", args.interval)]
     loads = [("idle", None), ("load", load_binary)]
+    loads = [l for l in loads if args.loads in ("both", l[0])]
     header = ("round  load  config     peers_held  writes  periodic_ms  probe_max_ms  p99.9_ms  p99_ms  lost/sent"
               "  load_rps   stop:peers  bytes  write_s  restored  restore_s  ready_s")
     print(header)

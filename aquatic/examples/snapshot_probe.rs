@@ -156,7 +156,7 @@ fn probe(tracker: SocketAddr, seconds: u64) {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&tid);
                 if let Some(sent) = sent {
-                    delays.push(now - sent);
+                    delays.push((now - sent, sent));
                 }
             }
             delays
@@ -179,7 +179,31 @@ fn probe(tracker: SocketAddr, seconds: u64) {
             std::thread::sleep(wait);
         }
     }
-    let mut delays = receiver.join().expect("receiver");
+    let mut timed = receiver.join().expect("receiver");
+    timed.sort_unstable_by_key(|(delay, _)| std::cmp::Reverse(*delay));
+    // The longest waits (the five longest, and any of 5 ms or more, up to
+    // 200) and when they began (wall clock), to set beside the tracker's
+    // log.
+    let wall = std::time::SystemTime::now();
+    let now = Instant::now();
+    let long = timed
+        .iter()
+        .enumerate()
+        .take_while(|(i, (delay, _))| *i < 5 || *delay >= Duration::from_millis(5))
+        .take(200)
+        .map(|(_, waited)| waited);
+    for (delay, sent) in long {
+        let at = wall - (now - *sent);
+        let unix = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        eprintln!(
+            "probe: waited {:.2} ms from {unix:.3}",
+            delay.as_secs_f64() * 1e3
+        );
+    }
+    let mut delays: Vec<Duration> = timed.into_iter().map(|(delay, _)| delay).collect();
     delays.sort_unstable();
     let at = |q: f64| {
         delays

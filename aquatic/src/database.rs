@@ -16,6 +16,13 @@
 //! reads the number back and, finding it applied, does not apply it again.
 //! While a batch is being retried, newer deltas merge into the next one,
 //! so memory is bounded by active users × torrents, not by announces.
+//!
+//! With a state directory, a stop that cannot write everything (the
+//! database is away) keeps what is left in the accounting file, with the
+//! executors' baselines (snapshot.rs): the batch in flight under its
+//! sequence number, the rest as never tried. The next start hands both
+//! back to this thread, which writes them like any other (the batch in
+//! flight is not applied again if its COMMIT had landed).
 
 use std::{
     fmt::Write as _,
@@ -37,6 +44,7 @@ use mysql::{prelude::Queryable, Conn, OptsBuilder, Row, SslOpts};
 use crate::{
     config::PrivateConfig,
     reload::Reloadable,
+    snapshot::{Accounting, BaselineRecord, StateDir},
     swarm::private::{Batch, Catalog, Freeleech, RegisteredTorrent, TorrentId, User, UserId},
 };
 
@@ -55,6 +63,9 @@ pub enum DbMessage {
     Batch(Batch),
     /// Reload users, torrents and whitelist now (SIGUSR1).
     Reload,
+    /// A stopping executor's private baselines, kept in the state
+    /// directory with what the last flush leaves.
+    Baselines(Vec<BaselineRecord>),
     /// Flush what is pending and stop.
     Stop,
 }
@@ -103,6 +114,12 @@ pub struct DatabaseThread {
     catalog: Arc<Reloadable<Catalog>>,
     stats: Arc<DatabaseStats>,
     on_first_load: Option<Box<dyn FnOnce() + Send>>,
+    /// Where a stop keeps the accounting it could not write.
+    state: Option<Arc<StateDir>>,
+    /// What the last stop kept, to write first.
+    restored: Option<(Option<(u64, Batch)>, Batch)>,
+    /// The stopping executors' baselines.
+    baselines: Vec<BaselineRecord>,
 }
 
 impl DatabaseThread {
@@ -119,6 +136,33 @@ impl DatabaseThread {
             catalog,
             stats,
             on_first_load: Some(on_first_load),
+            state: None,
+            restored: None,
+            baselines: Vec::new(),
+        }
+    }
+
+    /// Keeps what a stop cannot write in `state`, and starts with what
+    /// the last stop kept there (`in_flight` under its sequence number,
+    /// `pending` never tried).
+    pub fn with_state(
+        self,
+        state: Option<Arc<StateDir>>,
+        in_flight: Option<(u64, Batch)>,
+        pending: Batch,
+    ) -> Self {
+        Self {
+            state,
+            restored: Some((in_flight, pending)),
+            ..self
+        }
+    }
+
+    fn receive(&mut self, writer: &mut Writer, message: DbMessage) {
+        match message {
+            DbMessage::Batch(batch) => writer.pending.merge(batch),
+            DbMessage::Baselines(baselines) => self.baselines.extend(baselines),
+            DbMessage::Reload | DbMessage::Stop => {}
         }
     }
 
@@ -131,6 +175,16 @@ impl DatabaseThread {
             secs => Some(Duration::from_secs(secs)),
         };
         let mut writer = Writer::default();
+        if let Some((in_flight, pending)) = self.restored.take() {
+            writer.in_flight = in_flight;
+            writer.pending = pending;
+            if writer.rows() > 0 {
+                log::info!(
+                    "private: {} rows of statistics kept at the last stop are written first",
+                    writer.rows()
+                );
+            }
+        }
         let mut backoff = Backoff::default();
         let mut next_flush = Instant::now() + flush_interval;
         let mut next_reload = Some(Instant::now());
@@ -142,20 +196,20 @@ impl DatabaseThread {
             }
             let wake = wake.max(backoff.retry_at);
             match messages.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(DbMessage::Batch(batch)) => writer.pending.merge(batch),
                 Ok(DbMessage::Reload) => next_reload = Some(Instant::now()),
                 Ok(DbMessage::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(message) => self.receive(&mut writer, message),
                 Err(RecvTimeoutError::Timeout) => {}
             }
             // Take whatever else is queued before doing slow work.
             while let Ok(message) = messages.try_recv() {
                 match message {
-                    DbMessage::Batch(batch) => writer.pending.merge(batch),
                     DbMessage::Reload => next_reload = Some(Instant::now()),
                     DbMessage::Stop => {
                         self.stop(&mut writer, &messages);
                         return;
                     }
+                    message => self.receive(&mut writer, message),
                 }
             }
             self.publish_pending(&writer);
@@ -211,12 +265,12 @@ impl DatabaseThread {
         self.stats.pending_rows.store(rows, Ordering::Relaxed);
     }
 
-    /// The last flush: everything queued, retried until the deadline.
-    fn stop(&self, writer: &mut Writer, messages: &Receiver<DbMessage>) {
+    /// The last flush: everything queued, retried until the deadline;
+    /// then, with a state directory, what is left and the baselines are
+    /// kept there for the next start.
+    fn stop(&mut self, writer: &mut Writer, messages: &Receiver<DbMessage>) {
         while let Ok(message) = messages.try_recv() {
-            if let DbMessage::Batch(batch) = message {
-                writer.pending.merge(batch);
-            }
+            self.receive(writer, message);
         }
         let timeout = Duration::from_secs(self.config.stop_flush_timeout_secs);
         let deadline = Instant::now() + timeout;
@@ -225,7 +279,7 @@ impl DatabaseThread {
             match writer.flush(&self.config, &self.stats) {
                 Ok(()) if writer.rows() == 0 => {
                     log::info!("private: statistics flushed");
-                    return;
+                    break;
                 }
                 Ok(()) => {}
                 Err(err) => {
@@ -235,14 +289,54 @@ impl DatabaseThread {
                 }
             }
             if Instant::now() + wait >= deadline {
-                log::error!(
-                    "private: gave up flushing after {timeout:?}: {} rows of statistics lost",
-                    writer.rows()
-                );
-                return;
+                if self.state.is_some() {
+                    log::warn!(
+                        "private: gave up flushing after {timeout:?}: {} rows of statistics \
+                         are kept in the state directory for the next start",
+                        writer.rows()
+                    );
+                } else {
+                    log::error!(
+                        "private: gave up flushing after {timeout:?}: {} rows of statistics lost \
+                         (no state directory to keep them in)",
+                        writer.rows()
+                    );
+                }
+                break;
             }
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(1));
+        }
+        self.keep(writer);
+    }
+
+    /// Writes the accounting file: baselines, and deltas not written.
+    fn keep(&mut self, writer: &mut Writer) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        let accounting = Accounting {
+            baselines: std::mem::take(&mut self.baselines),
+            in_flight: writer.in_flight.take(),
+            pending: std::mem::take(&mut writer.pending),
+        };
+        if accounting.is_empty() {
+            return;
+        }
+        let path = state.accounting_path();
+        match state.write_accounting(&accounting, aquatic_common::time::UnixSeconds::now()) {
+            Ok(bytes) => log::info!(
+                "private: kept {} baselines and {} rows of statistics in {} ({bytes} bytes)",
+                accounting.baselines.len(),
+                accounting.rows(),
+                path.display()
+            ),
+            Err(err) => log::error!(
+                "private: cannot keep the accounting in {}: {err}; {} rows of statistics lost, \
+                 members' next announces credit nothing",
+                path.display(),
+                accounting.rows()
+            ),
         }
     }
 
@@ -338,7 +432,12 @@ impl Writer {
         let conn = self.connection(config)?;
         let next = match next {
             Some(n) => n,
-            None => last_sequence(conn)?.saturating_add(1),
+            // After a restart with a batch kept in flight, numbers go on
+            // after its own, whatever the database says: reusing it would
+            // make the next batch look applied already.
+            None => last_sequence(conn)?
+                .saturating_add(1)
+                .max(self.in_flight.as_ref().map_or(0, |(s, _)| s + 1)),
         };
         self.next_sequence = Some(next);
         if self.in_flight.is_none() {

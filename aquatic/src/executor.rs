@@ -61,8 +61,11 @@ use crate::{
     },
     reload::{LocalCopy, Reloadable},
     router::{MeshMessage, Router, UdpAnswers, LINK_EXECUTOR, REPLY_DEADLINE},
-    snapshot::{PeerRecord, RestoredShards, SnapshotBody, StateDir, TorrentRecord},
-    swarm::{private::Catalog, PeerIdKey, Refusal},
+    snapshot::{BaselineRecord, PeerRecord, RestoredShards, SnapshotBody, StateDir, TorrentRecord},
+    swarm::{
+        private::{Catalog, TorrentId},
+        PeerIdKey, Refusal,
+    },
 };
 
 /// How often an executor hands its private accounting to the database
@@ -323,7 +326,9 @@ pub async fn run(setup: ExecutorSetup) {
         stats,
     };
     if let Some(snapshots) = &ex.snapshots {
-        snapshots.restore(restored.take(ex.router.id().0));
+        let shard = ex.router.id().0;
+        snapshots.restore(restored.take(shard));
+        snapshots.restore_baselines(restored.take_baselines(shard));
     }
 
     spawn(requests, ex.router.clone().drain_outbox(outbox_woken));
@@ -402,6 +407,38 @@ pub async fn run(setup: ExecutorSetup) {
     }
     if let Some(private) = &shared.private {
         hand_over_last(&ex.host, &private.database).await;
+        if let Some(snapshots) = &ex.snapshots {
+            hand_over_baselines(snapshots.baselines(), &private.database).await;
+        }
+    }
+}
+
+/// Hands a stopping executor's private baselines to the database thread,
+/// which keeps them in the state directory with what its last flush
+/// leaves (they are in no swarm snapshot: see snapshot.rs).
+async fn hand_over_baselines(
+    baselines: Vec<BaselineRecord>,
+    database: &std::sync::mpsc::SyncSender<DbMessage>,
+) {
+    if baselines.is_empty() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + HAND_OVER_GRACE;
+    let mut message = DbMessage::Baselines(baselines);
+    loop {
+        match database.try_send(message) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::TrySendError::Full(back)) => message = back,
+            Err(_) => return,
+        }
+        if std::time::Instant::now() >= deadline {
+            log::error!(
+                "private: could not hand over the baselines: channel full; members' next \
+                 announces after the restart credit nothing"
+            );
+            return;
+        }
+        sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -826,11 +863,47 @@ async fn refresh_reloadables(
 }
 
 /// Peers read out of the shard between two yields while a snapshot is
-/// collected: a slice takes well under a millisecond, so requests wait no
-/// longer than that behind it.
+/// collected (a big torrent is read in parts): a slice takes well under a
+/// millisecond, so requests wait no longer than that behind it. The
+/// snapshot log line says how long the longest slice took.
 const SNAPSHOT_SLICE_PEERS: usize = 4096;
+/// Torrents looked at in one slice at most (one without peers still
+/// costs a lookup).
+const SNAPSHOT_SLICE_TORRENTS: usize = 2048;
+/// Bytes reserved for one slice's records (about 32 a peer): each slice
+/// encodes into a buffer of its own, so the executor never grows (and
+/// copies) one buffer of the whole body.
+const SNAPSHOT_SLICE_BYTES: usize = SNAPSHOT_SLICE_PEERS * 40;
 /// The pause between two slices.
 const SNAPSHOT_SLICE_PAUSE: Duration = Duration::from_micros(100);
+/// The pause after each slice's buffer is written, in a periodic write
+/// (about 250 buffers at 1 M peers: a quarter of a second added).
+const SNAPSHOT_WRITE_PACE: Duration = Duration::from_millis(1);
+
+/// Runs a periodic snapshot's write (checksum, copy into the page cache,
+/// fsync) on a thread of its own at the lowest CPU priority (nice 19): an
+/// executor sharing its core (glommio's blocking thread is not pinned, and
+/// may land on any executor's core) then preempts it as soon as a request
+/// arrives, instead of waiting out a scheduler slice behind it.
+fn at_lowest_priority(work: impl FnOnce() -> Result<u64, String> + Send) -> Result<u64, String> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn_scoped(scope, || {
+                // SAFETY: setpriority(2) on this thread's own id (on
+                // Linux a thread id names one thread). A failure leaves
+                // the priority as it was, which is only slower for others.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+                }
+                work()
+            })
+            .map_err(|e| format!("cannot start the snapshot thread: {e}"))?;
+        thread
+            .join()
+            .map_err(|_| "the snapshot thread panicked".to_owned())?
+    })
+}
 
 /// What the stop-time snapshot is called in logs.
 const AT_STOP: &str = "at stop";
@@ -888,7 +961,8 @@ impl SnapshotStatus {
 }
 
 impl Snapshots {
-    /// Puts the restored torrents into the shard; runs before any task.
+    /// Puts the restored torrents into the shard (a private tracker's
+    /// into its private swarms); runs before any task.
     fn restore(&self, records: Vec<TorrentRecord>) {
         let now = self.start.seconds_elapsed();
         let mut restored = 0u64;
@@ -898,12 +972,49 @@ impl Snapshots {
             for record in records {
                 entries.clear();
                 entries.extend(record.peers.iter().filter_map(|p| p.to_entry(now, timeout)));
+                if entries.is_empty() {
+                    continue;
+                }
                 restored += entries.len() as u64;
-                host.bt_mut()
-                    .restore(InfoHash(record.info_hash), record.completed, now, &entries);
+                let hash = InfoHash(record.info_hash);
+                match record.private_torrent {
+                    None => host.bt_mut().restore(hash, record.completed, now, &entries),
+                    Some(torrent) => {
+                        let (swarms, ledger) = host.private_parts_mut();
+                        swarms.restore(hash, record.completed, now, &entries);
+                        ledger.restore_torrent(hash, TorrentId(torrent));
+                    }
+                }
             }
         });
         self.status.peers_restored.set(restored);
+    }
+
+    /// Puts the private baselines of the last clean stop into the ledger;
+    /// runs before any task.
+    fn restore_baselines(&self, records: Vec<BaselineRecord>) {
+        let now = self.start.seconds_elapsed();
+        self.host.with(|host| {
+            let timeout = host.peer_timeout();
+            let (_, ledger) = host.private_parts_mut();
+            for entry in records.iter().filter_map(|r| r.to_entry(now, timeout)) {
+                ledger.restore_baseline(entry);
+            }
+        });
+    }
+
+    /// Every private baseline, for the stop (one pass: nothing is served
+    /// any more).
+    fn baselines(&self) -> Vec<BaselineRecord> {
+        let now = self.start.seconds_elapsed();
+        self.host.with(|host| {
+            let timeout = host.peer_timeout();
+            let (_, ledger) = host.private_parts();
+            ledger
+                .baseline_entries()
+                .map(|e| BaselineRecord::from_entry(&e, now, timeout))
+                .collect()
+        })
     }
 
     async fn write_periodically(self: Rc<Self>, interval: Duration) {
@@ -914,8 +1025,11 @@ impl Snapshots {
     }
 
     /// Collects the shard in slices, yielding to requests between them,
-    /// then writes the file on a blocking thread. A failure is logged and
-    /// counted: the previous snapshot stays.
+    /// then writes the file on a blocking thread. A slice is bounded by
+    /// peers and by torrents (a big torrent is read in parts), encodes
+    /// into its own buffer, and allocates nothing in proportion to the
+    /// shard; the blocking thread gets owned, encoded buffers (and frees
+    /// them). A failure is logged and counted: the previous snapshot stays.
     async fn write(&self, why: &str) {
         let Ok(_permit) = self.writing.acquire_permit(1).await else {
             return;
@@ -923,56 +1037,119 @@ impl Snapshots {
         let began = std::time::Instant::now();
         let created_at = UnixSeconds::now();
         let now = self.start.seconds_elapsed();
-        let (hashes, timeout) = self
-            .host
-            .with(|host| (host.bt().info_hashes(), host.peer_timeout()));
+        let (lists, timeout) = self.host.with(|host| {
+            let lists = [
+                host.bt().info_hashes(),
+                host.private_parts().0.info_hashes(),
+            ];
+            (lists, host.peer_timeout())
+        });
+        let listed = began.elapsed();
         let mut body = SnapshotBody::default();
         let mut entries = Vec::new();
         let mut records = Vec::new();
-        let mut next = 0;
+        // Where the next slice starts: which list (public, private), which
+        // torrent in it, and how many of its peers are already read.
+        let (mut list, mut next, mut skip) = (0usize, 0usize, 0usize);
         let mut failure = None;
-        while next < hashes.len() && failure.is_none() {
-            self.host.with(|host| {
-                let mut slice_peers = 0;
-                while slice_peers < SNAPSHOT_SLICE_PEERS && next < hashes.len() {
-                    let hash = hashes[next];
-                    next += 1;
-                    entries.clear();
-                    // Gone since the list was taken: nothing to keep.
-                    let Some(completed) = host.bt().torrent_entries(&hash, now, &mut entries)
-                    else {
+        let (mut slices, mut longest) = (0u32, Duration::ZERO);
+        loop {
+            let done = self.host.with(|host| {
+                let slice_began = std::time::Instant::now();
+                body.start_chunk(SNAPSHOT_SLICE_BYTES);
+                let (mut peers_left, mut torrents_left) =
+                    (SNAPSHOT_SLICE_PEERS, SNAPSHOT_SLICE_TORRENTS);
+                let done = loop {
+                    if peers_left == 0 || torrents_left == 0 {
+                        break false;
+                    }
+                    let Some(hash) = lists.get(list).map(|l| l.get(next)) else {
+                        break true;
+                    };
+                    let Some(&hash) = hash else {
+                        (list, next, skip) = (list + 1, 0, 0);
                         continue;
                     };
-                    slice_peers += entries.len();
+                    torrents_left -= 1;
+                    let (shard, private_torrent) = if list == 0 {
+                        (host.bt(), None)
+                    } else {
+                        let (swarms, ledger) = host.private_parts();
+                        // A private swarm is kept with its database id;
+                        // one without is not the tracker's any more.
+                        let Some(id) = ledger.torrent_id(&hash) else {
+                            (next, skip) = (next + 1, 0);
+                            continue;
+                        };
+                        (swarms, Some(id.0))
+                    };
+                    entries.clear();
+                    // Gone since the list was taken: nothing to keep.
+                    let Some(completed) =
+                        shard.torrent_entries_part(&hash, now, skip, peers_left, &mut entries)
+                    else {
+                        (next, skip) = (next + 1, 0);
+                        continue;
+                    };
                     records.clear();
                     records.extend(
                         entries
                             .iter()
                             .map(|e| PeerRecord::from_entry(e, now, timeout)),
                     );
-                    if let Err(err) = body.push_torrent(hash, completed, &records) {
+                    if let Err(err) = body.push_torrent(hash, completed, private_torrent, &records)
+                    {
                         failure = Some(err.to_string());
-                        break;
+                        break true;
                     }
-                }
+                    if entries.len() == peers_left {
+                        // The slice is full: this torrent may go on.
+                        skip += entries.len();
+                        peers_left = 0;
+                    } else {
+                        peers_left -= entries.len();
+                        (next, skip) = (next + 1, 0);
+                    }
+                };
+                slices += 1;
+                longest = longest.max(slice_began.elapsed());
+                done
             });
+            if done {
+                break;
+            }
             // A timer, not a yield of the task queue: with nothing else
             // runnable a yielded queue runs again at once, before the
             // reactor has looked for new datagrams; a sleep parks this
             // task, so the executor polls its ring and serves what waits.
             sleep(SNAPSHOT_SLICE_PAUSE).await;
         }
+        let collected = began.elapsed();
         let peers = body.peers();
         let result = match failure {
             Some(err) => Err(err),
             None => {
                 let state = self.state.clone();
                 let executor = self.executor;
+                let periodic = why != AT_STOP;
                 glommio::executor()
                     .spawn_blocking(move || {
-                        state
-                            .write_snapshot(executor, &body.into_file(created_at))
-                            .map_err(|e| e.to_string())
+                        let work = move || {
+                            // The hash lists and the buffers are freed
+                            // here, not on the executor.
+                            drop(lists);
+                            let pace = periodic.then_some(SNAPSHOT_WRITE_PACE);
+                            state
+                                .write_snapshot_body(executor, body, created_at, pace)
+                                .map_err(|e| e.to_string())
+                        };
+                        if periodic {
+                            at_lowest_priority(work)
+                        } else {
+                            // At stop nothing is served: full speed, so
+                            // that it fits in snapshot.stop_timeout_secs.
+                            work()
+                        }
                     })
                     .await
             }
@@ -997,7 +1174,9 @@ impl Snapshots {
                 };
                 log::log!(
                     level,
-                    "snapshot ({why}): {peers} peers, {bytes} bytes in {} in {took:?}",
+                    "snapshot ({why}): {peers} peers, {bytes} bytes in {} in {took:?} \
+                     (torrent lists {listed:?}, {slices} slices in {collected:?}, \
+                     longest {longest:?})",
                     path.display()
                 );
             }

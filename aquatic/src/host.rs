@@ -406,6 +406,18 @@ impl ShardHost {
         &mut self.bt
     }
 
+    /// The private tracker's swarms and their accounting, to read
+    /// (snapshot).
+    pub fn private_parts(&self) -> (&BtShard, &Ledger) {
+        (&self.private_bt, &self.ledger)
+    }
+
+    /// The private tracker's swarms and their accounting, to refill
+    /// (restore).
+    pub fn private_parts_mut(&mut self) -> (&mut BtShard, &mut Ledger) {
+        (&mut self.private_bt, &mut self.ledger)
+    }
+
     /// How long a peer stays without announcing.
     pub fn peer_timeout(&self) -> Duration {
         self.peer_timeout

@@ -450,6 +450,19 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
             .context("cannot start the signal thread")?;
     }
 
+    let state = open_state_dir(&config, workers)?;
+    let key = connection_id_key(&config, state.as_deref())?;
+    let peer_id_key = peer_id_key(&config, state.as_deref())?;
+    let start = ServerStartInstant::new();
+    let mut restored =
+        RestoredShards::new(restore(state.as_deref(), workers, &config, &peer_id_key));
+    // Private mode's accounting of the last clean stop: the baselines go
+    // to the executors with their torrents, the deltas to the database
+    // thread.
+    let accounting = match (&state, config.private.enabled) {
+        (Some(state), true) => restore_accounting(state, workers, &config),
+        _ => None,
+    };
     let private = if config.private.enabled {
         let catalog = Arc::new(Reloadable::new(crate::swarm::private::Catalog::starting()));
         let stats = Arc::new(DatabaseStats::default());
@@ -461,7 +474,15 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
                 let _ = events.send(Event::PrivateLoaded);
             })
         };
-        let thread = DatabaseThread::new(config.private.clone(), catalog.clone(), stats, loaded);
+        let (in_flight, pending) = match accounting {
+            Some(accounting) => {
+                restored = restored.with_baselines(accounting.per_shard);
+                (accounting.in_flight, accounting.pending)
+            }
+            None => (None, Default::default()),
+        };
+        let thread = DatabaseThread::new(config.private.clone(), catalog.clone(), stats, loaded)
+            .with_state(state.clone(), in_flight, pending);
         let handle = std::thread::Builder::new()
             .name("database".into())
             .spawn(move || thread.run(receiver))
@@ -477,17 +498,8 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
     } else {
         None
     };
+    let restored = Arc::new(restored);
 
-    let state = open_state_dir(&config, workers)?;
-    let key = connection_id_key(&config, state.as_deref())?;
-    let peer_id_key = peer_id_key(&config, state.as_deref())?;
-    let start = ServerStartInstant::new();
-    let restored = Arc::new(RestoredShards::new(restore(
-        state.as_deref(),
-        workers,
-        &config,
-        &peer_id_key,
-    )));
     let shared = Shared {
         config: config.clone(),
         live_config: live_config.clone(),
@@ -773,6 +785,26 @@ fn restore(
         );
     }
     restored.per_shard
+}
+
+/// The private accounting the last clean stop kept, removed from the state
+/// directory as it is read (logged).
+fn restore_accounting(
+    state: &StateDir,
+    workers: usize,
+    config: &Config,
+) -> Option<snapshot::RestoredAccounting> {
+    let accounting =
+        state.take_accounting(workers, UnixSeconds::now(), config.tracker.peer_timeout())?;
+    log::info!(
+        "private: restored {} baselines ({} had expired) and {} rows of statistics not yet \
+         written from {}",
+        accounting.baselines,
+        accounting.expired,
+        accounting.pending.rows() + accounting.in_flight.as_ref().map_or(0, |(_, b)| b.rows()),
+        state.accounting_path().display()
+    );
+    Some(accounting)
 }
 
 /// Waits until every executor serves; true if the private catalog's first

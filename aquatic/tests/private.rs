@@ -659,3 +659,106 @@ fn database_over_tls() {
     drop(tracker);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A private tracker whose state directory is `state`: snapshots only at
+/// stop, flushes only at stop (so what the database holds is exactly
+/// what each stop wrote).
+fn restartable_config(db: &MariaDb, state: &std::path::Path) -> String {
+    let extra = "reload_interval_secs = 0\nstop_flush_timeout_secs = 2\n";
+    format!(
+        "{}[snapshot]\ndir = {:?}\ninterval_secs = 0\n",
+        tracker_config(db.address(), db, extra)
+            .replace("flush_interval_secs = 1", "flush_interval_secs = 3600"),
+        state.display().to_string()
+    )
+}
+
+fn stop(tracker: &mut Tracker) {
+    tracker.signal(libc::SIGTERM);
+    let status = tracker.wait_exit(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// Member 4's client on torrent 10, with these counters.
+fn member_4(uploaded: u64, downloaded: u64) -> Announce {
+    Announce::new(4, 10, 4).counters(uploaded, downloaded, 500)
+}
+
+/// A clean restart with the database there: the stop writes the deltas,
+/// and the member's first announce after the restart is credited only its
+/// growth since its last one before (its baseline was kept), neither its
+/// whole counters again nor nothing.
+#[test]
+fn a_restart_credits_exactly_the_growth() {
+    let db = MariaDb::start("restart");
+    seed(&db);
+    let state = common::scratch_dir("private-restart-state");
+    let config = restartable_config(&db, &state);
+    let mut tracker = Tracker::start("private-restart-1", &config);
+    wait_loaded(&tracker, FLUSH_WAIT);
+    ok(v4(&tracker), &member_4(0, 0).event("started"));
+    ok(v4(&tracker), &member_4(1000, 100));
+    stop(&mut tracker);
+    assert_eq!(transfer(&db, 4, 10), Some((1000, 100)), "the stop's flush");
+    assert!(state.join("private-accounting.snapshot").exists());
+
+    let mut tracker = Tracker::start("private-restart-2", &config);
+    assert!(
+        tracker
+            .wait_for_stderr("private: restored 2 baselines", FLUSH_WAIT)
+            .is_some(),
+        "{}",
+        tracker.stderr_so_far()
+    );
+    assert!(
+        !state.join("private-accounting.snapshot").exists(),
+        "taken as it is read"
+    );
+    wait_loaded(&tracker, FLUSH_WAIT);
+    // The private swarm is back too: member 4's client is a leecher there.
+    let body = ok(v4(&tracker), &Announce::new(1, 10, 1).counters(0, 0, 0));
+    assert_eq!(body.get(b"incomplete").and_then(Value::as_int), Some(1));
+    ok(v4(&tracker), &member_4(1500, 300));
+    stop(&mut tracker);
+    // 0 -> 1000 -> 1500 uploaded, 0 -> 100 -> 300 downloaded.
+    assert_eq!(transfer(&db, 4, 10), Some((1500, 300)));
+    let _ = std::fs::remove_dir_all(state);
+}
+
+/// A stop while the database is away keeps the deltas in the state
+/// directory; the next run writes them once (a third run does not write
+/// them again), and its member's first announce is credited its growth.
+#[test]
+fn deltas_of_a_stop_without_database_are_written_once_after_the_restart() {
+    let mut db = MariaDb::start("restart-down");
+    seed(&db);
+    let state = common::scratch_dir("private-restart-down-state");
+    let config = restartable_config(&db, &state);
+    let mut tracker = Tracker::start("private-restart-down-1", &config);
+    wait_loaded(&tracker, FLUSH_WAIT);
+    ok(v4(&tracker), &member_4(0, 0).event("started"));
+    ok(v4(&tracker), &member_4(1000, 100));
+    db.stop();
+    stop(&mut tracker);
+    let kept = tracker.stderr_text();
+    assert!(
+        kept.contains("are kept in the state directory for the next start"),
+        "{kept}"
+    );
+    db.run();
+    assert_eq!(transfer(&db, 4, 10), None, "nothing reached the database");
+
+    let mut tracker = Tracker::start("private-restart-down-2", &config);
+    wait_loaded(&tracker, FLUSH_WAIT);
+    ok(v4(&tracker), &member_4(1500, 300));
+    stop(&mut tracker);
+    assert_eq!(transfer(&db, 4, 10), Some((1500, 300)));
+
+    // Once: a third run writes nothing of the first run's again.
+    let mut tracker = Tracker::start("private-restart-down-3", &config);
+    wait_loaded(&tracker, FLUSH_WAIT);
+    ok(v4(&tracker), &member_4(1600, 300));
+    stop(&mut tracker);
+    assert_eq!(transfer(&db, 4, 10), Some((1600, 300)));
+    let _ = std::fs::remove_dir_all(state);
+}

@@ -739,10 +739,25 @@ impl BtShard {
         now: SecondsSinceStart,
         out: &mut Vec<BtPeerEntry>,
     ) -> Option<u32> {
+        self.torrent_entries_part(info_hash, now, 0, usize::MAX, out)
+    }
+
+    /// [`torrent_entries`](Self::torrent_entries) for at most `max` peers
+    /// after the first `skip` (in the order of the swarm, which holds
+    /// between two calls that change nothing): lets a snapshot read a big
+    /// torrent in bounded slices.
+    pub fn torrent_entries_part(
+        &self,
+        info_hash: &InfoHash,
+        now: SecondsSinceStart,
+        skip: usize,
+        max: usize,
+        out: &mut Vec<BtPeerEntry>,
+    ) -> Option<u32> {
         let torrent = self.find(info_hash)?;
-        let mut push = |ip: IpAddr, port: u16, id: u64, seeder: bool, expiry: Tick| {
+        let entry = |ip: IpAddr, port: u16, id: u64, seeder: bool, expiry: Tick| {
             let peer_id_hash = id & !HAS_FULL_ID;
-            out.push(BtPeerEntry {
+            BtPeerEntry {
                 peer_id_hash,
                 peer_id: if id & HAS_FULL_ID != 0 {
                     self.full_ids.get(peer_id_hash)
@@ -753,26 +768,41 @@ impl BtShard {
                 port,
                 seeder,
                 valid_until: ValidUntil(self.clock.seconds(expiry, now)),
-            });
+            }
         };
         match &torrent.peers {
             Peers::Empty => {}
-            Peers::One { seeder, peer } => push(
-                IpAddr::V4(peer.ip),
-                peer.port,
-                peer.id(),
-                *seeder,
-                peer.expiry,
-            ),
+            Peers::One { seeder, peer } => {
+                if skip == 0 && max > 0 {
+                    out.push(entry(
+                        IpAddr::V4(peer.ip),
+                        peer.port,
+                        peer.id(),
+                        *seeder,
+                        peer.expiry,
+                    ));
+                }
+            }
             Peers::Many(swarms) => {
-                for (p, status) in swarms.v4.iter() {
+                // Skipped before the entries are made: skipping costs
+                // a step per peer, not a lookup.
+                let v4_len = swarms.v4.len();
+                let v4 = swarms.v4.iter().skip(skip).take(max).map(|(p, status)| {
                     let seeder = status == PeerStatus::Seeding;
-                    push(IpAddr::V4(p.ip), p.port, p.id(), seeder, p.expiry);
-                }
-                for (p, status) in swarms.v6.iter().flat_map(|v6| v6.iter()) {
-                    let seeder = status == PeerStatus::Seeding;
-                    push(IpAddr::V6(p.ip), p.port, p.id(), seeder, p.expiry);
-                }
+                    entry(IpAddr::V4(p.ip), p.port, p.id(), seeder, p.expiry)
+                });
+                let v4_taken = v4_len.saturating_sub(skip).min(max);
+                let v6 = swarms
+                    .v6
+                    .iter()
+                    .flat_map(|v6| v6.iter())
+                    .skip(skip.saturating_sub(v4_len))
+                    .take(max - v4_taken)
+                    .map(|(p, status)| {
+                        let seeder = status == PeerStatus::Seeding;
+                        entry(IpAddr::V6(p.ip), p.port, p.id(), seeder, p.expiry)
+                    });
+                out.extend(v4.chain(v6));
             }
         }
         Some(torrent.completed)
@@ -1276,6 +1306,44 @@ mod tests {
         assert_eq!(again, entries);
         // Expiry still applies to restored peers.
         assert_eq!(copy.clean(SecondsSinceStart(3604)).peers_removed, 2);
+    }
+
+    /// Parts of any size, read one after the other, are the whole
+    /// torrent: IPv4 and IPv6 peers, seeders and leechers, each once.
+    #[test]
+    fn a_torrent_read_in_parts_is_the_whole_torrent() {
+        let mut f = Fixture::new();
+        for n in 0..9u8 {
+            let ip = if n % 3 == 0 { V6 } else { V4 };
+            f.run(0, &announce(n, ip, u64::from(n % 2)));
+        }
+        let (hash, now) = (InfoHash([1; 20]), SecondsSinceStart(0));
+        let mut whole = Vec::new();
+        f.shard.torrent_entries(&hash, now, &mut whole);
+        assert_eq!(whole.len(), 9);
+        for part in 1..=10 {
+            let (mut parts, mut skip) = (Vec::new(), 0);
+            loop {
+                let before = parts.len();
+                let completed = f
+                    .shard
+                    .torrent_entries_part(&hash, now, skip, part, &mut parts);
+                assert_eq!(completed, Some(0));
+                let got = parts.len() - before;
+                assert!(got <= part);
+                if got < part {
+                    break;
+                }
+                skip += got;
+            }
+            assert_eq!(parts, whole, "parts of {part}");
+        }
+        let mut none = Vec::new();
+        assert_eq!(
+            f.shard
+                .torrent_entries_part(&InfoHash([2; 20]), now, 0, 5, &mut none),
+            None
+        );
     }
 
     #[test]

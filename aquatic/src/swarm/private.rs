@@ -244,6 +244,27 @@ struct Baseline {
     valid_until: ValidUntil,
 }
 
+/// One private peer's last reported counters, as a snapshot keeps them
+/// (so that a restart neither credits its whole counters again nor
+/// forgets what it did since its last announce).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaselineEntry {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// The member.
+    pub user: UserId,
+    /// The member's client.
+    pub peer_id: PeerId,
+    /// `uploaded` as last sent.
+    pub uploaded: u64,
+    /// `downloaded` as last sent.
+    pub downloaded: u64,
+    /// The last announce said `left = 0`.
+    pub seeding: bool,
+    /// When it is forgotten unless the peer announces again.
+    pub valid_until: ValidUntil,
+}
+
 /// One shard's accounting: each private peer's last counters, the deltas
 /// not yet handed to the database thread, and the counts last reported
 /// per torrent (so that a torrent whose peers expired is written as 0).
@@ -365,6 +386,47 @@ impl Ledger {
     /// Peers with a baseline.
     pub fn peers(&self) -> usize {
         self.baselines.len()
+    }
+
+    /// Every peer's baseline.
+    pub fn baseline_entries(&self) -> impl Iterator<Item = BaselineEntry> + '_ {
+        self.baselines
+            .iter()
+            .map(|(&(info_hash, user, peer_id), b)| BaselineEntry {
+                info_hash,
+                user,
+                peer_id,
+                uploaded: b.uploaded,
+                downloaded: b.downloaded,
+                seeding: b.seeding,
+                valid_until: b.valid_until,
+            })
+    }
+
+    /// Puts back a baseline from the snapshot of a clean stop: the peer's
+    /// next announce credits only what it did since its last one. One the
+    /// peer has already replaced by announcing is left alone.
+    pub fn restore_baseline(&mut self, entry: BaselineEntry) {
+        self.baselines
+            .entry((entry.info_hash, entry.user, entry.peer_id))
+            .or_insert(Baseline {
+                uploaded: entry.uploaded,
+                downloaded: entry.downloaded,
+                seeding: entry.seeding,
+                valid_until: entry.valid_until,
+            });
+    }
+
+    /// The database id of a torrent with private peers here (snapshots
+    /// keep it with the swarm).
+    pub fn torrent_id(&self, info_hash: &InfoHash) -> Option<TorrentId> {
+        self.reported.get(info_hash).map(|(id, _)| *id)
+    }
+
+    /// Marks a restored private swarm's torrent for writing its counts,
+    /// as an announce would have.
+    pub fn restore_torrent(&mut self, info_hash: InfoHash, torrent: TorrentId) {
+        self.reported.entry(info_hash).or_insert((torrent, None));
     }
 }
 
@@ -582,6 +644,36 @@ mod tests {
             Some(&zero)
         );
         assert!(ledger.drain(|_| zero).is_empty(), "forgotten after the 0");
+    }
+
+    /// A baseline read out and put into another ledger (a restart) makes
+    /// the next announce credit only the growth since the last one.
+    #[test]
+    fn restored_baselines_credit_only_the_growth() {
+        let mut ledger = Ledger::default();
+        let none = Freeleech::None;
+        record(&mut ledger, 1, peer(none, 0, 0), false, false);
+        record(&mut ledger, 1, peer(none, 100, 40), false, false);
+        assert_eq!(
+            credited(&ledger.drain(|_| PeerCounts::default())),
+            (100, 40)
+        );
+        let entries: Vec<BaselineEntry> = ledger.baseline_entries().collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].uploaded, entries[0].downloaded), (100, 40));
+        let mut restarted = Ledger::default();
+        for entry in entries {
+            restarted.restore_baseline(entry);
+        }
+        record(&mut restarted, 1, peer(none, 250, 50), false, false);
+        assert_eq!(
+            credited(&restarted.drain(|_| PeerCounts::default())),
+            (150, 10)
+        );
+        // Without the baseline the same announce credits nothing.
+        let mut forgot = Ledger::default();
+        record(&mut forgot, 1, peer(none, 250, 50), false, false);
+        assert_eq!(credited(&forgot.drain(|_| PeerCounts::default())), (0, 0));
     }
 
     #[test]
