@@ -7,7 +7,8 @@ real client downloading through our tracker, and the checksum compared.
 
 WebTorrent: two npm bittorrent-tracker clients exchange an offer and an
 answer through the WebSocket tracker (webtorrent/offer_answer.mjs; WebRTC
-itself is faked there, see fake-webrtc.mjs for why), and two WebTorrent
+itself is faked there, see fake-webrtc.mjs for why), over WS and over WSS
+(a self-signed certificate made with openssl), and two WebTorrent
 pages in headless Chromium move a buffer over real WebRTC, found through
 our tracker only (webtorrent/browser.mjs).
 
@@ -62,7 +63,7 @@ _next_host = [10]
 
 
 class Tracker:
-    def __init__(self, binary, workdir, extra_config="", name="tracker", host=None, private_db=None):
+    def __init__(self, binary, workdir, extra_config="", name="tracker", host=None, private_db=None, ws_config=""):
         if host is None:
             _next_host[0] += 1
             host = f"127.0.0.{_next_host[0]}"
@@ -87,7 +88,7 @@ pin_cpus = false
 address = "{self.host}:{self.http_port}"
 [ws]
 {off}address = "{self.host}:{self.ws_port}"
-[snapshot]
+{ws_config}[snapshot]
 dir = "{os.path.join(workdir, name + '-state')}"
 interval_secs = 0
 {extra_config}"""
@@ -124,6 +125,9 @@ interval_secs = 0
 
     def ws(self):
         return f"ws://{self.host}:{self.ws_port}"
+
+    def wss(self):
+        return f"wss://{self.host}:{self.ws_port}"
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -189,6 +193,22 @@ private_key_path = "{pki}/{name}.key"
     def stop(self):
         for node in self.nodes:
             node.stop()
+
+
+class WssTracker(Tracker):
+    """A tracker serving WebSocket over TLS, with a self-signed certificate
+    made by openssl for this run."""
+
+    def __init__(self, binary, workdir):
+        cert, key = os.path.join(workdir, "wss.pem"), os.path.join(workdir, "wss.key")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+            check=True, capture_output=True,
+        )
+        super().__init__(
+            binary, workdir, ws_config=f'tls_certificate_path = "{cert}"\ntls_private_key_path = "{key}"\n'
+        )
 
 
 def with_tracker_url(torrent_path, url, out_path):
@@ -488,11 +508,12 @@ def check_private_accounting(binary, work):
         db.stop()
 
 
-def run_node_check(args, what):
+def run_node_check(args, what, env=None):
     """Runs node with `args` in webtorrent/; the script prints PASS/FAIL lines."""
     proc = subprocess.run(
         ["node", *args],
         cwd=WEBTORRENT_DIR,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=CHECK_TIMEOUT,
@@ -506,6 +527,16 @@ def run_node_check(args, what):
 def check_npm_clients_offer_and_answer(tracker, work, url_of):
     """Two npm bittorrent-tracker clients: offer, answer, scrape, leave."""
     run_node_check(["--import", "./register.mjs", "offer_answer.mjs", url_of(tracker)], "npm client check")
+
+
+def check_npm_clients_offer_and_answer_over_wss(tracker, work, url_of):
+    """The same two clients over WSS (the tracker's unbuffered TLS stream,
+    Node's OpenSSL on the other side); the certificate is self-signed."""
+    run_node_check(
+        ["--import", "./register.mjs", "offer_answer.mjs", url_of(tracker)],
+        "npm client check over wss",
+        env={"NODE_TLS_REJECT_UNAUTHORIZED": "0"},
+    )
 
 
 def check_browsers_exchange_over_webrtc(tracker, work, url_of):
@@ -523,6 +554,8 @@ def main():
         ("udp: libtorrent seeds, the tracker restarts, aria2c downloads", check_restart_between_seeder_and_downloader, Tracker.udp),
         ("http: libtorrent seeds, the tracker restarts, aria2c downloads", check_restart_between_seeder_and_downloader, Tracker.http),
         ("ws: npm bittorrent-tracker clients exchange offer and answer", check_npm_clients_offer_and_answer, Tracker.ws),
+        ("wss: npm bittorrent-tracker clients exchange offer and answer",
+         check_npm_clients_offer_and_answer_over_wss, Tracker.wss, WssTracker),
         ("ws: two WebTorrent pages in Chromium exchange a buffer over WebRTC", check_browsers_exchange_over_webrtc, Tracker.ws),
         ("cluster udp: libtorrent seeds via node a, aria2c downloads via node b",
          check_cluster_lt_seeds_via_a_aria2_downloads_via_b, Tracker.udp, Cluster),
