@@ -9,8 +9,12 @@ round, two loads of the same size sent to node a:
              with the same SipHash-2-4 layout as aquatic/src/cluster/ownership.rs)
   forwarded: info hashes node b owns: a forwards each announce over the
              link, b answers, a sends the reply
+  alone:     the forwarded load's info hashes sent to a third process, a
+             node that is no cluster member (the same load served by one
+             node alone)
 
-Per run: responses, CPU seconds of both nodes together (utime+stime from
+Per run: responses, CPU seconds of both cluster nodes together (of the one
+node for 'alone') (utime+stime from
 /proc), responses per CPU-second, and for forwarded runs the link's bytes
 (a -> b and b -> a, from a's metrics) per forwarded announce. The client
 is one Python process sending batches of announces and waiting for every
@@ -26,6 +30,7 @@ import os
 import random
 import re
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -92,18 +97,13 @@ def metric(port, name, labels):
     return total
 
 
-def start_nodes(binary, work):
-    pki = os.path.join(work, "pki")
-    subprocess.run(["sh", os.path.join(HERE, "..", "deploy", "cluster", "make-pki.sh"), pki, "a", "b"],
-                   check=True, capture_output=True)
-    links = [free_port(socket.SOCK_STREAM) for _ in range(2)]
-    members = ", ".join(f'{{ name = "{n}", address = "127.0.0.1:{p}" }}' for n, p in zip("ab", links))
-    nodes = []
-    for name, link in zip("ab", links):
-        udp, metrics = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
-        config = os.path.join(work, f"{name}.toml")
-        with open(config, "w") as f:
-            f.write(f"""workers = 1
+def start_node(binary, work, name, cluster=""):
+    """One tracker process (one worker, UDP and metrics only), with the
+    `cluster` config section if given; waits until it is ready."""
+    udp, metrics = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+    config = os.path.join(work, f"{name}.toml")
+    with open(config, "w") as f:
+        f.write(f"""workers = 1
 log_level = "warn"
 [runtime]
 pin_cpus = false
@@ -119,7 +119,23 @@ enabled = false
 [metrics]
 enabled = true
 address = "127.0.0.1:{metrics}"
-[cluster]
+{cluster}""")
+    proc = subprocess.Popen([binary, "-c", config], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    while not proc.stdout.readline().startswith("aquatic: ready"):
+        if proc.poll() is not None:
+            sys.exit(f"node {name} did not start")
+    return {"proc": proc, "udp": udp, "metrics": metrics}
+
+
+def start_nodes(binary, work):
+    pki = os.path.join(work, "pki")
+    subprocess.run(["sh", os.path.join(HERE, "..", "deploy", "cluster", "make-pki.sh"), pki, "a", "b"],
+                   check=True, capture_output=True)
+    links = [free_port(socket.SOCK_STREAM) for _ in range(2)]
+    members = ", ".join(f'{{ name = "{n}", address = "127.0.0.1:{p}" }}' for n, p in zip("ab", links))
+    nodes = []
+    for name, link in zip("ab", links):
+        nodes.append(start_node(binary, work, name, f"""[cluster]
 enabled = true
 node = "{name}"
 listen = "127.0.0.1:{link}"
@@ -128,12 +144,7 @@ key_file = "{pki}/connection-id.key"
 ca_certificate_path = "{pki}/ca.pem"
 certificate_path = "{pki}/{name}.pem"
 private_key_path = "{pki}/{name}.key"
-""")
-        proc = subprocess.Popen([binary, "-c", config], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        while not proc.stdout.readline().startswith("aquatic: ready"):
-            if proc.poll() is not None:
-                sys.exit(f"node {name} did not start")
-        nodes.append({"proc": proc, "udp": udp, "metrics": metrics})
+"""))
     deadline = time.time() + 20
     while any(metric(n["metrics"], "aquatic_cluster_member_live", []) < 2 for n in nodes):
         if time.time() > deadline:
@@ -177,8 +188,8 @@ def main():
     print("command:", " ".join(sys.argv))
     work = tempfile.mkdtemp(prefix="aquatic-cluster-bench-")
     nodes = start_nodes(args.binary, work)
+    alone = start_node(args.binary, work, "alone")
     a = nodes[0]
-    address = ("127.0.0.1", a["udp"])
     rng = random.Random(7)
     pools = {"local": [], "forwarded": []}
     while min(len(p) for p in pools.values()) < args.announces:
@@ -186,33 +197,47 @@ def main():
         pool = pools["local" if owner(["a", "b"], h) == "a" else "forwarded"]
         if len(pool) < args.announces:
             pool.append(h)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    connection_id = connect(sock, address)
-    print(f"{'round':>5} {'load':>10} {'responses':>10} {'cpu s (a+b)':>12} {'resp/cpu-s':>11} {'link B/fwd':>11}")
-    results = {"local": [], "forwarded": []}
+    # "alone": the forwarded load's torrents, sent to one node that is no
+    # cluster member and answers everything itself.
+    pools["alone"] = pools["forwarded"]
+    targets = {
+        "local": (("127.0.0.1", a["udp"]), nodes),
+        "forwarded": (("127.0.0.1", a["udp"]), nodes),
+        "alone": (("127.0.0.1", alone["udp"]), [alone]),
+    }
+    socks = {}
+    for kind, (address, _) in targets.items():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        socks[kind] = (sock, connect(sock, address))
+    print(f"{'round':>5} {'load':>10} {'responses':>10} {'cpu s':>8} {'resp/cpu-s':>11} {'link B/fwd':>11}")
+    results = {kind: [] for kind in targets}
     try:
         for r in range(args.rounds):
-            order = ["local", "forwarded"] if r % 2 == 0 else ["forwarded", "local"]
+            order = ["local", "forwarded", "alone"] if r % 2 == 0 else ["alone", "forwarded", "local"]
             for kind in order:
+                address, measured = targets[kind]
+                sock, connection_id = socks[kind]
                 out0 = metric(a["metrics"], "aquatic_cluster_link_bytes_total", ['direction="out"'])
                 in0 = metric(a["metrics"], "aquatic_cluster_link_bytes_total", ['direction="in"'])
-                cpu0 = sum(cpu_seconds(n["proc"].pid) for n in nodes)
+                cpu0 = sum(cpu_seconds(n["proc"].pid) for n in measured)
                 got = announce_all(sock, address, connection_id, pools[kind])
-                cpu = sum(cpu_seconds(n["proc"].pid) for n in nodes) - cpu0
+                cpu = sum(cpu_seconds(n["proc"].pid) for n in measured) - cpu0
                 time.sleep(1.2)  # metrics are published once a second
                 link = (metric(a["metrics"], "aquatic_cluster_link_bytes_total", ['direction="out"']) - out0
                         + metric(a["metrics"], "aquatic_cluster_link_bytes_total", ['direction="in"']) - in0)
                 per_cpu = got / cpu if cpu > 0 else 0.0
                 per_fwd = link / got if kind == "forwarded" and got else 0.0
                 results[kind].append(per_cpu)
-                print(f"{r + 1:>5} {kind:>10} {got:>10} {cpu:>12.2f} {per_cpu:>11.0f} {per_fwd:>11.0f}", flush=True)
+                print(f"{r + 1:>5} {kind:>10} {got:>10} {cpu:>8.2f} {per_cpu:>11.0f} {per_fwd:>11.0f}", flush=True)
     finally:
-        for n in nodes:
+        for n in nodes + [alone]:
             n["proc"].terminate()
             n["proc"].wait()
-    med = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
-    print(f"median responses per CPU-second: local {med['local']:.0f}, forwarded {med['forwarded']:.0f}; "
-          f"CPU per forwarded announce / per local one: {med['local'] / med['forwarded']:.2f}")
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print("cpu s: both cluster nodes (a+b) for local and forwarded, the one node for alone")
+    print("median responses per CPU-second: " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()))
+    print(f"CPU per forwarded announce (both nodes) / per local one: {med['local'] / med['forwarded']:.2f}; "
+          f"/ per announce of one node alone: {med['alone'] / med['forwarded']:.2f}")
 
 
 if __name__ == "__main__":
