@@ -206,7 +206,15 @@ fn hash_owned_by(owner: usize, tag: u8) -> [u8; 20] {
         .expect("some hash of 256 is owned by each member")
 }
 
-fn http_announce(addr: SocketAddr, hash: [u8; 20], peer: u8, port: u16) -> Value {
+/// Sends one compact HTTP announce of peer `[peer; 20]` through `addr` and
+/// reads its response (status, body), waiting at most `read_timeout`.
+fn send_http_announce(
+    addr: SocketAddr,
+    hash: [u8; 20],
+    peer: u8,
+    port: u16,
+    read_timeout: Duration,
+) -> (u16, Value) {
     let target = format!(
         "/announce?info_hash={}&peer_id={}&port={port}&uploaded=0&downloaded=0&left=100&compact=1",
         percent(&hash),
@@ -214,11 +222,15 @@ fn http_announce(addr: SocketAddr, hash: [u8; 20], peer: u8, port: u16) -> Value
     );
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(read_timeout))
         .expect("timeout");
     let raw = format!("GET {target} HTTP/1.1\r\nHost: tracker\r\nConnection: close\r\n\r\n");
     stream.write_all(raw.as_bytes()).expect("write");
-    let (status, body) = read_responses(&mut stream, 1).remove(0);
+    read_responses(&mut stream, 1).remove(0)
+}
+
+fn http_announce(addr: SocketAddr, hash: [u8; 20], peer: u8, port: u16) -> Value {
+    let (status, body) = send_http_announce(addr, hash, peer, port, Duration::from_secs(10));
     assert_eq!(status, 200, "{body:?}");
     assert!(body.get(b"failure reason").is_none(), "failure: {body:?}");
     body
@@ -1155,18 +1167,7 @@ fn webtorrent_peers_on_different_nodes_exchange_offers_and_answers() {
 /// An HTTP announce through `addr`; its failure reason, if any.
 #[cfg(feature = "test-hooks")]
 fn http_announce_failure(addr: SocketAddr, hash: [u8; 20], peer: u8) -> Option<Vec<u8>> {
-    let target = format!(
-        "/announce?info_hash={}&peer_id={}&port=7000&uploaded=0&downloaded=0&left=100&compact=1",
-        percent(&hash),
-        percent(&[peer; 20])
-    );
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let raw = format!("GET {target} HTTP/1.1\r\nHost: tracker\r\nConnection: close\r\n\r\n");
-    stream.write_all(raw.as_bytes()).expect("write");
-    let (_, body) = read_responses(&mut stream, 1).remove(0);
+    let (_, body) = send_http_announce(addr, hash, peer, 7000, Duration::from_secs(30));
     match body.get(b"failure reason") {
         Some(Value::Bytes(reason)) => Some(reason.clone()),
         _ => None,
