@@ -324,9 +324,16 @@ def lt_seeds_aria2_downloads(work, seeder_url, downloader_url=None, before_downl
     handle.force_reannounce()
     if before_download is not None:
         before_download(session)
+    aria2_downloads(work, [torrent_for_aria2], src)
+    del session
+
+
+def aria2_downloads(work, args, src):
+    """aria2c downloads (`args`: the torrent and any extra options) into
+    work/aria2-out, once, and must exit 0 with the bytes of `src`."""
     out = os.path.join(work, "aria2-out")
     os.makedirs(out)
-    proc = aria2(["--seed-time=0", "--dir=" + out, torrent_for_aria2], work, CHECK_TIMEOUT)
+    proc = aria2(["--seed-time=0", "--dir=" + out, *args], work, CHECK_TIMEOUT)
     try:
         output, _ = proc.communicate(timeout=CHECK_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -337,7 +344,6 @@ def lt_seeds_aria2_downloads(work, seeder_url, downloader_url=None, before_downl
         raise RuntimeError(f"aria2c exited {proc.returncode}:\n" + output[-2000:])
     if sha256(os.path.join(out, "payload.bin")) != sha256(src):
         raise RuntimeError("checksum mismatch")
-    del session
 
 
 def check_lt_seeds_aria2_downloads(tracker, work, url_of):
@@ -459,21 +465,7 @@ def check_private_accounting(binary, work):
         handle = session.add_torrent(params)
         wait_lt_seeding(handle)
         handle.force_reannounce()
-        out = os.path.join(work, "aria2-out")
-        os.makedirs(out)
-        proc = aria2(["--seed-time=0", "--dir=" + out,
-                      "--bt-tracker=" + tracker.private_http(LEECHER_PASSKEY), torrent],
-                     work, CHECK_TIMEOUT)
-        try:
-            output, _ = proc.communicate(timeout=CHECK_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
-            raise RuntimeError("aria2c did not finish in time:\n" + output[-2000:])
-        if proc.returncode != 0:
-            raise RuntimeError(f"aria2c exited {proc.returncode}:\n" + output[-2000:])
-        if sha256(os.path.join(out, "payload.bin")) != sha256(src):
-            raise RuntimeError("checksum mismatch")
+        aria2_downloads(work, ["--bt-tracker=" + tracker.private_http(LEECHER_PASSKEY), torrent], src)
         # The seeder reports what it uploaded on its next announce.
         handle.force_reannounce()
         deadline = time.time() + 30
