@@ -48,12 +48,21 @@ fn a_full_mesh_channel_makes_http_announces_busy() {
     let tracker = Tracker::start("mesh-full", &config);
     fire_hook(&tracker, "stall-mesh");
 
-    // Four announces for each shard on one connection. The executor
-    // holding it answers its own shard's. For the other shard: the first
-    // may still be handled (if the owner's receiving task was already
-    // waiting for a message when the hook fired, it stalls after that
-    // one); the next fills the one-slot channel and waits for its
-    // deadline; the rest find the channel full and are refused at once.
+    // Four announces for each shard on one connection, answered one after
+    // the other. The executor holding it answers its own shard's at once.
+    // A receiving task already parked on its channel when the hook fired
+    // still takes one more message before it stalls; one not yet polled
+    // since start (a loaded machine may run it late) stalls before any.
+    // So for the other shard's four, with the owner's task O and the
+    // task that reads the owner's replies A:
+    // - O parked, A parked: the first is answered; the second fills the
+    //   one-slot channel and waits for its deadline; the rest find the
+    //   channel full and are refused at once (1 deadline, 2 full);
+    // - O not parked: the first fills the channel and waits; the other
+    //   three are refused at once (1 deadline, 3 full);
+    // - O parked, A not: the first is handled but its reply is never
+    //   read, so it waits; the second goes into the channel O emptied and
+    //   waits too; the last two are refused at once (2 deadlines, 2 full).
     let http = SocketAddr::from(([127, 0, 0, 1], tracker.http.expect("http").port()));
     let mut stream = TcpStream::connect(http).expect("connect");
     stream
@@ -79,23 +88,23 @@ fn a_full_mesh_channel_makes_http_announces_busy() {
     let handled = remote.iter().take_while(|r| is_answer(r)).count();
     assert!(handled <= 1, "{responses:?}");
     assert!(remote[handled..].iter().all(is_busy), "{responses:?}");
-    let refused_at_once = (remote.len() - handled - 1) as f64;
+    let busy = (remote.len() - handled) as f64;
 
     // Executors publish their counters once a second.
     let metrics = tracker.metrics.expect("metrics");
     let counted = eventually(Duration::from_secs(5), || {
         let full = errors(metrics, "kind=\"channel_full\"");
         let timeouts = errors(metrics, "kind=\"reply_timeout\"");
-        (full >= refused_at_once && timeouts >= 1.0).then_some((full, timeouts))
+        (full + timeouts >= busy && timeouts >= 1.0).then_some((full, timeouts))
     });
-    let (full, timeouts) = counted.expect("sends refused by a full channel, one deadline");
-    assert_eq!(
-        timeouts, 1.0,
-        "one deadline, for the one request that was sent"
-    );
-    assert_eq!(
-        full, refused_at_once,
-        "the others refused by the full channel"
+    let (full, timeouts) =
+        counted.expect("every busy answer counted as a full channel or a deadline");
+    let outcome = (handled, timeouts as u64, full as u64);
+    eprintln!("outcome {outcome:?}");
+    assert!(
+        [(1, 1, 2), (0, 1, 3), (0, 2, 2)].contains(&outcome),
+        "(answered, deadlines, refused by the full channel) = {outcome:?}: \
+         only requests sent into the channel wait for a deadline, the others are refused at once"
     );
 }
 
