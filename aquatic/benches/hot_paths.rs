@@ -2,7 +2,9 @@
 //! `cargo bench -p aquatic --bench hot_paths`.
 //!
 //! Parsing and writing for each protocol, peer selection on swarms of 10,
-//! 1 000 and 100 000 peers, and shard routing. Figures are for comparing
+//! 1 000 and 100 000 peers, shard routing, and sealing/opening a TLS 1.3
+//! record with ring's stock AEAD and with WSS's raw-key one
+//! (`net::lazy_aead`, which expands the key per record). Figures are for comparing
 //! two versions of this code on one machine, never for tests.
 
 use std::{
@@ -230,5 +232,55 @@ fn routing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, udp, http, ws, selection, routing);
+/// One WebTorrent-sized record (300 bytes) sealed, then opened, per
+/// iteration, for each TLS 1.3 suite: ring's stock AEAD (key expanded once)
+/// against `net::lazy_aead` (key expanded per record).
+fn tls_records(c: &mut Criterion) {
+    use rustls::{
+        crypto::cipher::{InboundOpaqueMessage, OutboundChunks, OutboundPlainMessage},
+        ContentType, ProtocolVersion, SupportedCipherSuite,
+    };
+    let lazy = aquatic::net::lazy_aead::provider();
+    let stock = rustls::crypto::ring::default_provider();
+    let data = [0x61u8; 300];
+    let tls13 = |p: &rustls::crypto::CryptoProvider| {
+        p.cipher_suites
+            .iter()
+            .filter_map(|s| match s {
+                SupportedCipherSuite::Tls13(s) => Some(*s),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    for (label, suites) in [("stock", tls13(&stock)), ("raw keys", tls13(&lazy))] {
+        for suite in suites {
+            let expander = suite.hkdf_provider.extract_from_secret(None, b"bench");
+            let key = || rustls::internal::derive_traffic_key(&*expander, suite.aead_alg);
+            let iv = || rustls::internal::derive_traffic_iv(&*expander);
+            let mut encrypter = suite.aead_alg.encrypter(key(), iv());
+            let mut decrypter = suite.aead_alg.decrypter(key(), iv());
+            let mut seq = 0u64;
+            let name = format!("tls13/seal+open 300 B, {:?}, {label}", suite.common.suite);
+            c.bench_function(&name, |b| {
+                b.iter(|| {
+                    seq += 1;
+                    let msg = OutboundPlainMessage {
+                        typ: ContentType::ApplicationData,
+                        version: ProtocolVersion::TLSv1_3,
+                        payload: OutboundChunks::Single(black_box(&data)),
+                    };
+                    let mut record = encrypter.encrypt(msg, seq).expect("seal").encode();
+                    let msg = InboundOpaqueMessage::new(
+                        ContentType::ApplicationData,
+                        ProtocolVersion::TLSv1_2,
+                        &mut record[5..],
+                    );
+                    decrypter.decrypt(msg, seq).expect("open").payload.len()
+                })
+            });
+        }
+    }
+}
+
+criterion_group!(benches, udp, http, ws, selection, routing, tls_records);
 criterion_main!(benches);

@@ -206,8 +206,9 @@ fn load_tls(
     protocol: &str,
     certificate: &std::path::Path,
     key: &std::path::Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> anyhow::Result<rustls::ServerConfig> {
-    aquatic_common::tls::load_server_config(certificate, key, HTTP_ALPN)
+    aquatic_common::tls::load_server_config_with_provider(certificate, key, HTTP_ALPN, provider)
         .with_context(|| format!("cannot load the {protocol} certificate and key"))
 }
 
@@ -217,12 +218,20 @@ fn load_http_tls(config: &Config) -> anyhow::Result<rustls::ServerConfig> {
         "HTTPS",
         &http.tls_certificate_path,
         &http.tls_private_key_path,
+        Arc::new(rustls::crypto::ring::default_provider()),
     )
 }
 
 fn load_ws_tls(config: &Config) -> anyhow::Result<rustls::ServerConfig> {
     let ws = &config.ws;
-    load_tls("WSS", &ws.tls_certificate_path, &ws.tls_private_key_path)
+    // Idle WebSocket connections are many and long-lived: keep their TLS
+    // 1.3 keys raw between records (see net::lazy_aead).
+    load_tls(
+        "WSS",
+        &ws.tls_certificate_path,
+        &ws.tls_private_key_path,
+        crate::net::lazy_aead::provider(),
+    )
 }
 
 /// Becomes the configured user (and group), inside the configured chroot,

@@ -33,11 +33,22 @@ pub enum TlsError {
 }
 
 /// A rustls server configuration for `certificate_chain` and `private_key`
-/// (PEM), offering the ALPN protocols given.
+/// (PEM), offering the ALPN protocols given, on ring's default provider.
 pub fn load_server_config(
     certificate_chain: &Path,
     private_key: &Path,
     alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    load_server_config_with_provider(certificate_chain, private_key, alpn, provider)
+}
+
+/// As [`load_server_config`], with the given crypto provider.
+pub fn load_server_config_with_provider(
+    certificate_chain: &Path,
+    private_key: &Path,
+    alpn: &[&[u8]],
+    provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let cert_error = |reason: String| TlsError::Certificates {
         path: certificate_chain.display().to_string(),
@@ -54,7 +65,6 @@ pub fn load_server_config(
         path: private_key.display().to_string(),
         reason: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

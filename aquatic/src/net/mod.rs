@@ -6,6 +6,7 @@
 //! adapters only know their wire formats, connections and timeouts.
 
 pub mod http;
+pub mod lazy_aead;
 pub mod steering;
 pub mod udp;
 mod udp_batch;

@@ -481,14 +481,24 @@ mod tests {
             chunk: usize,
             versions: &[&'static rustls::SupportedProtocolVersion],
         ) -> Self {
+            Self::with_client(chunk, versions, None)
+        }
+
+        /// The server on the WSS provider (raw keys between records); the
+        /// client on ring's stock provider, offering only `versions` and,
+        /// when given, only `suite`.
+        fn with_client(
+            chunk: usize,
+            versions: &[&'static rustls::SupportedProtocolVersion],
+            suite: Option<rustls::SupportedCipherSuite>,
+        ) -> Self {
             let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
                 .expect("certificate");
             let cert = certified.cert.der().clone();
             let key =
                 rustls::pki_types::PrivateKeyDer::try_from(certified.key_pair.serialize_der())
                     .expect("key");
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let server = ServerConfig::builder_with_provider(provider.clone())
+            let server = ServerConfig::builder_with_provider(super::super::lazy_aead::provider())
                 .with_safe_default_protocol_versions()
                 .expect("versions")
                 .with_no_client_auth()
@@ -496,7 +506,11 @@ mod tests {
                 .expect("server config");
             let mut roots = RootCertStore::empty();
             roots.add(cert).expect("root");
-            let client = ClientConfig::builder_with_provider(provider)
+            let mut provider = rustls::crypto::ring::default_provider();
+            if let Some(suite) = suite {
+                provider.cipher_suites = vec![suite];
+            }
+            let client = ClientConfig::builder_with_provider(Arc::new(provider))
                 .with_protocol_versions(versions)
                 .expect("versions")
                 .with_root_certificates(roots)
@@ -613,6 +627,47 @@ mod tests {
             harness.client.protocol_version(),
             Some(rustls::ProtocolVersion::TLSv1_2)
         );
+    }
+
+    /// Each TLS 1.3 suite, ring's stock client against the server's raw-key
+    /// AEAD (net::lazy_aead), and again after the client updates its keys
+    /// and asks the server to update its own (KeyUpdate, both directions).
+    #[test]
+    fn every_tls_1_3_suite_carries_messages_and_survives_a_key_update() {
+        use rustls::crypto::ring::cipher_suite;
+        for suite in [
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            let mut harness = Harness::with_client(7, &[&rustls::version::TLS13], Some(suite));
+            let stream = harness.accept();
+            assert_eq!(
+                harness.client.negotiated_cipher_suite().map(|s| s.suite()),
+                Some(suite.suite())
+            );
+            let sent = message(40_000);
+            harness.client_sends(&sent);
+            let (mut stream, got) = harness.run(read_exactly(stream, sent.len(), 1000));
+            assert!(got == sent, "the server read other bytes");
+            let reply = message(50_000);
+            harness.run(async {
+                stream.write_all(&reply).await.expect("write");
+                stream.flush().await.expect("flush");
+            });
+            assert!(harness.received == reply, "the client read other bytes");
+
+            harness.received.clear();
+            harness.client.refresh_traffic_keys().expect("key update");
+            harness.client_sends(b"after the update");
+            let (mut stream, got) = harness.run(read_exactly(stream, 16, 64));
+            assert_eq!(got, b"after the update");
+            harness.run(async {
+                stream.write_all(b"updated too").await.expect("write");
+                stream.flush().await.expect("flush");
+            });
+            assert_eq!(harness.received, b"updated too");
+        }
     }
 
     fn large_messages_both_ways(mut harness: Harness) -> Harness {
