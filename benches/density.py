@@ -190,7 +190,7 @@ def main():
     fill_head = "| fill s | fill answers (errors) | live peers after fill | RSS after fill MiB " if fill else ""
     print("| round | tracker " + fill_head + "| responses/s | responses per CPU-second | live peers | peak RSS MiB "
           "| steady RSS MiB | bytes per live peer | load average |")
-    print("|---" * (10 + (4 if fill else 0)) + "|", flush=True)
+    print("|---" * (9 + (4 if fill else 0)) + "|", flush=True)
     runs = {n: [] for n in names}
     off = []
     for round_ in range(1, args.rounds + 1):
