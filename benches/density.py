@@ -22,7 +22,18 @@ distribution, so about 430 000 torrents end up with peers). Per run:
 The summary gives the median of each figure per tracker over the rounds.
 "base" is another build of ours (--base, e.g. main), for the before/after.
 
-Usage: python3 benches/density.py [--duration 20] [--rounds 4]
+--fill N: before the load test, benches/udp_fill.py announces the first N
+of the load tester's own peers (same torrents, ports, address and zero
+peer id, each once, answers counted, dropped ones sent again), so that
+every tracker holds the same peers however fast the load tester manages
+to go on a loaded machine; the load test then re-announces peers the
+tracker already holds. The table then also shows the fill's time and
+answers and the live peers and RSS right after it. With --fill every run's
+live peers must be within 1 % of the list's distinct peers: a run that is
+not is named at the end and the script exits 1 (the comparison would mean
+nothing).
+
+Usage: python3 benches/density.py [--duration 20] [--rounds 4] [--fill 2000000]
                                   [--trackers ours,base,aquatic,opentracker]
                                   [--ours target/release/aquatic] [--base PATH] [--peers DIR]
 """
@@ -40,6 +51,7 @@ import time
 import urllib.request
 
 import compare
+import udp_fill
 
 TORRENTS = 1_000_000
 PEERS = 2_000_000
@@ -89,7 +101,8 @@ def tracker(name, binary, port, stats_port, work, ot_root):
     return [binary, "-c", cfg], peers
 
 
-def run_one(name, binary, load_binary, duration, work, ot_root):
+def run_one(name, binary, load_binary, duration, work, ot_root, fill):
+    """One tracker: start, fill (if fill is given), load, read the figures."""
     port, stats_port = compare.free_port(), compare.free_port()
     command, read_peers = tracker(name, binary, port, stats_port, work, ot_root)
     log_path = os.path.join(work, f"{name}.log")
@@ -98,6 +111,20 @@ def run_one(name, binary, load_binary, duration, work, ot_root):
     try:
         compare.wait_for_port(port, "udp")
         time.sleep(0.5)
+        filled = {}
+        if fill:
+            hashes, index, ports = fill
+            # The filler runs on core 1, where the load tester runs next.
+            os.sched_setaffinity(0, {1})
+            try:
+                filled = udp_fill.Filler(("127.0.0.1", port), hashes, index, ports).run()
+            finally:
+                os.sched_setaffinity(0, {0, 1})
+            # Let aquatic_udp's statistics (every cleaning, 5 s here) catch up.
+            time.sleep(6)
+            filled["peers"] = read_peers(log_path)
+            filled["rss"] = compare.status_mib(proc.pid, "VmRSS:")
+            filled["peak"] = compare.peak_rss_mib(proc.pid)
         cpu_before = compare.cpu_seconds(proc.pid)
         load = subprocess.run(["taskset", "-c", "1", *load_command(load_binary, port, duration, work)],
                               capture_output=True, text=True, timeout=duration + 120)
@@ -113,7 +140,7 @@ def run_one(name, binary, load_binary, duration, work, ot_root):
             raise RuntimeError(f"{name} exited during the run")
         return {"rps": rps, "errors": errors, "per_cpu": rps * duration / cpu if cpu > 0 else 0.0,
                 "peak": peak, "steady": steady, "peers": live,
-                "bytes_per_peer": steady * 1024 * 1024 / live if live else float("nan")}
+                "bytes_per_peer": steady * 1024 * 1024 / live if live else float("nan"), "fill": filled}
     finally:
         compare.stop(proc)
 
@@ -122,6 +149,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--fill", type=int, default=0, metavar="N",
+                        help=f"announce the load tester's first N peers (at most {PEERS:,}) before the load")
     parser.add_argument("--trackers", default="ours,aquatic,opentracker")
     parser.add_argument("--ours", default=os.path.join(compare.ROOT, "target/release/aquatic"))
     parser.add_argument("--base", default=None, help="another build of ours, shown as 'base'")
@@ -130,6 +159,8 @@ def main():
     names = args.trackers.split(",")
     if "base" in names and not args.base:
         parser.error("--trackers base needs --base PATH")
+    if not 0 <= args.fill <= PEERS:
+        parser.error(f"--fill takes 0 to {PEERS:,} peers")
     compare.ensure_peers(args.peers, ["aquatic_udp", "aquatic_udp_load_test"])
     if "opentracker" in names:
         compare.ensure_debian_packages(["opentracker"])
@@ -138,23 +169,43 @@ def main():
                 "opentracker": "opentracker"}
     load_binary = os.path.join(bin_dir, "aquatic_udp_load_test")
     work = tempfile.mkdtemp(prefix="aquatic-density-")
+    hashes = compare.load_test_info_hashes(TORRENTS) if args.fill or "opentracker" in names else None
     ot_root = None
     if "opentracker" in names:
-        ot_root = compare.opentracker_root(work, compare.load_test_info_hashes(TORRENTS))
+        ot_root = compare.opentracker_root(work, hashes)
+    fill = None
+    expected = 0
+    if args.fill:
+        index, ports = udp_fill.load_test_peers(TORRENTS, PEERS, args.peers)
+        index, ports = index[:args.fill], ports[:args.fill]
+        expected = udp_fill.distinct_peers(index, ports)
+        fill = (hashes, index, ports)
     print("# " + shlex.join(["python3", *sys.argv]))
     print(f"# {TORRENTS:,} torrents, {PEERS:,} peers, {args.duration} s per run, {args.rounds} rounds, "
           "order rotating; tracker on core 0 (one worker), aquatic_udp_load_test on core 1")
-    print("| round | tracker | responses/s | responses per CPU-second | live peers | peak RSS MiB "
-          "| steady RSS MiB | bytes per live peer |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    if fill:
+        print(f"# filled first with the load tester's first {args.fill:,} peers: {expected:,} distinct "
+              f"(torrent, port) pairs over {len(udp_fill.peers_per_torrent(index)):,} torrents")
+    print(f"# load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    fill_head = "| fill s | fill answers (errors) | live peers after fill | RSS after fill MiB " if fill else ""
+    print("| round | tracker " + fill_head + "| responses/s | responses per CPU-second | live peers | peak RSS MiB "
+          "| steady RSS MiB | bytes per live peer | load average |")
+    print("|---" * (9 + (4 if fill else 0)) + "|", flush=True)
     runs = {n: [] for n in names}
+    off = []
     for round_ in range(1, args.rounds + 1):
         shift = (round_ - 1) % len(names)
         for name in names[shift:] + names[:shift]:
-            r = run_one(name, binaries[name], load_binary, args.duration, work, ot_root)
+            r = run_one(name, binaries[name], load_binary, args.duration, work, ot_root, fill)
             runs[name].append(r)
-            print(f"| {round_} | {name} | {r['rps']:,.0f} | {r['per_cpu']:,.0f} | {r['peers']:,} | "
-                  f"{r['peak']:.1f} | {r['steady']:.1f} | {r['bytes_per_peer']:.1f} |", flush=True)
+            f = r["fill"]
+            fill_cells = (f"{f['seconds']:.0f} | {f['announce']:,} ({f['error']:,}) | {f['peers']:,} | "
+                          f"{f['rss']:.1f} | ") if fill else ""
+            print(f"| {round_} | {name} | {fill_cells}{r['rps']:,.0f} | {r['per_cpu']:,.0f} | {r['peers']:,} | "
+                  f"{r['peak']:.1f} | {r['steady']:.1f} | {r['bytes_per_peer']:.1f} | {os.getloadavg()[0]:.1f} |",
+                  flush=True)
+            if fill and abs(r["peers"] - expected) > 0.01 * expected:
+                off.append(f"round {round_}, {name}: {r['peers']:,} live peers, not the {expected:,} filled")
     print()
     print("| tracker | rounds | median responses per CPU-second | median live peers | median peak RSS MiB "
           "| median steady RSS MiB | median bytes per live peer |")
@@ -164,7 +215,12 @@ def main():
              for k in ("per_cpu", "peers", "peak", "steady", "bytes_per_peer")}
         print(f"| {name} | {len(runs[name])} | {m['per_cpu']:,.0f} | {m['peers']:,.0f} | {m['peak']:.1f} | "
               f"{m['steady']:.1f} | {m['bytes_per_peer']:.1f} |", flush=True)
+    if fill:
+        print()
+        print("NOT COMPARABLE (more than 1 % from the filled peers): " + "; ".join(off) if off else
+              f"every run held its live peers within 1 % of the {expected:,} filled")
     shutil.rmtree(work, ignore_errors=True)
+    return 1 if off else 0
 
 
 if __name__ == "__main__":
