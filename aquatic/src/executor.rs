@@ -587,14 +587,20 @@ async fn clean_periodically(
         // Read each time: a reload may change it.
         sleep(config.get().tracker.cleaning_interval()).await;
         let now = router.now();
+        let began = std::time::Instant::now();
         let ((bt, ws), gauges) = host.with(|host| (host.clean(now), host.gauges()));
+        let cleaned = began.elapsed();
         router.shrink();
+        let shrunk = began.elapsed();
         // Freed swarms, maps and connection buffers go back to the
         // allocator, but glibc keeps freed heap pages unless asked: hand
         // them back to the OS so RSS falls when traffic does.
         release_free_memory();
+        let trimmed = began.elapsed();
         log::debug!(
-            "executor {id}: removed {} peers and {} torrents (ws: {} and {}); now {} torrents, {} seeders, {} leechers, {} ws torrents",
+            "executor {id}: cleaning pass in {trimmed:?} (clean {cleaned:?}, shrink {:?}, trim {:?}): removed {} peers and {} torrents (ws: {} and {}); now {} torrents, {} seeders, {} leechers, {} ws torrents",
+            shrunk - cleaned,
+            trimmed - shrunk,
             bt.peers_removed,
             bt.torrents_removed,
             ws.peers_removed,
