@@ -165,7 +165,9 @@ def main():
             order = sides if round_ % 2 else list(reversed(sides))
             for side, binary in order:
                 p, inside, covered, counts, steps, held, load = run_one(args, binary, work, f"{round_}-{side}")
-                clean = max(steps["clean"], steps["clean_slice"])
+                # A pass in slices says its longest slice; one in one step
+                # is as long as the pass.
+                clean = steps["clean_slice"] or steps["clean"]
                 print(f"{round_:>5} {side:>4}  {held:>10,.0f}  {float(p['max_ms']):>6.2f}  {float(p['p999_ms']):>8.2f}"
                       f"  {float(p['p99_ms']):>6.2f}  {int(p['lost']):>4}  {counts[0]:>5}/{counts[1]:<6}  "
                       f"{describe(inside):<60}  {steps['slice']:>5.2f} {steps['lists']:>5.2f} {clean:>5.2f}"
