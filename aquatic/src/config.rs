@@ -948,9 +948,15 @@ pub struct SnapshotConfig {
     pub dir: PathBuf,
     /// Seconds between background snapshots; 0: only at stop.
     pub interval_secs: u64,
-    /// Seconds a graceful stop (closing, the last snapshot) may take.
+    /// Seconds a graceful stop may take, all of it: closing, the last
+    /// snapshot, then (private mode) the last flush in what is left.
     pub stop_timeout_secs: u64,
 }
+
+/// What a graceful stop may take beyond `snapshot.stop_timeout_secs`: the
+/// private accounting file's write after the last flush gave up, and a
+/// database call that was under way (the process exits then regardless).
+pub const STOP_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 impl Default for SnapshotConfig {
     fn default() -> Self {
@@ -991,9 +997,17 @@ impl SnapshotConfig {
         (self.interval_secs > 0).then(|| Duration::from_secs(self.interval_secs))
     }
 
-    /// How long a graceful stop may take.
+    /// How long a graceful stop may take: the executors' part, and the
+    /// budget private mode's last flush gets what is left of.
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_secs(self.stop_timeout_secs)
+    }
+
+    /// The longest a graceful stop takes, from the signal to the exit,
+    /// whatever the database does: the unit's `TimeoutStopSec=` must be at
+    /// least this, or systemd's SIGKILL comes first.
+    pub fn worst_case_stop(&self) -> Duration {
+        self.stop_timeout() + STOP_EXIT_GRACE
     }
 }
 

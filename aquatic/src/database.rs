@@ -66,8 +66,13 @@ pub enum DbMessage {
     /// A stopping executor's private baselines, kept in the state
     /// directory with what the last flush leaves.
     Baselines(Vec<BaselineRecord>),
-    /// Flush what is pending and stop.
-    Stop,
+    /// Flush what is pending until `flush_until` (what the graceful stop's
+    /// one budget leaves, at most `stop_flush_timeout_secs`), keep what is
+    /// left in the state directory, and stop.
+    Stop {
+        /// When the last flush gives up.
+        flush_until: Instant,
+    },
 }
 
 /// Figures of the database thread for metrics, updated by it alone.
@@ -162,12 +167,12 @@ impl DatabaseThread {
         match message {
             DbMessage::Batch(batch) => writer.pending.merge(batch),
             DbMessage::Baselines(baselines) => self.baselines.extend(baselines),
-            DbMessage::Reload | DbMessage::Stop => {}
+            DbMessage::Reload | DbMessage::Stop { .. } => {}
         }
     }
 
-    /// Runs until [`DbMessage::Stop`] (or every sender is gone), then
-    /// flushes for at most `stop_flush_timeout_secs`.
+    /// Runs until [`DbMessage::Stop`] (or every sender is gone, then for
+    /// at most `stop_flush_timeout_secs`), then flushes.
     pub fn run(mut self, messages: Receiver<DbMessage>) {
         let flush_interval = Duration::from_secs(self.config.flush_interval_secs);
         let reload_interval = match self.config.reload_interval_secs {
@@ -197,7 +202,11 @@ impl DatabaseThread {
             let wake = wake.max(backoff.retry_at);
             match messages.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(DbMessage::Reload) => next_reload = Some(Instant::now()),
-                Ok(DbMessage::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(DbMessage::Stop { flush_until }) => {
+                    self.stop(&mut writer, &messages, flush_until);
+                    return;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
                 Ok(message) => self.receive(&mut writer, message),
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -205,8 +214,8 @@ impl DatabaseThread {
             while let Ok(message) = messages.try_recv() {
                 match message {
                     DbMessage::Reload => next_reload = Some(Instant::now()),
-                    DbMessage::Stop => {
-                        self.stop(&mut writer, &messages);
+                    DbMessage::Stop { flush_until } => {
+                        self.stop(&mut writer, &messages, flush_until);
                         return;
                     }
                     message => self.receive(&mut writer, message),
@@ -257,7 +266,8 @@ impl DatabaseThread {
                 self.publish_pending(&writer);
             }
         }
-        self.stop(&mut writer, &messages);
+        let flush_until = Instant::now() + Duration::from_secs(self.config.stop_flush_timeout_secs);
+        self.stop(&mut writer, &messages, flush_until);
     }
 
     fn publish_pending(&self, writer: &Writer) {
@@ -265,49 +275,59 @@ impl DatabaseThread {
         self.stats.pending_rows.store(rows, Ordering::Relaxed);
     }
 
-    /// The last flush: everything queued, retried until the deadline;
+    /// The last flush: everything queued, retried until `deadline`;
     /// then, with a state directory, what is left and the baselines are
-    /// kept there for the next start.
-    fn stop(&mut self, writer: &mut Writer, messages: &Receiver<DbMessage>) {
+    /// kept there for the next start. A deadline already past (the
+    /// executors' stop took the whole budget) tries no flush at all: with
+    /// the database away one attempt alone can take `connect_timeout_secs`.
+    fn stop(&mut self, writer: &mut Writer, messages: &Receiver<DbMessage>, deadline: Instant) {
         while let Ok(message) = messages.try_recv() {
             self.receive(writer, message);
         }
-        let timeout = Duration::from_secs(self.config.stop_flush_timeout_secs);
-        let deadline = Instant::now() + timeout;
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let mut wait = Duration::from_millis(100);
         loop {
-            match writer.flush(&self.config, &self.stats) {
-                Ok(()) if writer.rows() == 0 => {
-                    log::info!("private: statistics flushed");
-                    break;
-                }
-                Ok(()) => {}
-                Err(err) => {
-                    self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
-                    writer.conn = None;
-                    log::warn!("private: final flush failed: {err}");
-                }
-            }
-            if Instant::now() + wait >= deadline {
-                if self.state.is_some() {
-                    log::warn!(
-                        "private: gave up flushing after {timeout:?}: {} rows of statistics \
-                         are kept in the state directory for the next start",
-                        writer.rows()
-                    );
-                } else {
-                    log::error!(
-                        "private: gave up flushing after {timeout:?}: {} rows of statistics lost \
-                         (no state directory to keep them in)",
-                        writer.rows()
-                    );
-                }
+            if writer.rows() == 0 {
+                log::info!("private: statistics flushed");
                 break;
             }
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(1));
+            if Instant::now() >= deadline {
+                self.give_up(writer, timeout);
+                break;
+            }
+            if let Err(err) = writer.flush(&self.config, &self.stats) {
+                self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                writer.conn = None;
+                log::warn!("private: final flush failed: {err}");
+            }
+            if writer.rows() > 0 && Instant::now() + wait >= deadline {
+                self.give_up(writer, timeout);
+                break;
+            }
+            if writer.rows() > 0 {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
         }
         self.keep(writer);
+    }
+
+    /// Says that the last flush gave up after `timeout`, and where the
+    /// rows go.
+    fn give_up(&self, writer: &Writer, timeout: Duration) {
+        if self.state.is_some() {
+            log::warn!(
+                "private: gave up flushing after {timeout:?}: {} rows of statistics \
+                 are kept in the state directory for the next start",
+                writer.rows()
+            );
+        } else {
+            log::error!(
+                "private: gave up flushing after {timeout:?}: {} rows of statistics lost \
+                 (no state directory to keep them in)",
+                writer.rows()
+            );
+        }
     }
 
     /// Writes the accounting file: baselines, and deltas not written.

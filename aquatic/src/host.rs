@@ -31,8 +31,8 @@ use crate::{
     config::Config,
     swarm::{
         private::{Batch, Catalog, Ledger},
-        BtAnnounce, BtPeerEntry, BtShard, CleanReport, ConnectionRef, Limits, Rules, SwarmKind,
-        WsAnnounce, WsShard, WsTiming,
+        BtAnnounce, BtPeerEntry, BtShard, CleanCursor, CleanReport, ConnectionRef, Limits, Rules,
+        SwarmKind, WsAnnounce, WsShard, WsTiming,
     },
 };
 
@@ -127,6 +127,16 @@ pub struct HostGauges {
     /// WebTorrent announces refused so far: the peer id was another
     /// connection's.
     pub ws_peer_id_in_use: u64,
+}
+
+/// Where a cleaning pass in slices ([`ShardHost::clean_slice`]) goes on.
+#[derive(Debug, Default)]
+pub struct HostCleaning {
+    /// The public swarms are done; the cursor is in the private ones.
+    public_done: bool,
+    cursor: CleanCursor,
+    /// The public swarms' report, once they are done.
+    bt: CleanReport,
 }
 
 /// One executor's shard of the torrents, with the rules it applies.
@@ -386,14 +396,42 @@ impl ShardHost {
             .merge_handback(info_hash, completed, now, &mut peers)
     }
 
-    /// Removes expired peers and empty torrents, shrinks sparse maps.
+    /// Removes expired peers and empty torrents, shrinks sparse maps: the
+    /// whole pass in one step.
     pub fn clean(&mut self, now: SecondsSinceStart) -> (CleanReport, CleanReport) {
-        let mut bt = self.bt.clean(now);
-        let private = self.private_bt.clean(now);
+        let mut pass = HostCleaning::default();
+        loop {
+            if let Some(reports) = self.clean_slice(now, &mut pass, usize::MAX) {
+                return reports;
+            }
+        }
+    }
+
+    /// One slice of a cleaning pass: the public swarms, then the private
+    /// ones, in slices of about `work` torrents and peers
+    /// ([`BtShard::clean_slice`]), then the private accounting and the
+    /// WebTorrent swarms in one step. Returns the pass's reports (UDP and
+    /// HTTP, WebTorrent) when it is done; requests may be handled between
+    /// two slices.
+    pub fn clean_slice(
+        &mut self,
+        now: SecondsSinceStart,
+        pass: &mut HostCleaning,
+        work: usize,
+    ) -> Option<(CleanReport, CleanReport)> {
+        if !pass.public_done {
+            let report = self.bt.clean_slice(now, &mut pass.cursor, work)?;
+            pass.public_done = true;
+            pass.bt = report;
+            return None;
+        }
+        let private = self.private_bt.clean_slice(now, &mut pass.cursor, work)?;
         self.ledger.clean(now);
+        let mut bt = pass.bt;
         bt.peers_removed += private.peers_removed;
         bt.torrents_removed += private.torrents_removed;
-        (bt, self.ws.clean(now))
+        *pass = HostCleaning::default();
+        Some((bt, self.ws.clean(now)))
     }
 
     /// The UDP and HTTP swarms, to read (snapshots).

@@ -48,7 +48,7 @@ use crate::{
         members::{LiveSet, Members},
         tls::LinkTls,
     },
-    config::{Config, ValidConfig},
+    config::{Config, ValidConfig, STOP_EXIT_GRACE},
     database::{self, DatabaseStats, DatabaseThread, DbMessage},
     executor::{self, ClusterShared, ExecutorSetup, ExecutorSockets, PrivateShared, Shared},
     metrics::MetricsHub,
@@ -632,9 +632,14 @@ pub fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<
     );
     if let Some((shared, handle)) = private {
         drop(reloadables);
-        stop_database(shared, handle, &config);
+        // After an error there was no stop signal: the budget starts now.
+        let stop_deadline = match &result {
+            Ok(deadline) => *deadline,
+            Err(_) => Instant::now() + config.snapshot.stop_timeout(),
+        };
+        stop_database(shared, handle, stop_deadline, &config);
     }
-    result
+    result.map(|_| ())
 }
 
 /// Attaches the kernel steering program to the UDP group (bound, in
@@ -733,15 +738,35 @@ fn private_loaded(state: &mut ServeState) {
     notify("READY=1");
 }
 
-/// Asks the database thread for its last flush and waits for it (it gives
-/// up by itself after `private.stop_flush_timeout_secs`).
-fn stop_database(shared: PrivateShared, handle: std::thread::JoinHandle<()>, config: &Config) {
+/// When the database thread's last flush gives up: after
+/// `private.stop_flush_timeout_secs`, and never after the graceful stop's
+/// one budget (`stop_deadline`, `snapshot.stop_timeout_secs` after the
+/// signal) is spent: the flush gets what the executors left, so that the
+/// whole stop fits in the unit's `TimeoutStopSec=` (see
+/// [`SnapshotConfig::worst_case_stop`](crate::config::SnapshotConfig::worst_case_stop)).
+fn flush_deadline(now: Instant, stop_deadline: Instant, flush_timeout: Duration) -> Instant {
+    (now + flush_timeout).min(stop_deadline).max(now)
+}
+
+/// Asks the database thread for its last flush, in what is left of the
+/// stop's budget, and waits for it (it gives up by itself at that point;
+/// the wait ends [`STOP_EXIT_GRACE`] after `stop_deadline` whatever
+/// happens, e.g. a database call that hangs for `io_timeout_secs`).
+fn stop_database(
+    shared: PrivateShared,
+    handle: std::thread::JoinHandle<()>,
+    stop_deadline: Instant,
+    config: &Config,
+) {
+    let flush_until = flush_deadline(
+        Instant::now(),
+        stop_deadline,
+        Duration::from_secs(config.private.stop_flush_timeout_secs),
+    );
     // A blocking send: the thread keeps emptying the channel.
-    let _ = shared.database.send(DbMessage::Stop);
+    let _ = shared.database.send(DbMessage::Stop { flush_until });
     drop(shared);
-    let deadline = Instant::now()
-        + Duration::from_secs(config.private.stop_flush_timeout_secs)
-        + Duration::from_secs(2);
+    let deadline = stop_deadline.max(flush_until) + STOP_EXIT_GRACE;
     while !handle.is_finished() {
         if Instant::now() >= deadline {
             log::error!("private: the database thread did not finish its last flush; exiting");
@@ -855,6 +880,9 @@ fn wait_until_ready(
     Ok(loaded)
 }
 
+/// Serves until a stop signal, then waits for the executors within the
+/// stop's budget; returns when that budget ends (what private mode's
+/// last flush may still use).
 fn serve_until_stopped(
     events: &mpsc::Receiver<Event>,
     workers: usize,
@@ -862,7 +890,7 @@ fn serve_until_stopped(
     shutdown: &AtomicBool,
     steering: Option<Steering>,
     state: &mut ServeState,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Instant> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     loop {
         match events.recv() {
@@ -913,7 +941,7 @@ fn serve_until_stopped(
         }
     }
     log::info!("stopped");
-    Ok(())
+    Ok(deadline)
 }
 
 /// What SIGHUP and SIGUSR1 reload.
@@ -1073,6 +1101,18 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use super::*;
+
+    #[test]
+    fn the_last_flush_gets_what_the_executors_left() {
+        let now = Instant::now();
+        let secs = Duration::from_secs;
+        // Executors done early: the flush's own timeout bounds it.
+        assert_eq!(flush_deadline(now, now + secs(9), secs(5)), now + secs(5));
+        // They took most of the budget: the flush gets the rest.
+        assert_eq!(flush_deadline(now, now + secs(2), secs(10)), now + secs(2));
+        // They took all of it (or more): no flush, the rows are kept.
+        assert_eq!(flush_deadline(now + secs(3), now, secs(10)), now + secs(3));
+    }
 
     fn mtu_discover(socket: &Socket) -> libc::c_int {
         let mut value: libc::c_int = -1;

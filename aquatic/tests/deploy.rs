@@ -97,6 +97,30 @@ fn systemd_unit_verifies() {
     }
 }
 
+/// The binary's longest graceful stop with the shipped defaults (the
+/// executors' snapshot, private mode's last flush in what they leave, the
+/// exit grace) fits in the unit's `TimeoutStopSec=`: otherwise systemd's
+/// SIGKILL comes first and the snapshot or the accounting file is lost.
+#[test]
+fn the_longest_stop_fits_the_units_stop_timeout() {
+    let unit = std::fs::read_to_string(deploy("aquatic.service")).expect("read unit");
+    let values: Vec<u64> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .map(|v| v.trim().parse().expect("TimeoutStopSec= in whole seconds"))
+        .collect();
+    assert_eq!(values.len(), 1, "one TimeoutStopSec= in the unit");
+    let sample = std::fs::read_to_string(deploy("config.toml")).expect("read sample");
+    let config: aquatic::config::Config = toml::from_str(&sample).expect("sample parses");
+    let longest = config.snapshot.worst_case_stop();
+    assert!(
+        longest < Duration::from_secs(values[0]),
+        "a stop may take {longest:?} (snapshot.stop_timeout_secs and the exit grace; \
+         private.stop_flush_timeout_secs only within it), more than TimeoutStopSec={}",
+        values[0]
+    );
+}
+
 #[test]
 fn sample_config_parses() {
     let sample = std::fs::read_to_string(deploy("config.toml")).expect("read sample");

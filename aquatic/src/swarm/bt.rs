@@ -300,6 +300,20 @@ pub struct CleanReport {
     pub torrents_removed: usize,
 }
 
+/// Where a cleaning pass done in slices ([`BtShard::clean_slice`]) goes
+/// on, and what it removed so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanCursor {
+    /// Torrents before the next one to look at, in the table's order.
+    next: usize,
+    /// Torrents still to look at in this pass (the table's length when it
+    /// began): a pass ends even if announces add torrents faster than
+    /// slices look at them.
+    left: Option<usize>,
+    peers_removed: usize,
+    torrents_removed: usize,
+}
+
 /// One peer as a neutral record (what a snapshot can store).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BtPeerRecord {
@@ -504,11 +518,40 @@ impl BtShard {
     }
 
     /// Removes peers expired at `now` and torrents left empty, then shrinks
-    /// maps that became sparse so the memory goes back.
+    /// maps that became sparse so the memory goes back: the whole pass in
+    /// one step ([`clean_slice`](Self::clean_slice) with no bound).
     pub fn clean(&mut self, now: SecondsSinceStart) -> CleanReport {
-        let mut report = CleanReport::default();
-        let before = self.torrents.len();
-        let mut removed = PeerCounts::default();
+        let mut cursor = CleanCursor::default();
+        loop {
+            if let Some(report) = self.clean_slice(now, &mut cursor, usize::MAX) {
+                return report;
+            }
+        }
+    }
+
+    /// One slice of a cleaning pass: cleans the torrents after those
+    /// `cursor` has passed, until `work` torrents and peers have been
+    /// looked at (a torrent is looked at whole, so a slice ends after the
+    /// torrent that reaches the bound). Returns the pass's report once it
+    /// reached the end of the table, having shrunk the maps that became
+    /// sparse; `None` while there is more.
+    ///
+    /// Between two slices the shard may change, and every count stays
+    /// right whatever happens, since each slice removes what it removes
+    /// and adjusts the counts at once. The cursor is a position in the
+    /// table's order, corrected for the torrents this pass removed: a
+    /// torrent inserted before it or another removal (a cluster hand-back)
+    /// shifts it by one, and a growth of the table reorders it, so a
+    /// torrent may then be looked at twice (harmless) or not at all in
+    /// this pass (the next one cleans it).
+    pub fn clean_slice(
+        &mut self,
+        now: SecondsSinceStart,
+        cursor: &mut CleanCursor,
+        work: usize,
+    ) -> Option<CleanReport> {
+        let work = work.max(1);
+        let left = *cursor.left.get_or_insert(self.torrents.len());
         let tick = self.clock.now(now);
         let (clock, state, full_ids) = (&self.clock, &self.state, &mut self.full_ids);
         let mut release = |id: u64, has_full_id: bool| {
@@ -516,7 +559,18 @@ impl BtShard {
                 full_ids.release(id & !HAS_FULL_ID);
             }
         };
-        self.torrents.retain(|t| {
+        let mut removed = PeerCounts::default();
+        let (mut looked, mut done_work) = (0usize, 0usize);
+        let mut emptied = Vec::new();
+        let mut reached_end = true;
+        for t in self.torrents.iter_mut().skip(cursor.next) {
+            if done_work >= work || looked == left {
+                reached_end = false;
+                break;
+            }
+            let peers = t.counts();
+            done_work = done_work.saturating_add(1 + peers.seeders + peers.leechers);
+            looked += 1;
             match &mut t.peers {
                 Peers::Empty => {}
                 Peers::One { seeder, peer } => {
@@ -537,17 +591,38 @@ impl BtShard {
                     t.compact();
                 }
             }
-            !t.is_empty()
-        });
+            if t.is_empty() {
+                emptied.push(t.info_hash);
+            }
+        }
+        for hash in &emptied {
+            let found = self
+                .torrents
+                .find_entry(self.state.hash_one(hash), |t| t.info_hash == *hash);
+            if let Ok(entry) = found {
+                entry.remove();
+            }
+        }
         self.counts.remove(removed);
-        report.peers_removed = removed.seeders + removed.leechers;
-        report.torrents_removed = before - self.torrents.len();
+        cursor.peers_removed += removed.seeders + removed.leechers;
+        cursor.torrents_removed += emptied.len();
+        // The removed torrents were before the next one in the order.
+        cursor.next += looked - emptied.len();
+        cursor.left = Some(left - looked);
+        if !reached_end && left > looked {
+            return None;
+        }
         if is_sparse(self.torrents.len(), self.torrents.capacity()) {
             let state = &self.state;
             self.torrents.shrink_to_fit(|t| state.hash_one(t.info_hash));
         }
         self.full_ids.shrink_if_sparse();
-        report
+        let report = CleanReport {
+            peers_removed: cursor.peers_removed,
+            torrents_removed: cursor.torrents_removed,
+        };
+        *cursor = CleanCursor::default();
+        Some(report)
     }
 
     /// Torrents held.
@@ -1225,6 +1300,128 @@ mod tests {
         );
         assert_eq!(f.shard.torrents(), 0);
         assert_eq!(f.shard.peer_counts(), PeerCounts::default());
+    }
+
+    /// Torrent `t`, peer `n` of it: HTTP peers (full ids kept) on odd
+    /// torrents, some IPv6, so every kind of swarm is in the table.
+    fn spread(t: u32, n: u8) -> BtAnnounce {
+        let mut hash = [0u8; 20];
+        hash[..4].copy_from_slice(&t.to_be_bytes());
+        let ip = if n % 4 == 3 { V6 } else { V4 };
+        let mut peer_id = [n; 20];
+        peer_id[..4].copy_from_slice(&t.to_be_bytes());
+        BtAnnounce {
+            info_hash: InfoHash(hash),
+            peer_id: PeerId(peer_id),
+            peer_ids: if t % 2 == 1 {
+                PeerIdUse::Kept
+            } else {
+                PeerIdUse::Hashed
+            },
+            ..announce(n, ip, u64::from(n % 2))
+        }
+    }
+
+    /// A shard of 300 torrents with 1 to 5 peers each, half of them
+    /// announced at 0 (expired at 20 with a 10 s timeout), half at 15.
+    fn mixed_fixture() -> Fixture {
+        let mut f = Fixture::new();
+        f.peer_timeout = std::time::Duration::from_secs(10);
+        for t in 0..300u32 {
+            for n in 0..(1 + t % 5) as u8 {
+                let at = if (t + u32::from(n)) % 2 == 0 { 0 } else { 15 };
+                f.run(at, &spread(t, n));
+            }
+        }
+        f
+    }
+
+    /// What a shard holds, in an order that does not depend on the table
+    /// (id hashes left out: two shards hash under different keys).
+    fn held(shard: &BtShard, now: u32) -> Vec<(InfoHash, IpAddr, u16, Option<PeerId>, bool)> {
+        let mut all: Vec<_> = shard
+            .records(SecondsSinceStart(now))
+            .map(|r| (r.info_hash, r.ip, r.port, r.peer_id, r.seeder))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The counts, the full-id table and the records agree.
+    fn assert_consistent(shard: &BtShard, now: u32) {
+        let records: Vec<_> = shard.records(SecondsSinceStart(now)).collect();
+        let seeders = records.iter().filter(|r| r.seeder).count();
+        assert_eq!(
+            shard.peer_counts(),
+            PeerCounts {
+                seeders,
+                leechers: records.len() - seeders
+            }
+        );
+        let with_id = records.iter().filter(|r| r.peer_id.is_some()).count();
+        let referenced: u32 = shard.full_ids.0.values().map(|(_, n)| *n).sum();
+        assert_eq!(
+            referenced as usize, with_id,
+            "full ids referenced once per peer"
+        );
+        assert!(shard.full_ids.0.values().all(|(_, n)| *n > 0));
+    }
+
+    #[test]
+    fn a_pass_in_slices_cleans_what_one_step_cleans() {
+        let (mut whole, mut sliced) = (mixed_fixture(), mixed_fixture());
+        let now = SecondsSinceStart(20);
+        let expected = whole.shard.clean(now);
+        assert!(expected.peers_removed > 0 && expected.torrents_removed > 0);
+        let mut cursor = CleanCursor::default();
+        let mut slices = 0;
+        let report = loop {
+            slices += 1;
+            if let Some(report) = sliced.shard.clean_slice(now, &mut cursor, 7) {
+                break report;
+            }
+            assert_consistent(&sliced.shard, 20);
+        };
+        assert!(slices > 50, "a bound of 7 makes many slices: {slices}");
+        assert_eq!(report, expected);
+        assert_eq!(held(&sliced.shard, 20), held(&whole.shard, 20));
+        assert_eq!(sliced.shard.peer_counts(), whole.shard.peer_counts());
+        assert_eq!(sliced.shard.torrents(), whole.shard.torrents());
+        assert_eq!(cursor, CleanCursor::default(), "ready for the next pass");
+    }
+
+    #[test]
+    fn announces_between_slices_keep_the_shard_consistent() {
+        let mut f = mixed_fixture();
+        let now = SecondsSinceStart(20);
+        let mut cursor = CleanCursor::default();
+        let mut step = 0u32;
+        loop {
+            if f.shard.clean_slice(now, &mut cursor, 11).is_some() {
+                break;
+            }
+            // New torrents (the table grows: it reorders), re-announces
+            // of expired peers (they live again), and stops.
+            for i in 0..20 {
+                f.run(20, &spread(1000 + step * 20 + i, 0));
+            }
+            f.run(20, &spread(step % 300, 0));
+            let mut stop = spread((step * 7) % 300, 1);
+            stop.stopped = true;
+            f.run(20, &stop);
+            assert_consistent(&f.shard, 20);
+            step += 1;
+        }
+        assert!(step > 10, "announces came between many slices: {step}");
+        assert_consistent(&f.shard, 20);
+        // Whatever this pass could not see, the next one cleans: then
+        // nothing expired is left.
+        f.shard.clean(now);
+        assert_consistent(&f.shard, 20);
+        assert!(
+            f.shard.records(now).all(|r| r.valid_until.0 .0 > 20),
+            "no expired peer left"
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ mod refusal;
 mod rules;
 mod ws;
 
-pub use bt::{BtAnnounce, BtPeerEntry, BtPeerRecord, BtShard, CleanReport, PeerIdKey, PeerIdUse};
+pub use bt::{
+    BtAnnounce, BtPeerEntry, BtPeerRecord, BtShard, CleanCursor, CleanReport, PeerIdKey, PeerIdUse,
+};
 pub use refusal::Refusal;
 pub use rules::{AnnounceInput, ConnectionPeers, Limits, PrivateCredentials, Rules};
 pub use ws::{ConnectionRef, WsAnnounce, WsAnswer, WsShard, WsTiming};
