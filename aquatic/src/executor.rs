@@ -618,11 +618,9 @@ async fn clean_periodically(
         // is not enough; a busy tracker's steady churn does not trim
         // every pass).
         let held = gauges.bt_torrents
-            + gauges.bt_peers.seeders
-            + gauges.bt_peers.leechers
+            + gauges.bt_peers.total()
             + gauges.ws_torrents
-            + gauges.ws_peers.seeders
-            + gauges.ws_peers.leechers;
+            + gauges.ws_peers.total();
         most_held = most_held.max(held);
         if held + most_held / 16 < most_held {
             release_free_memory();

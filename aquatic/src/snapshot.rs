@@ -1781,7 +1781,7 @@ mod tests {
                 bt.restore(InfoHash(record.info_hash), record.completed, now, &entries);
             }
             let held = bt.peer_counts();
-            assert_eq!(held.seeders + held.leechers, records.len());
+            assert_eq!(held.total(), records.len());
             let mut rng = rand::thread_rng();
             let mut out = SelectedPeers::default();
             for record in &records {

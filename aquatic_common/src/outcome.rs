@@ -73,6 +73,11 @@ pub struct PeerCounts {
 }
 
 impl PeerCounts {
+    /// Seeders and leechers together.
+    pub fn total(&self) -> usize {
+        self.seeders + self.leechers
+    }
+
     /// Accounts for one peer whose standing went from `before` to `after`
     /// (`None`: absent).
     pub fn change(

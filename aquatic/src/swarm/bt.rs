@@ -569,7 +569,7 @@ impl BtShard {
                 break;
             }
             let peers = t.counts();
-            done_work = done_work.saturating_add(1 + peers.seeders + peers.leechers);
+            done_work = done_work.saturating_add(1 + peers.total());
             looked += 1;
             match &mut t.peers {
                 Peers::Empty => {}
@@ -604,7 +604,7 @@ impl BtShard {
             }
         }
         self.counts.remove(removed);
-        cursor.peers_removed += removed.seeders + removed.leechers;
+        cursor.peers_removed += removed.total();
         cursor.torrents_removed += emptied.len();
         // The removed torrents were before the next one in the order.
         cursor.next += looked - emptied.len();

@@ -294,7 +294,7 @@ impl WsShard {
             !t.peers.is_empty()
         });
         self.counts.remove(removed);
-        report.peers_removed = removed.seeders + removed.leechers;
+        report.peers_removed = removed.total();
         report.torrents_removed = before - self.torrents.len();
         shrink_map_if_sparse(&mut self.torrents);
         report
